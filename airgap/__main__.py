@@ -1,0 +1,3 @@
+from airgap._cli import run
+
+run()

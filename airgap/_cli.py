@@ -1,0 +1,210 @@
+"""The airgap command line: parse, build options, call the core, render.  No business logic here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from airgap import __version__, keys
+from airgap._internal.fsutil import human_bytes
+from airgap._internal.reporters import for_terminal
+from airgap.errors import Error, ExitCode, UsageError
+from airgap.progress import Reporter
+
+_PART_SIZE_HELP = "largest part file, e.g. 4GiB, 700MB (default 1GiB)"
+
+
+def _passphrase(env_name: str | None) -> bytes | None:
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if value is None:
+        raise UsageError(f"environment variable {env_name} is not set", hint="export the passphrase in that variable first")
+    if not value:
+        raise UsageError(f"environment variable {env_name} is empty")
+    return value.encode()
+
+
+def _reporter(ctx: click.Context) -> Reporter:
+    return for_terminal(bool(ctx.obj.get("quiet")))  # type: ignore[return-value]
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="airgap")
+@click.option("-q", "--quiet", is_flag=True, help="no progress output")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Move container images into air-gapped networks as signed, chunked zstd bundles."""
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+@cli.command()
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub")
+@click.option("--passphrase-env", metavar="VAR", help="encrypt the private key with the passphrase in $VAR")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def keygen(out: Path, passphrase_env: str | None, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair."""
+    key_path, pub_path, fp = keys.generate(out, _passphrase(passphrase_env))
+    if as_json:
+        _emit_json({"private_key": str(key_path), "public_key": str(pub_path), "fingerprint": fp})
+    else:
+        click.echo(f"private key  {key_path}  (keep it offline)")
+        click.echo(f"public key   {pub_path}  (give it to whoever verifies or installs)")
+        click.echo(f"fingerprint  {fp}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="bundle directory to write")
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
+@click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
+@click.option("--part-size", default="1GiB", show_default=True, help=_PART_SIZE_HELP)
+@click.option("--level", default=3, show_default=True, type=int, help="zstd level, 1-19 (up to 22 with more memory)")
+@click.option("--name", help="bundle name (default: the first image's repository)")
+@click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
+@click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.pass_context
+def pack(ctx: click.Context, images: tuple[str, ...], out_dir: Path, key_path: Path, passphrase_env: str | None,
+         part_size: str, level: int, name: str | None, sequence: int | None, overwrite: bool, as_json: bool) -> None:
+    """Pack IMAGES into a signed bundle.
+
+    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH or oci-archive:PATH[:NAME].
+    """
+    from airgap import pack as core
+    from airgap.units import parse_size
+
+    options = core.PackOptions(
+        sources=tuple(core.parse_source(s) for s in images),
+        out_dir=out_dir,
+        key_path=key_path,
+        passphrase=_passphrase(passphrase_env),
+        part_size=parse_size(part_size),
+        level=level,
+        overwrite=overwrite,
+        name=name,
+        sequence=sequence,
+    )
+    result = core.pack(options, _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    m = result.manifest
+    for image in m.images:
+        click.echo(f"packed {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
+    click.echo(
+        f"bundle {out_dir}: {len(m.parts)} parts, {human_bytes(m.total_part_bytes)} from {human_bytes(result.input_bytes)}"
+        f" in {result.seconds:.1f}s; signed by {result.signer}"
+    )
+
+
+def _trust_options(f: Any) -> Any:
+    f = click.option("--threshold", default=1, show_default=True, type=int, help="valid signatures from distinct trusted keys required")(f)
+    f = click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
+                     help="trusted public key (.pub) or a directory of them; repeatable")(f)
+    return f
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_trust_options
+@click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
+@click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+@click.pass_context
+def verify(ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, jobs: int, as_json: bool) -> None:
+    """Check a bundle's signature and every part, without installing anything."""
+    from airgap import verify as core
+
+    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs)
+    try:
+        report = core.verify(options, _reporter(ctx))
+    except core.PartsFailed as e:
+        if as_json:
+            _emit_json(e.report.to_dict())
+        else:
+            for part in e.report.bad_parts:
+                click.echo(f"BAD  {part.path}: {part.problem}", err=True)
+        raise
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    click.echo(f"OK: signature by {', '.join(report.trust.valid)}; {len(report.parts)} parts verified in {report.seconds:.1f}s")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the manifest and signers as JSON")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds (reads the manifest only)."""
+    from airgap import inspect as core
+
+    result = core.inspect(bundle)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.render())
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_trust_options
+@click.option("--replace", is_flag=True, help="move existing tags to the bundle's images")
+@click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@click.pass_context
+def install(ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, replace: bool,
+            platform: str | None, as_json: bool) -> None:
+    """Verify a bundle and load its images into the Docker engine (DOCKER_HOST)."""
+    from airgap import install as core
+
+    options = core.InstallOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, replace, platform)
+    result = core.install(options, _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    for image in result.images:
+        click.echo(f"{image.action}: {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code.  Errors become one line plus a hint on stderr."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="airgap", standalone_mode=False)
+    except Error as e:
+        click.echo(e.diagnostics(), err=True)
+        return int(e.exit_code)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        return int(ExitCode.USAGE)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return int(ExitCode.INTERNAL)
+    except Exception as e:  # noqa: BLE001 - the one place unexpected errors become one line
+        if os.environ.get("AIRGAP_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(e).__name__}: {e}", err=True)
+        click.echo("hint: this is a bug in airgap; rerun with AIRGAP_DEBUG=1 for a traceback and report it", err=True)
+        return int(ExitCode.INTERNAL)
+    return rv if isinstance(rv, int) else int(ExitCode.OK)
+
+
+def run() -> NoReturn:
+    sys.exit(main())

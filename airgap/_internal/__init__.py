@@ -1,0 +1,1 @@
+"""Protocol, file and engine details behind airgap's public API."""

@@ -1,0 +1,238 @@
+"""The bundle directory on disk: writing parts and the signed manifest, reading them back safely.
+
+Layout::
+
+    BUNDLE/
+      manifest.json                 signed; written last: a bundle without it is not complete
+      signatures/<fingerprint>.sig  raw Ed25519 signatures over manifest.json's exact bytes
+      parts/<blob-hex>.<NNNNN>.zst  one zstd frame each, never over the part size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from airgap._internal import fsutil
+from airgap._internal.layout import StoredBlob
+from airgap._internal.parts import BlobWriter, StagedBlob, iter_part_data
+from airgap._internal.tarstream import EntryReader
+from airgap.errors import ConflictError, EnvironmentProblem, FormatError, IntegrityError, UsageError
+from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, Manifest, Part, part_path
+
+STAGING_DIR = ".airgap-staging"
+MAX_MANIFEST_BYTES = 64 << 20
+COPY_BLOCK = 4 << 20
+_SIG_RE = re.compile(r"^([0-9a-f]{64})\.sig$")
+
+
+class BundleWriter:
+    """Stages blobs as parts, then commits the referenced ones and writes the manifest last."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        part_size: int,
+        compressor: zstandard.ZstdCompressor,
+        overwrite: bool,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.out_dir = out_dir
+        self.part_size = part_size
+        self._cctx = compressor
+        self._on_bytes = on_bytes
+        self._staged: dict[str, StagedBlob] = {}
+        self._counter = 0
+        self._prepare(overwrite)
+        self.staging = out_dir / STAGING_DIR
+        self.staging.mkdir()
+
+    def _prepare(self, overwrite: bool) -> None:
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"output {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise ConflictError(f"output directory {out} is not empty", hint="choose an empty directory or pass --overwrite")
+            # the manifest goes first, so an interrupted overwrite never leaves a bundle that looks complete
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
+            for name in (SIGNATURES_DIR, PARTS_DIR, STAGING_DIR):
+                shutil.rmtree(out / name, ignore_errors=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise fsutil.io_error(e, str(out)) from e
+
+    # -- BlobStore ------------------------------------------------------------------------------
+    def store_stream(self, size: int, reader: EntryReader) -> StoredBlob:
+        self._counter += 1
+        writer = BlobWriter(self.staging, f"b{self._counter}", size, self.part_size, self._cctx, self._on_bytes)
+        try:
+            while reader.remaining:
+                writer.write(reader.read(min(COPY_BLOCK, reader.remaining)))
+            staged = writer.finish()
+        except OSError as e:
+            writer.abort()
+            raise fsutil.io_error(e, f"parts in {self.out_dir}") from e
+        except BaseException:
+            writer.abort()
+            raise
+        return self._keep(staged)
+
+    def store_bytes(self, data: bytes) -> StoredBlob:
+        self._counter += 1
+        writer = BlobWriter(self.staging, f"b{self._counter}", len(data), self.part_size, self._cctx, lambda n: None)
+        try:
+            writer.write(data)
+            staged = writer.finish()
+        except OSError as e:
+            writer.abort()
+            raise fsutil.io_error(e, f"parts in {self.out_dir}") from e
+        return self._keep(staged)
+
+    def _keep(self, staged: StagedBlob) -> StoredBlob:
+        if staged.digest in self._staged:  # the same blob twice: keep the first copy
+            for part in staged.parts:
+                part.tmp_path.unlink(missing_ok=True)
+        else:
+            self._staged[staged.digest] = staged
+        return StoredBlob(staged.digest, staged.size, staged.head)
+
+    def read_small(self, digest: str, limit: int) -> bytes:
+        staged = self._staged[digest]
+        if staged.size > limit:
+            raise FormatError(f"a metadata file of {staged.size} bytes is too large")
+        chunks = []
+        for i, sp in enumerate(staged.parts):
+            part = Part(part_path(digest, i), sp.size, sp.sha256, digest, i, sp.offset, sp.length)
+            with open(sp.tmp_path, "rb") as fh:
+                chunks.extend(iter_part_data(fh, part, str(sp.tmp_path)))
+        return b"".join(chunks)
+
+    # -- commit ---------------------------------------------------------------------------------
+    def commit_parts(self, digests: list[str]) -> tuple[list[Blob], list[Part]]:
+        """Move the parts of the referenced blobs to their final names; drop everything else."""
+        parts_dir = self.out_dir / PARTS_DIR
+        parts_dir.mkdir(exist_ok=True)
+        blobs, parts = [], []
+        for digest in sorted(set(digests)):
+            staged = self._staged[digest]
+            blobs.append(Blob(digest, staged.size))
+            for i, sp in enumerate(staged.parts):
+                part = Part(part_path(digest, i), sp.size, sp.sha256, digest, i, sp.offset, sp.length)
+                os.replace(sp.tmp_path, self.out_dir / part.path)
+                parts.append(part)
+        fsutil.fsync_dir(parts_dir)
+        return blobs, parts
+
+    def write_manifest(self, manifest: Manifest, signatures: dict[str, bytes]) -> bytes:
+        data = manifest.to_bytes()
+        sig_dir = self.out_dir / SIGNATURES_DIR
+        sig_dir.mkdir(exist_ok=True)
+        for fp, sig in signatures.items():
+            fsutil.atomic_write(sig_dir / f"{fp}.sig", sig)
+        fsutil.atomic_write(self.out_dir / MANIFEST_NAME, data)
+        return data
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    path: Path
+    manifest_bytes: bytes
+    manifest: Manifest
+    signatures: dict[str, bytes]
+
+    def part_file(self, part: Part) -> Path:
+        return self.path / part.path
+
+
+def read_manifest_bytes(bundle: Path) -> bytes:
+    if not bundle.is_dir():
+        raise UsageError(f"bundle {bundle} is not a directory", hint="pass the directory written by 'airgap pack'")
+    path = bundle / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        staging = (bundle / STAGING_DIR).exists()
+        raise FormatError(
+            f"{path} is missing: this is not a complete bundle",
+            hint="packing did not finish; pack again" if staging else "pass the directory written by 'airgap pack'",
+        )
+    with fsutil.open_regular(path, str(path)) as fh:
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{path} is larger than any manifest airgap writes")
+    return data
+
+
+def read_signatures(bundle: Path) -> dict[str, bytes]:
+    sig_dir = bundle / SIGNATURES_DIR
+    signatures: dict[str, bytes] = {}
+    if not sig_dir.is_dir() or sig_dir.is_symlink():
+        return signatures
+    for entry in sorted(sig_dir.iterdir()):
+        m = _SIG_RE.match(entry.name)
+        if not m:
+            continue
+        with fsutil.open_regular(entry, str(entry)) as fh:
+            sig = fh.read(65)
+        if len(sig) == 64:
+            signatures[m.group(1)] = sig
+        else:
+            signatures[m.group(1)] = b""  # never verifies; reported as invalid for a trusted key
+    return signatures
+
+
+def load_bundle(bundle: Path) -> LoadedBundle:
+    data = read_manifest_bytes(bundle)
+    try:
+        manifest = Manifest.from_bytes(data)
+    except FormatError as e:
+        raise FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint) from e
+    return LoadedBundle(bundle, data, manifest, read_signatures(bundle))
+
+
+def iter_blob(bundle: LoadedBundle, digest: str, block: int = 1 << 20) -> Iterator[bytes]:
+    """Yield a blob's bytes from its parts, checking every part and finally the blob digest."""
+    sha = hashlib.sha256()
+    total = 0
+    for part in bundle.manifest.parts_of(digest):
+        label = f"part {part.path}"
+        with fsutil.open_regular(bundle.part_file(part), label) as fh:
+            for data in iter_part_data(fh, part, label, block):
+                sha.update(data)
+                total += len(data)
+                yield data
+    if "sha256:" + sha.hexdigest() != digest or total != bundle.manifest.blob(digest).size:
+        raise IntegrityError(
+            f"blob {digest} rebuilt from its parts does not match its digest",
+            hint="the manifest was built from different data; do not use this bundle",
+        )
+
+
+def part_status(bundle: LoadedBundle, part: Part) -> str | None:
+    """Cheap pre-check (no hashing): None if present with the right size, else what is wrong."""
+    path = bundle.part_file(part)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read part {part.path}: {e.strerror}") from e
+    if not path.is_file() or path.is_symlink():
+        return "not a regular file"
+    if st.st_size != part.size:
+        return f"{st.st_size} bytes, expected {part.size}"
+    return None
+

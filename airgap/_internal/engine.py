@@ -1,0 +1,142 @@
+"""The Docker engine, through the Engine API (docker SDK).  Honours DOCKER_HOST.
+
+Every docker or transport exception is converted here into :class:`~airgap.errors.DockerError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+import urllib3.exceptions
+
+from airgap.errors import DockerError, UsageError
+from airgap.models import Platform
+
+_HINT = "is dockerd running and DOCKER_HOST pointing at it? ('docker info' should answer)"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}
+LOAD_TIMEOUT = 6 * 3600
+
+
+def _fail(what: str, e: BaseException) -> DockerError:
+    detail = getattr(e, "explanation", None) or str(e)
+    return DockerError(f"Docker engine: {what}: {str(detail).strip()[:300]}", hint=_HINT)
+
+
+class Engine:
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self.api = client.api
+
+    @classmethod
+    def connect(cls) -> Engine:
+        try:
+            client = docker.from_env(timeout=LOAD_TIMEOUT)
+            client.ping()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            raise _fail("cannot connect", e) from e
+        return cls(client)
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return dict(self.api.info())
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail("info failed", e) from e
+
+    def platform(self) -> Platform:
+        info = self.info()
+        arch = str(info.get("Architecture", "amd64"))
+        return Platform(str(info.get("OSType", "linux")), _ARCH.get(arch, arch))
+
+    def root_dir(self) -> Path | None:
+        root = self.info().get("DockerRootDir")
+        path = Path(root) if isinstance(root, str) and root else None
+        return path if path is not None and path.is_dir() else None
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.api.inspect_image(ref))
+        except docker.errors.ImageNotFound:
+            return None
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"inspecting {ref} failed", e) from e
+
+    def image_id(self, ref: str) -> str | None:
+        found = self.inspect(ref)
+        return str(found["Id"]) if found else None
+
+    def tags_of(self, image_id: str) -> list[str]:
+        found = self.inspect(image_id)
+        return list(found.get("RepoTags") or []) if found else []
+
+    def tag(self, image_id: str, ref: str) -> None:
+        repo, _, tag = ref.rpartition(":")
+        try:
+            self.api.tag(image_id, repo, tag, force=True)
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"tagging {ref} failed", e) from e
+
+    @contextmanager
+    def export(self, refs: list[str]) -> Iterator[Any]:
+        """The engine's image export (GET /images/get) as a readable stream."""
+        for ref in refs:
+            if self.inspect(ref) is None:
+                raise UsageError(f"image {ref} is not in the Docker engine", hint="check 'docker images', or name an archive with docker-archive:PATH")
+        try:
+            res = self.api._get(self.api._url("/images/get"), params={"names": refs}, stream=True)
+            self.api._raise_for_status(res)
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail("image export failed", e) from e
+        res.raw.decode_content = False
+        try:
+            yield _ExportStream(res.raw)
+        finally:
+            res.close()
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """POST /images/load with a streamed body; returns the engine's messages.
+
+        If ``chunks`` raises, the upload is cut off before its end: the engine discards it whole.
+        """
+        try:
+            res = self.api._post(
+                self.api._url("/images/load"), data=chunks, params={"quiet": "1"}, stream=True,
+                headers={"Content-Type": "application/x-tar"},
+            )
+            self.api._raise_for_status(res)
+            messages = []
+            for line in res.iter_lines(chunk_size=65536):
+                if not line.strip():
+                    continue
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    messages.append(line.decode("utf-8", "replace"))
+                    continue
+                if msg.get("error") or msg.get("errorDetail"):
+                    detail = msg.get("error") or msg["errorDetail"].get("message", "")
+                    raise DockerError(f"Docker engine refused the image: {str(detail)[:300]}", hint=_HINT)
+                if msg.get("stream"):
+                    messages.append(str(msg["stream"]).strip())
+            return messages
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail("image load failed", e) from e
+
+
+class _ExportStream:
+    """Wraps the raw HTTP response so transport failures become DockerError."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return bytes(self._raw.read(n))
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise _fail("image export was cut off", e) from e

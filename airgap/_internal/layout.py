@@ -1,0 +1,265 @@
+"""Read image archives: the docker-save layout (Docker <= 24), Docker >= 25's OCI layout with a
+docker-compatible manifest.json, and OCI image layouts (oci-archive, as skopeo and podman write).
+
+The archive is streamed once.  Small files are kept in memory (they are metadata or configs);
+everything else is handed to a blob store as it streams by.  Once the stream ends, the archive's
+index tells which files are configs and layers.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from airgap._internal.tarstream import EntryReader, Readable, iter_entries
+from airgap.errors import FormatError
+from airgap.models import Descriptor, Image, Platform, valid_ref
+
+SMALL_FILE = 1 << 20  # files up to this size are kept in memory while the archive streams
+SMALL_TOTAL = 64 << 20  # ... up to this much in all
+
+MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    digest: str
+    size: int
+    head: bytes
+
+
+class BlobStore(Protocol):
+    def store_stream(self, size: int, reader: EntryReader) -> StoredBlob: ...
+    def store_bytes(self, data: bytes) -> StoredBlob: ...
+    def read_small(self, digest: str, limit: int) -> bytes: ...
+
+
+@dataclass
+class ArchiveContents:
+    label: str
+    files: dict[str, StoredBlob] = field(default_factory=dict)
+    small: dict[str, bytes] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, name: str) -> str:
+        seen = 0
+        name = posixpath.normpath(name).lstrip("/")
+        while name in self.links and seen < 32:
+            name = self.links[name]
+            seen += 1
+        return name
+
+    def stored(self, name: str) -> StoredBlob:
+        path = self.resolve(name)
+        if path not in self.files:
+            raise FormatError(f"{self.label}: the archive's index names {name!r}, which the archive does not hold")
+        return self.files[path]
+
+    def json_file(self, name: str, store: BlobStore) -> Any:
+        path = self.resolve(name)
+        if path in self.small:
+            data = self.small[path]
+        elif path in self.files:
+            data = store.read_small(self.files[path].digest, 16 << 20)
+        else:
+            raise FormatError(f"{self.label}: the archive does not hold {name!r}")
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise FormatError(f"{self.label}: {name} is not valid JSON") from e
+
+
+def read_archive(stream: Readable, label: str, store: BlobStore) -> ArchiveContents:
+    """Stream an image archive: keep small files in memory, hand the rest to the blob store."""
+    contents = ArchiveContents(label)
+    small_total = 0
+    for entry, reader in iter_entries(stream, label):
+        if entry.kind == "symlink":
+            contents.links[entry.name] = posixpath.normpath(posixpath.join(posixpath.dirname(entry.name), entry.linkname))
+        elif entry.kind == "hardlink":
+            contents.links[entry.name] = posixpath.normpath(entry.linkname).lstrip("/")
+        elif entry.kind == "file":
+            if entry.size <= SMALL_FILE and small_total + entry.size <= SMALL_TOTAL:
+                data = reader.read(entry.size) if entry.size else b""
+                while len(data) < entry.size:
+                    data += reader.read(entry.size - len(data))
+                contents.small[entry.name] = data
+                small_total += entry.size
+            else:
+                contents.files[entry.name] = store.store_stream(entry.size, reader)
+    if not contents.small and not contents.files:
+        raise FormatError(f"{label}: the archive is empty")
+    return contents
+
+
+def materialize_small(contents: ArchiveContents, name: str, store: BlobStore) -> StoredBlob:
+    """Store a file that was kept in memory as a blob (configs and small layers)."""
+    path = contents.resolve(name)
+    if path not in contents.files:
+        if path not in contents.small:
+            raise FormatError(f"{contents.label}: the archive's index names {name!r}, which the archive does not hold")
+        contents.files[path] = store.store_bytes(contents.small[path])
+    return contents.files[path]
+
+
+def layer_media_type(head: bytes, oci: bool) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        return MT_OCI_LAYER_GZIP
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return MT_OCI_LAYER_ZSTD
+    return MT_OCI_LAYER if oci else MT_DOCKER_LAYER
+
+
+def _config_facts(config: Any, label: str) -> tuple[tuple[str, ...], Platform]:
+    if not isinstance(config, dict):
+        raise FormatError(f"{label}: image config is not a JSON object")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise FormatError(f"{label}: image config has no rootfs.diff_ids")
+    os_name = config.get("os") or "linux"
+    arch = config.get("architecture") or "amd64"
+    variant = config.get("variant") or None
+    if not all(isinstance(x, str) for x in (os_name, arch)) or not isinstance(variant, (str, type(None))):
+        raise FormatError(f"{label}: image config has a malformed platform")
+    return tuple(diff_ids), Platform(os_name, arch, variant)
+
+
+def images_from_archive(contents: ArchiveContents, store: BlobStore, default_name: str | None = None) -> list[Image]:
+    """Find the images an archive holds.  manifest.json (docker) wins over index.json (OCI)."""
+    if "manifest.json" in contents.small or "manifest.json" in contents.files:
+        return _docker_images(contents, store)
+    if "index.json" in contents.small or "index.json" in contents.files:
+        return _oci_images(contents, store, default_name)
+    raise FormatError(
+        f"{contents.label}: neither manifest.json nor index.json found",
+        hint="expected the output of 'docker save' or an OCI image layout archive",
+    )
+
+
+def _image(
+    contents: ArchiveContents,
+    store: BlobStore,
+    config_path: str,
+    layer_paths: list[str],
+    layer_types: list[str] | None,
+    refs: list[str],
+    oci: bool,
+) -> Image:
+    label = contents.label
+    config_blob = materialize_small(contents, config_path, store)
+    config = contents.json_file(config_path, store)
+    diff_ids, platform = _config_facts(config, label)
+    if len(diff_ids) != len(layer_paths):
+        raise FormatError(f"{label}: image config lists {len(diff_ids)} layers, the archive index {len(layer_paths)}")
+    layers = []
+    for i, path in enumerate(layer_paths):
+        blob = materialize_small(contents, path, store)
+        media_type = layer_types[i] if layer_types else layer_media_type(blob.head, oci)
+        if media_type in (MT_DOCKER_LAYER, MT_OCI_LAYER) and blob.digest != diff_ids[i]:
+            raise FormatError(
+                f"{label}: layer {path} does not match diff_id {diff_ids[i][:19]} in the image config",
+                hint="the archive is damaged; export the image again",
+            )
+        layers.append(Descriptor(blob.digest, blob.size, media_type))
+    config_type = MT_OCI_CONFIG if oci else MT_DOCKER_CONFIG
+    clean_refs = []
+    for ref in refs:
+        full = ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+        if valid_ref(full) and full not in clean_refs:
+            clean_refs.append(full)
+    return Image(
+        ref_names=tuple(clean_refs),
+        config=Descriptor(config_blob.digest, config_blob.size, config_type),
+        layers=tuple(layers),
+        diff_ids=diff_ids,
+        platform=platform,
+    )
+
+
+def _docker_images(contents: ArchiveContents, store: BlobStore) -> list[Image]:
+    index = contents.json_file("manifest.json", store)
+    if not isinstance(index, list) or not index:
+        raise FormatError(f"{contents.label}: manifest.json lists no image")
+    images = []
+    for entry in index:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or not isinstance(entry.get("Layers"), list):
+            raise FormatError(f"{contents.label}: manifest.json entry lacks Config or Layers")
+        tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise FormatError(f"{contents.label}: manifest.json has malformed RepoTags")
+        layer_paths = [str(p) for p in entry["Layers"]]
+        images.append(_image(contents, store, entry["Config"], layer_paths, None, tags, oci=False))
+    return images
+
+
+def _blob_path(descriptor: Any, label: str) -> tuple[str, str]:
+    if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
+        raise FormatError(f"{label}: malformed descriptor in the OCI layout")
+    algo, _, hexdigest = descriptor["digest"].partition(":")
+    if algo != "sha256" or len(hexdigest) != 64:
+        raise FormatError(f"{label}: unsupported digest {descriptor['digest'][:80]!r}")
+    return f"blobs/sha256/{hexdigest}", str(descriptor.get("mediaType", ""))
+
+
+def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str | None) -> list[Image]:
+    label = contents.label
+    images: list[Image] = []
+
+    def walk(index_path: str, depth: int, inherited_ref: str | None) -> None:
+        if depth > 4:
+            raise FormatError(f"{label}: OCI indexes nest too deeply")
+        index = contents.json_file(index_path, store)
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list):
+            raise FormatError(f"{label}: {index_path} lists no manifests")
+        for desc in manifests:
+            path, media_type = _blob_path(desc, label)
+            annotations = desc.get("annotations") or {}
+            ref = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
+            if isinstance(ref, str) and not valid_ref(ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"):
+                ref = f"{default_name}:{ref}" if default_name else None
+            ref = ref if isinstance(ref, str) else inherited_ref
+            if media_type in (MT_OCI_INDEX, MT_DOCKER_LIST):
+                walk(path, depth + 1, ref)
+                continue
+            manifest = contents.json_file(path, store)
+            _image_from_manifest(manifest, path, [ref] if ref else [])
+
+    def _image_from_manifest(manifest: Any, path: str, refs: list[str]) -> None:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
+            raise FormatError(f"{label}: {path} is not an image manifest")
+        config_path, _ = _blob_path(manifest.get("config"), label)
+        layer_paths, layer_types = [], []
+        for layer in manifest["layers"]:
+            layer_path, layer_type = _blob_path(layer, label)
+            layer_paths.append(layer_path)
+            layer_types.append(_normalize_layer_type(layer_type))
+        images.append(_image(contents, store, config_path, layer_paths, layer_types, refs, oci=True))
+
+    walk("index.json", 0, None)
+    if not images:
+        raise FormatError(f"{label}: the OCI layout holds no image")
+    return images
+
+
+_LAYER_TYPES: dict[str, str] = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": MT_OCI_LAYER_GZIP,
+    MT_DOCKER_LAYER: MT_OCI_LAYER,
+}
+
+
+def _normalize_layer_type(media_type: str) -> str:
+    return _LAYER_TYPES.get(media_type, media_type or MT_OCI_LAYER)
+

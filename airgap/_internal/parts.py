@@ -1,0 +1,248 @@
+"""Parts: a blob cut into raw chunks, each compressed as one independent zstd frame.
+
+A part never mixes two blobs and its raw chunk boundaries depend only on the part size, so the same
+blob packed with the same part size gives parts with the same names and content ranges in every
+bundle.  Each frame records its content size and a checksum, and its compressed size is guaranteed
+not to exceed the part size (``raw_chunk_size`` leaves room for zstd's worst-case expansion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from airgap.errors import FormatError, IntegrityError, UsageError
+from airgap.models import Part
+
+MIN_PART_SIZE = 4096
+_FRAME_SLACK = 64  # frame header, checksum and block headers beyond ZSTD_COMPRESSBOUND's margin
+READ_BLOCK = 1 << 20
+
+
+def compress_bound(n: int) -> int:
+    """ZSTD_COMPRESSBOUND from zstd.h: the worst-case compressed size of n bytes."""
+    margin = ((128 << 10) - n) >> 11 if n < (128 << 10) else 0
+    return n + (n >> 8) + margin
+
+
+def raw_chunk_size(part_size: int) -> int:
+    """The largest raw chunk whose compressed frame always fits in part_size bytes."""
+    if part_size < MIN_PART_SIZE:
+        raise UsageError(f"part size {part_size} is too small", hint=f"use at least {MIN_PART_SIZE} bytes")
+    lo, hi = 1, part_size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if compress_bound(mid) + _FRAME_SLACK <= part_size:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def make_compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+    if not 1 <= level <= 22:
+        raise UsageError(f"compression level {level} is out of range", hint="use a zstd level from 1 to 22")
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=max(1, threads), write_checksum=True, write_content_size=True
+    )
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+class _HashingWriter:
+    """File writer that hashes and counts what passes through it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        self._fh.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    tmp_path: Path
+    size: int
+    sha256: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    digest: str
+    size: int
+    parts: tuple[StagedPart, ...]
+    head: bytes  # first bytes of the blob, to recognise compressed layers
+
+
+class BlobWriter:
+    """Receives one blob's bytes in order and writes its parts under temporary names."""
+
+    def __init__(
+        self,
+        staging: Path,
+        stem: str,
+        size: int,
+        part_size: int,
+        compressor: zstandard.ZstdCompressor,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._staging = staging
+        self._stem = stem
+        self._size = size
+        self._chunk = raw_chunk_size(part_size)
+        self._part_size = part_size
+        self._cctx = compressor
+        self._on_bytes = on_bytes
+        self._sha = hashlib.sha256()
+        self._written = 0
+        self._parts: list[StagedPart] = []
+        self._head = b""
+        self._fh: BinaryIO | None = None
+        self._hw: _HashingWriter | None = None
+        self._zw: zstandard.ZstdCompressionWriter | None = None
+        self._part_start = 0
+        self._part_len = 0
+        if size == 0:
+            self._open_part()
+
+    def _open_part(self) -> None:
+        index = len(self._parts)
+        path = self._staging / f"{self._stem}.{index:05d}.tmp"
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in _close_part
+        self._hw = _HashingWriter(self._fh)
+        self._part_start = self._written
+        self._part_len = min(self._chunk, self._size - self._written)
+        self._zw = self._cctx.stream_writer(self._hw, size=self._part_len, closefd=False, write_return_read=True)
+        self._tmp = path
+
+    def _close_part(self) -> None:
+        assert self._zw is not None and self._hw is not None and self._fh is not None
+        self._zw.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self._hw.size > self._part_size:  # cannot happen by construction; never ship an oversized part
+            raise FormatError(f"internal: part {self._tmp.name} exceeds the part size")
+        self._parts.append(
+            StagedPart(self._tmp, self._hw.size, self._hw.sha.hexdigest(), self._part_start, self._written - self._part_start)
+        )
+        self._zw = self._hw = self._fh = None
+
+    def write(self, data: bytes) -> None:
+        if self._written + len(data) > self._size:
+            raise FormatError("internal: blob is longer than announced")
+        if len(self._head) < 16:
+            self._head += data[: 16 - len(self._head)]
+        self._sha.update(data)
+        view = memoryview(data)
+        while view:
+            if self._zw is None:
+                self._open_part()
+            assert self._zw is not None
+            room = self._part_start + self._part_len - self._written
+            take = view[:room]
+            self._zw.write(take)
+            self._written += len(take)
+            view = view[len(take) :]
+            if self._written == self._part_start + self._part_len:
+                self._close_part()
+        self._on_bytes(len(data))
+
+    def finish(self) -> StagedBlob:
+        if self._written != self._size:
+            raise FormatError("internal: blob is shorter than announced")
+        if self._zw is not None:
+            self._close_part()
+        return StagedBlob("sha256:" + self._sha.hexdigest(), self._size, tuple(self._parts), self._head)
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        for part in self._parts:
+            part.tmp_path.unlink(missing_ok=True)
+        if self._zw is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+class _HashingReader:
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+
+def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK) -> Iterator[bytes]:
+    """Decompress one part while hashing its compressed bytes.
+
+    Yields raw data; raises IntegrityError at the end (before the caller can use the last block) if
+    the part's size or sha256 differ from the manifest, or at once if it inflates past its declared
+    length.  Callers must not commit anything from a part before this generator is exhausted.
+    """
+    reader = _HashingReader(fh)
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+    produced = 0
+    pending: bytes | None = None
+    try:
+        with dctx.stream_reader(reader, read_size=block, read_across_frames=False, closefd=False) as zr:
+            while True:
+                data = zr.read(block)
+                if not data:
+                    break
+                produced += len(data)
+                if produced > part.length:
+                    raise IntegrityError(
+                        f"part {part.path} decompresses past its declared length {part.length}",
+                        hint="the part was crafted or damaged; do not use this bundle",
+                    )
+                if pending is not None:
+                    yield pending
+                pending = data
+    except zstandard.ZstdError as e:
+        _drain(reader)
+        _check_digest(reader, part, label)
+        raise IntegrityError(f"{label} is not a valid zstd frame ({e})") from e
+    _drain(reader)
+    _check_digest(reader, part, label)
+    if produced != part.length:
+        raise IntegrityError(f"{label} holds {produced} bytes, the manifest says {part.length}")
+    if pending is not None:
+        yield pending
+
+
+def _drain(reader: _HashingReader) -> None:
+    while reader.read(READ_BLOCK):
+        pass
+
+
+def _check_digest(reader: _HashingReader, part: Part, label: str) -> None:
+    if reader.size != part.size:
+        raise IntegrityError(
+            f"{label} is {reader.size} bytes, the manifest says {part.size}",
+            hint="the part is truncated or damaged: copy it again from the original medium",
+        )
+    if reader.sha.hexdigest() != part.sha256:
+        raise IntegrityError(
+            f"{label} does not match its sha256 in the manifest",
+            hint="the part is damaged or was replaced: copy it again from the original medium",
+        )

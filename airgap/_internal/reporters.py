@@ -1,0 +1,90 @@
+"""Reporters the CLI hands to the core: tqdm bars on a terminal, plain periodic lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+from airgap._internal.fsutil import human_bytes
+
+
+class TqdmReporter:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._bar: tqdm[None] | None = None
+        self._lock = threading.Lock()
+
+    def start(self, label: str, total: int) -> None:
+        self._bar = tqdm(total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def note(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=self._stream)
+        else:
+            print(message, file=self._stream)
+
+
+class PlainReporter:
+    """One line every ``interval`` seconds and one at the end: for logs and pipes."""
+
+    def __init__(self, stream: TextIO, interval: float = 10.0) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._label = ""
+        self._total = 0
+        self._done = 0
+        self._t0 = 0.0
+        self._last = 0.0
+
+    def start(self, label: str, total: int) -> None:
+        self._label, self._total, self._done = label, total, 0
+        self._t0 = self._last = time.monotonic()
+
+    def _line(self) -> str:
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        rate = self._done / elapsed
+        pct = f" ({100 * self._done // self._total}%)" if self._total else ""
+        eta = ""
+        if self._total and rate > 0 and self._done < self._total:
+            eta = f", ETA {int((self._total - self._done) / rate)}s"
+        return f"{self._label}: {human_bytes(self._done)} of {human_bytes(self._total)}{pct}, {human_bytes(rate)}/s{eta}"
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self._done += n
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                print(self._line(), file=self._stream, flush=True)
+
+    def finish(self) -> None:
+        print(self._line() + f", done in {time.monotonic() - self._t0:.1f}s", file=self._stream, flush=True)
+
+    def note(self, message: str) -> None:
+        print(message, file=self._stream, flush=True)
+
+
+def for_terminal(quiet: bool, stream: TextIO | None = None) -> object:
+    from airgap.progress import NullReporter
+
+    stream = stream or sys.stderr
+    if quiet:
+        return NullReporter()
+    if stream.isatty():
+        return TqdmReporter(stream)
+    return PlainReporter(stream)

@@ -1,0 +1,57 @@
+"""inspect: what a bundle holds, read from its manifest (no signature check, no hashing)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap._internal.bundle import LoadedBundle, load_bundle
+from airgap._internal.fsutil import human_bytes
+
+
+@dataclass(frozen=True)
+class Inspection:
+    bundle: LoadedBundle
+
+    def to_dict(self) -> dict[str, object]:
+        m = self.bundle.manifest
+        return {
+            "bundle": str(self.bundle.path),
+            "manifest_sha256": hashlib.sha256(self.bundle.manifest_bytes).hexdigest(),
+            "signers": sorted(self.bundle.signatures),
+            "manifest": m.to_dict(),
+        }
+
+    def render(self) -> str:
+        m = self.bundle.manifest
+        lines = [
+            f"bundle    {self.bundle.path}",
+            f"name      {m.name}  (sequence {m.sequence})",
+            f"created   {m.created}  by airgap {m.tool_version}" + (f"  expires {m.expires}" if m.expires else ""),
+            f"manifest  sha256:{hashlib.sha256(self.bundle.manifest_bytes).hexdigest()}",
+            f"signers   {', '.join(sorted(self.bundle.signatures)) or '(none)'}  (not verified here: use 'airgap verify')",
+            f"parts     {len(m.parts)} parts, {human_bytes(m.total_part_bytes)} ({m.total_part_bytes} bytes); "
+            f"part size {human_bytes(m.part_size)}; zstd level {m.compression.level}",
+            "",
+            f"{'IMAGE':<40} {'PLATFORM':<14} {'IMAGE ID':<19} {'LAYERS':>6} {'SIZE':>10}",
+        ]
+        for image in m.images:
+            size = image.config.size + sum(layer.size for layer in image.layers)
+            names = ", ".join(image.ref_names) or "(untagged)"
+            lines.append(f"{names:<40} {image.platform!s:<14} {image.image_id[7:19]:<19} {len(image.layers):>6} {human_bytes(size):>10}")
+        lines += ["", f"{'BLOB':<19} {'SIZE':>10} {'PARTS':>5} {'STORED':>10}  KIND"]
+        kinds = {}
+        for image in m.images:
+            kinds[image.config.digest] = "config"
+            for layer in image.layers:
+                kinds[layer.digest] = "layer " + layer.media_type.rsplit(".", 1)[-1]
+        for blob in m.blobs:
+            parts = m.parts_of(blob.digest)
+            stored = sum(p.size for p in parts)
+            lines.append(f"{blob.digest[7:19]:<19} {human_bytes(blob.size):>10} {len(parts):>5} {human_bytes(stored):>10}  {kinds.get(blob.digest, '')}")
+        return "\n".join(lines)
+
+
+def inspect(bundle: Path) -> Inspection:
+    return Inspection(load_bundle(bundle))

@@ -1,0 +1,190 @@
+"""install: verify the signature, then stream the parts into the Docker engine's image load.
+
+The load stream is a docker-save archive (which every Docker version loads) built on the fly: layers
+and configs decompressed straight from the parts, ``manifest.json`` last.  Every part is hashed while
+it streams; if one fails, the upload is cut off before ``manifest.json`` is sent, and the engine,
+which unpacks the whole upload before registering anything, loads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap._internal import fsutil, tarstream
+from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, part_status
+from airgap._internal.engine import Engine
+from airgap._internal.pipeline import threaded
+from airgap.errors import ConflictError, DockerError, IntegrityError, UsageError
+from airgap.keys import PublicKey
+from airgap.models import Image, Platform
+from airgap.progress import NullReporter, Reporter
+from airgap.trust import TrustResult, verify_signatures
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    bundle: Path
+    trusted: tuple[PublicKey, ...]
+    threshold: int = 1
+    replace: bool = False
+    platform: str | None = None  # "os/arch[/variant]"; default: the engine's
+
+
+@dataclass(frozen=True)
+class InstalledImage:
+    image_id: str
+    ref_names: tuple[str, ...]
+    platform: str
+    action: str  # "loaded" or "already present"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    bundle: Path
+    trust: TrustResult
+    images: tuple[InstalledImage, ...]
+    bytes_streamed: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.bundle),
+            "signatures": self.trust.to_dict(),
+            "images": [
+                {"image_id": i.image_id, "ref_names": list(i.ref_names), "platform": i.platform, "action": i.action}
+                for i in self.images
+            ],
+            "bytes_streamed": self.bytes_streamed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _matches(image: Platform, wanted: Platform) -> bool:
+    return image.os == wanted.os and image.architecture == wanted.architecture and (
+        not wanted.variant or image.variant == wanted.variant
+    )
+
+
+def parse_platform(text: str) -> Platform:
+    fields = text.split("/")
+    if len(fields) not in (2, 3) or not all(fields):
+        raise UsageError(f"cannot read platform {text!r}", hint="use os/arch[/variant], e.g. linux/arm64")
+    return Platform(fields[0], fields[1], fields[2] if len(fields) == 3 else None)
+
+
+def select_images(images: tuple[Image, ...], wanted: Platform, explicit: bool, note: Callable[[str], None]) -> list[Image]:
+    """The images for the target platform; a single-platform bundle loads on any engine."""
+    chosen = [i for i in images if _matches(i.platform, wanted)]
+    if chosen:
+        return chosen
+    platforms = sorted({str(i.platform) for i in images})
+    if explicit or len(platforms) > 1:
+        raise UsageError(
+            f"the bundle has no image for {wanted} (it has {', '.join(platforms)})",
+            hint="choose one with --platform",
+        )
+    note(f"note: the bundle's platform {platforms[0]} differs from the engine's {wanted}; loading it anyway")
+    return list(images)
+
+
+def load_stream(bundle: LoadedBundle, images: list[Image], on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+    """A docker-save archive of ``images``, built from verified parts; manifest.json comes last."""
+    entries = []
+    seen: set[str] = set()
+    for image in images:
+        for layer in image.layers:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                entries.append((f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.digest, layer.size))
+    for image in images:
+        if image.config.digest not in seen:
+            seen.add(image.config.digest)
+            entries.append((f"{image.config.digest.removeprefix('sha256:')}.json", image.config.digest, image.config.size))
+    for name, digest, size in entries:
+        yield tarstream.header(name, size)
+        for data in iter_blob(bundle, digest):
+            on_bytes(len(data))
+            yield data
+        yield tarstream.padding(size)
+    index = [
+        {
+            "Config": f"{image.config.digest.removeprefix('sha256:')}.json",
+            "RepoTags": list(image.ref_names) or None,
+            "Layers": [f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers],
+        }
+        for image in images
+    ]
+    body = json.dumps(index, separators=(",", ":")).encode()
+    yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
+
+
+def install(
+    options: InstallOptions,
+    reporter: Reporter | None = None,
+    connect: Callable[[], Engine] = Engine.connect,
+) -> InstallResult:
+    reporter = reporter or NullReporter()
+    started = time.monotonic()
+    bundle = load_bundle(options.bundle)
+    trust_result = verify_signatures(bundle.manifest_bytes, bundle.signatures, options.trusted, options.threshold)
+    reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
+    engine = connect()
+    wanted = parse_platform(options.platform) if options.platform else engine.platform()
+    images = select_images(bundle.manifest.images, wanted, options.platform is not None, reporter.note)
+
+    # never move a tag silently
+    present = True
+    for image in images:
+        if engine.inspect(image.image_id) is None:
+            present = False
+        for ref in image.ref_names:
+            current = engine.image_id(ref)
+            if current != image.image_id:
+                present = False
+            if current is not None and current != image.image_id and not options.replace:
+                raise ConflictError(
+                    f"tag {ref} already names image {current[:19]}, the bundle has {image.image_id[:19]}",
+                    hint="pass --replace to move the tag to the bundle's image",
+                )
+    if present:
+        done = tuple(InstalledImage(i.image_id, i.ref_names, str(i.platform), "already present") for i in images)
+        return InstallResult(options.bundle, trust_result, done, 0, time.monotonic() - started)
+
+    digests = {d.digest for image in images for d in (image.config, *image.layers)}
+    for part in bundle.manifest.parts:
+        if part.blob in digests:
+            problem = part_status(bundle, part)
+            if problem:
+                raise IntegrityError(f"part {part.path} is {problem}", hint="copy the whole bundle again from the original medium")
+    total = sum(bundle.manifest.blob(d).size for d in digests)
+    root = engine.root_dir()
+    if root is not None:
+        # the engine unpacks the whole upload into its data root, then registers the layers there
+        fsutil.require_space(root, 2 * total + (64 << 20), "loading into Docker")
+    else:
+        reporter.note("note: the engine's data root is not on this host; its free space was not checked")
+
+    streamed = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal streamed
+        streamed += n
+        reporter.advance(n)
+
+    reporter.start("install", total)
+    engine.load(threaded(load_stream(bundle, images, on_bytes)))
+    reporter.finish()
+
+    loaded = []
+    for image in images:
+        if engine.inspect(image.image_id) is None:
+            raise DockerError(f"the engine did not keep image {image.image_id[:19]} after loading it")
+        for ref in image.ref_names:
+            if engine.image_id(ref) != image.image_id:
+                raise DockerError(f"after loading, tag {ref} does not name image {image.image_id[:19]}")
+        loaded.append(InstalledImage(image.image_id, image.ref_names, str(image.platform), "loaded"))
+    return InstallResult(options.bundle, trust_result, tuple(loaded), streamed, time.monotonic() - started)

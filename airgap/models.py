@@ -1,0 +1,397 @@
+"""The bundle manifest: frozen dataclasses, strict parsing, canonical bytes.
+
+The manifest file's exact bytes are what signatures cover.  :func:`Manifest.to_bytes` is
+deterministic (sorted keys, fixed indentation, ASCII, integers only), so the same bundle always
+signs the same, and :func:`Manifest.from_bytes` rejects anything the schema in
+``manifests/bundle-v1.schema.json`` does not allow, with a :class:`~airgap.errors.FormatError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airgap.errors import FormatError
+
+SCHEMA_VERSION = 1
+MANIFEST_MEDIA_TYPE = "application/vnd.airgap.bundle.manifest.v1+json"
+MANIFEST_NAME = "manifest.json"
+SIGNATURES_DIR = "signatures"
+PARTS_DIR = "parts"
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+# Docker reference: [registry[:port]/]path[:tag] (digest references are not tags and are not kept).
+_REF_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+)
+_MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+
+MAX_PART_INDEX = 99999
+
+
+def part_path(blob_digest: str, index: int) -> str:
+    """The one path a part may have: derived from its blob's digest and its index."""
+    return f"{PARTS_DIR}/{blob_digest.removeprefix('sha256:')}.{index:05d}.zst"
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+
+
+def valid_ref(ref: str) -> bool:
+    return bool(_REF_RE.match(ref))
+
+
+# --- strict field readers -------------------------------------------------------------------
+
+
+def _obj(value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"manifest: {where} must be an object")
+    keys = set(value)
+    missing = required - keys
+    if missing:
+        raise FormatError(f"manifest: {where} lacks field {sorted(missing)[0]!r}")
+    unknown = keys - required - optional
+    if unknown:
+        raise FormatError(f"manifest: {where} has unknown field {sorted(unknown)[0]!r}")
+    return value
+
+
+def _int(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FormatError(f"manifest: {where} must be an integer >= {minimum}")
+    return value
+
+
+def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+        raise FormatError(f"manifest: {where} is not a valid value: {str(value)[:80]!r}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise FormatError(f"manifest: {where} must be a list")
+    return value
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A content-addressed blob as an image refers to it."""
+
+    digest: str
+    size: int
+    media_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Descriptor:
+        d = _obj(d, where, {"digest", "size", "media_type"})
+        return cls(
+            digest=_str(d["digest"], f"{where}.digest", _DIGEST_RE),
+            size=_int(d["size"], f"{where}.size"),
+            media_type=_str(d["media_type"], f"{where}.media_type", _MEDIA_TYPE_RE),
+        )
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"os": self.os, "architecture": self.architecture}
+        if self.variant:
+            d["variant"] = self.variant
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Platform:
+        d = _obj(d, where, {"os", "architecture"}, frozenset({"variant"}))
+        word = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+        variant = d.get("variant")
+        return cls(
+            os=_str(d["os"], f"{where}.os", word),
+            architecture=_str(d["architecture"], f"{where}.architecture", word),
+            variant=None if variant is None else _str(variant, f"{where}.variant", word),
+        )
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image of the bundle: its names, its config (whose digest is the image ID) and layers."""
+
+    ref_names: tuple[str, ...]
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+    platform: Platform
+
+    @property
+    def image_id(self) -> str:
+        return self.config.digest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ref_names": list(self.ref_names),
+            "config": self.config.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "diff_ids": list(self.diff_ids),
+            "platform": self.platform.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Image:
+        d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"})
+        refs = tuple(_str(r, f"{where}.ref_names[{i}]", _REF_RE) for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names")))
+        layers = tuple(Descriptor.from_dict(x, f"{where}.layers[{i}]") for i, x in enumerate(_list(d["layers"], f"{where}.layers")))
+        diff_ids = tuple(_str(x, f"{where}.diff_ids[{i}]", _DIGEST_RE) for i, x in enumerate(_list(d["diff_ids"], f"{where}.diff_ids")))
+        if len(diff_ids) != len(layers):
+            raise FormatError(f"manifest: {where} has {len(layers)} layers but {len(diff_ids)} diff_ids")
+        if len(set(refs)) != len(refs):
+            raise FormatError(f"manifest: {where}.ref_names lists a name twice")
+        return cls(
+            ref_names=refs,
+            config=Descriptor.from_dict(d["config"], f"{where}.config"),
+            layers=layers,
+            diff_ids=diff_ids,
+            platform=Platform.from_dict(d["platform"], f"{where}.platform"),
+        )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part file: an independent zstd frame holding bytes [offset, offset+length) of one blob."""
+
+    path: str
+    size: int
+    sha256: str
+    blob: str
+    index: int
+    offset: int
+    length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "blob": self.blob,
+            "index": self.index,
+            "offset": self.offset,
+            "length": self.length,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Part:
+        d = _obj(d, where, {"path", "size", "sha256", "blob", "index", "offset", "length"})
+        part = cls(
+            path=_str(d["path"], f"{where}.path"),
+            size=_int(d["size"], f"{where}.size", 1),
+            sha256=_str(d["sha256"], f"{where}.sha256", _HEX64_RE),
+            blob=_str(d["blob"], f"{where}.blob", _DIGEST_RE),
+            index=_int(d["index"], f"{where}.index"),
+            offset=_int(d["offset"], f"{where}.offset"),
+            length=_int(d["length"], f"{where}.length"),
+        )
+        if part.index > MAX_PART_INDEX or part.path != part_path(part.blob, part.index):
+            raise FormatError(
+                f"manifest: {where}.path {part.path[:120]!r} is not the name airgap gives that part",
+                hint="part paths are derived from the blob digest; a different path means an edited manifest",
+            )
+        return part
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Blob:
+        d = _obj(d, where, {"digest", "size"})
+        return cls(digest=_str(d["digest"], f"{where}.digest", _DIGEST_RE), size=_int(d["size"], f"{where}.size"))
+
+
+@dataclass(frozen=True)
+class Compression:
+    algorithm: str
+    level: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "level": self.level}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Compression:
+        d = _obj(d, where, {"algorithm", "level"})
+        algorithm = _str(d["algorithm"], f"{where}.algorithm")
+        if algorithm != "zstd":
+            raise FormatError(f"manifest: unsupported compression {algorithm[:40]!r}")
+        return cls(algorithm=algorithm, level=_int(d["level"], f"{where}.level", 1))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle holds.  Written once, last, and signed as exact bytes."""
+
+    name: str
+    sequence: int
+    created: str
+    tool_version: str
+    part_size: int
+    compression: Compression
+    images: tuple[Image, ...]
+    blobs: tuple[Blob, ...]
+    parts: tuple[Part, ...]
+    expires: str | None = None
+    base: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    media_type: str = MANIFEST_MEDIA_TYPE
+    _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check()
+        self._blob_index.update({b.digest: b for b in self.blobs})
+
+    # -- semantic checks shared by writer and reader --------------------------------------------
+    def _check(self) -> None:
+        if not self.images:
+            raise FormatError("manifest: the bundle lists no image")
+        if not self.parts:
+            raise FormatError("manifest: the bundle lists no part")
+        blob_digests = [b.digest for b in self.blobs]
+        if len(set(blob_digests)) != len(blob_digests):
+            raise FormatError("manifest: a blob is listed twice")
+        sizes = {b.digest: b.size for b in self.blobs}
+        for image in self.images:
+            for desc in (image.config, *image.layers):
+                if desc.digest not in sizes:
+                    raise FormatError(f"manifest: image blob {desc.digest} is not among the bundle's blobs")
+                if sizes[desc.digest] != desc.size:
+                    raise FormatError(f"manifest: blob {desc.digest} has two different sizes")
+        paths = set()
+        expected_offset: dict[str, int] = {}
+        expected_index: dict[str, int] = {}
+        for part in self.parts:
+            if part.path in paths:
+                raise FormatError(f"manifest: part {part.path} is listed twice")
+            paths.add(part.path)
+            if part.blob not in sizes:
+                raise FormatError(f"manifest: part {part.path} belongs to no listed blob")
+            if part.offset != expected_offset.get(part.blob, 0) or part.index != expected_index.get(part.blob, 0):
+                raise FormatError(f"manifest: part {part.path} is out of order or leaves a gap in its blob")
+            expected_offset[part.blob] = part.offset + part.length
+            expected_index[part.blob] = part.index + 1
+            if part.size > self.part_size:
+                raise FormatError(f"manifest: part {part.path} is larger than the bundle's part size")
+        for digest, size in sizes.items():
+            if digest not in expected_offset:
+                raise FormatError(f"manifest: blob {digest} has no part")
+            if expected_offset[digest] != size:
+                raise FormatError(f"manifest: the parts of blob {digest} do not add up to its size")
+        for label, stamp in (("created", self.created), ("expires", self.expires)):
+            if stamp is not None and not _TIME_RE.match(stamp):
+                raise FormatError(f"manifest: {label} is not a UTC time like 2026-01-31T12:00:00Z")
+
+    # -- queries --------------------------------------------------------------------------------
+    def blob(self, digest: str) -> Blob:
+        return self._blob_index[digest]
+
+    def parts_of(self, digest: str) -> list[Part]:
+        return [p for p in self.parts if p.blob == digest]
+
+    @property
+    def total_part_bytes(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "media_type": self.media_type,
+            "name": self.name,
+            "sequence": self.sequence,
+            "created": self.created,
+            "expires": self.expires,
+            "base": self.base,
+            "tool": {"name": "airgap", "version": self.tool_version},
+            "part_size": self.part_size,
+            "compression": self.compression.to_dict(),
+            "images": [i.to_dict() for i in self.images],
+            "blobs": [b.to_dict() for b in self.blobs],
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Manifest:
+        if isinstance(d, dict) and d.get("schema_version") != SCHEMA_VERSION:
+            raise FormatError(
+                f"manifest: schema_version {str(d.get('schema_version'))[:20]} is not supported",
+                hint=f"this airgap reads schema_version {SCHEMA_VERSION}; a newer bundle needs a newer airgap",
+            )
+        d = _obj(
+            d,
+            "the manifest",
+            {"schema_version", "media_type", "name", "sequence", "created", "expires", "base", "tool",
+             "part_size", "compression", "images", "blobs", "parts"},
+        )
+        if d["media_type"] != MANIFEST_MEDIA_TYPE:
+            raise FormatError("manifest: media_type is not an airgap bundle manifest")
+        tool = _obj(d["tool"], "tool", {"name", "version"})
+        if tool["name"] != "airgap":
+            raise FormatError("manifest: tool.name must be 'airgap'")
+        expires = d["expires"]
+        base = d["base"]
+        return cls(
+            name=_str(d["name"], "name", _NAME_RE),
+            sequence=_int(d["sequence"], "sequence"),
+            created=_str(d["created"], "created", _TIME_RE),
+            expires=None if expires is None else _str(expires, "expires", _TIME_RE),
+            base=None if base is None else _str(base, "base", _DIGEST_RE),
+            tool_version=_str(tool["version"], "tool.version", re.compile(r"^[0-9A-Za-z.+-]{1,40}$")),
+            part_size=_int(d["part_size"], "part_size", 1),
+            compression=Compression.from_dict(d["compression"], "compression"),
+            images=tuple(Image.from_dict(x, f"images[{i}]") for i, x in enumerate(_list(d["images"], "images"))),
+            blobs=tuple(Blob.from_dict(x, f"blobs[{i}]") for i, x in enumerate(_list(d["blobs"], "blobs"))),
+            parts=tuple(Part.from_dict(x, f"parts[{i}]") for i, x in enumerate(_list(d["parts"], "parts"))),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            parsed = json.loads(data.decode("utf-8"), parse_float=_reject_float, parse_constant=_reject_float)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise FormatError(f"manifest: not valid JSON ({str(e)[:80]})") from e
+        return cls.from_dict(parsed)
+
+
+def _reject_float(text: str) -> Any:
+    raise FormatError(f"manifest: floating point numbers are not allowed ({text[:20]!r})")

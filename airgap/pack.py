@@ -1,0 +1,205 @@
+"""pack: image sources -> parts -> signed manifest."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airgap import __version__, keys, trust
+from airgap._internal import fsutil
+from airgap._internal.bundle import BundleWriter
+from airgap._internal.engine import Engine
+from airgap._internal.layout import images_from_archive, read_archive
+from airgap._internal.parts import make_compressor, raw_chunk_size
+from airgap.errors import EnvironmentProblem, UsageError
+from airgap.models import Compression, Image, Manifest, format_time
+from airgap.progress import NullReporter, Reporter
+
+DEFAULT_PART_SIZE = 1 << 30
+DEFAULT_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "docker", "docker-archive", "oci-archive"
+    ref: str  # image reference (docker) or archive path
+    name: str | None = None  # oci-archive:PATH:NAME, the repository used for bare OCI ref names
+
+    def __str__(self) -> str:
+        return self.ref if self.kind == "docker" else f"{self.kind}:{self.ref}"
+
+
+def parse_source(text: str) -> Source:
+    for kind in ("docker-archive", "oci-archive"):
+        if text.startswith(kind + ":"):
+            rest = text[len(kind) + 1 :]
+            path, name = rest, None
+            if kind == "oci-archive" and ":" in rest and not Path(rest).exists():
+                path, _, name = rest.partition(":")
+            if not path:
+                raise UsageError(f"source {text!r} names no file")
+            return Source(kind, path, name)
+    if text.startswith("docker-daemon:"):
+        text = text[len("docker-daemon:") :]
+    if not text or "://" in text:
+        raise UsageError(f"cannot read image source {text!r}", hint="name an image in the engine, docker-archive:PATH or oci-archive:PATH")
+    return Source("docker", text)
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    sources: tuple[Source, ...]
+    out_dir: Path
+    key_path: Path
+    passphrase: bytes | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    level: int = DEFAULT_LEVEL
+    overwrite: bool = False
+    name: str | None = None
+    sequence: int | None = None
+    threads: int = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PackResult:
+    out_dir: Path
+    manifest: Manifest
+    signer: str
+    input_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.out_dir),
+            "name": self.manifest.name,
+            "sequence": self.manifest.sequence,
+            "signer": self.signer,
+            "images": [{"ref_names": list(i.ref_names), "image_id": i.image_id, "platform": str(i.platform)} for i in self.manifest.images],
+            "parts": len(self.manifest.parts),
+            "bundle_bytes": self.manifest.total_part_bytes,
+            "input_bytes": self.input_bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _created() -> datetime:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            return datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+        except ValueError as e:
+            raise UsageError("SOURCE_DATE_EPOCH is not a whole number of seconds") from e
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _default_name(images: list[Image]) -> str:
+    for image in images:
+        for ref in image.ref_names:
+            repo = ref.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+            return re.sub(r"[^A-Za-z0-9._-]", "-", repo)[:100] or "bundle"
+    return "bundle"
+
+
+def _merge(images: list[Image]) -> list[Image]:
+    """One entry per (image ID, platform): the same image from two sources keeps every name."""
+    merged: dict[str, Image] = {}
+    for image in images:
+        old = merged.get(image.image_id)
+        if old is None:
+            merged[image.image_id] = image
+        else:
+            refs = old.ref_names + tuple(r for r in image.ref_names if r not in old.ref_names)
+            merged[image.image_id] = Image(refs, old.config, old.layers, old.diff_ids, old.platform)
+    return list(merged.values())
+
+
+def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> int:
+    total = 0
+    for source in sources:
+        if source.kind == "docker":
+            assert engine is not None
+            found = engine.inspect(source.ref)
+            if found is None:
+                raise UsageError(f"image {source.ref} is not in the Docker engine", hint="check 'docker images', or name an archive with docker-archive:PATH")
+            total += int(found.get("Size") or 0)
+        else:
+            try:
+                total += os.stat(source.ref).st_size
+            except OSError as e:
+                raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
+    return total
+
+
+def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], Engine] = Engine.connect) -> PackResult:
+    reporter = reporter or NullReporter()
+    if not options.sources:
+        raise UsageError("no image to pack", hint="name at least one image or archive")
+    raw_chunk_size(options.part_size)  # validates the part size before any work
+    compressor = make_compressor(options.level, options.threads)
+    private = keys.load_private(options.key_path, options.passphrase)
+    started = time.monotonic()
+    engine = connect() if any(s.kind == "docker" for s in options.sources) else None
+    estimate = _estimate(options.sources, engine)
+    target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
+    if target.exists():
+        # worst case: incompressible data; zstd adds well under 1 %
+        fsutil.require_space(target, estimate + estimate // 100 + (16 << 20), "packing")
+
+    moved = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal moved
+        moved += n
+        reporter.advance(n)
+
+    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes)
+    try:
+        images: list[Image] = []
+        reporter.start("pack", estimate)
+        engine_refs = [s.ref for s in options.sources if s.kind == "docker"]
+        if engine_refs:
+            assert engine is not None
+            reporter.note(f"exporting {', '.join(engine_refs)} from the Docker engine")
+            with engine.export(engine_refs) as stream:
+                contents = read_archive(stream, "Docker engine export", writer)
+                images += images_from_archive(contents, writer)
+        for source in options.sources:
+            if source.kind == "docker":
+                continue
+            try:
+                fh = open(source.ref, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
+            with fh:
+                contents = read_archive(fh, str(source), writer)
+                images += images_from_archive(contents, writer, source.name)
+        reporter.finish()
+        images = _merge(images)
+        digests = [d.digest for image in images for d in (image.config, *image.layers)]
+        blobs, parts = writer.commit_parts(digests)
+        created = _created()
+        manifest = Manifest(
+            name=options.name or _default_name(images),
+            sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
+            created=format_time(created),
+            tool_version=__version__,
+            part_size=options.part_size,
+            compression=Compression("zstd", options.level),
+            images=tuple(images),
+            blobs=tuple(blobs),
+            parts=tuple(parts),
+        )
+        fingerprint, signature = trust.sign(manifest.to_bytes(), private)
+        writer.write_manifest(manifest, {fingerprint: signature})
+    except OSError as e:
+        raise fsutil.io_error(e, f"bundle {options.out_dir}") from e
+    except EnvironmentProblem:
+        raise
+    finally:
+        writer.cleanup()
+    return PackResult(options.out_dir, manifest, fingerprint, moved, time.monotonic() - started)

@@ -1,0 +1,81 @@
+"""Signature checks.  Pure: bytes and keys in, a result or a TrustError out.
+
+A signature is Ed25519 over the exact bytes of ``manifest.json``, stored raw (64 bytes) in
+``signatures/<fingerprint>.sig``.  Only signatures from distinct trusted keys count toward the
+threshold; signatures from unknown keys are reported and never counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from airgap.errors import TrustError, UsageError
+from airgap.keys import PublicKey, fingerprint
+
+
+def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:
+    """Return (signer fingerprint, raw signature)."""
+    return fingerprint(key.public_key()), key.sign(manifest_bytes)
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    valid: tuple[str, ...]  # fingerprints of trusted keys whose signature verified
+    invalid: tuple[str, ...]  # fingerprints of trusted keys whose signature did not verify
+    unknown: tuple[str, ...]  # signatures from keys not trusted here: ignored
+    threshold: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "valid": list(self.valid),
+            "invalid": list(self.invalid),
+            "unknown": list(self.unknown),
+            "threshold": self.threshold,
+        }
+
+
+def verify_signatures(
+    manifest_bytes: bytes,
+    signatures: Mapping[str, bytes],
+    trusted: Sequence[PublicKey],
+    threshold: int = 1,
+) -> TrustResult:
+    if threshold < 1:
+        raise UsageError("the signature threshold must be at least 1")
+    if not trusted:
+        raise TrustError("no trusted key given", hint="pass --trust KEY.pub")
+    by_fp = {k.fingerprint: k for k in trusted}
+    valid: list[str] = []
+    invalid: list[str] = []
+    unknown: list[str] = []
+    for fp in sorted(signatures):
+        key = by_fp.get(fp)
+        if key is None:
+            unknown.append(fp)
+            continue
+        try:
+            key.key.verify(signatures[fp], manifest_bytes)
+        except InvalidSignature:
+            invalid.append(fp)
+        else:
+            valid.append(fp)
+    result = TrustResult(tuple(valid), tuple(invalid), tuple(unknown), threshold)
+    if len(valid) < threshold:
+        if invalid:
+            raise TrustError(
+                f"signature signatures/{invalid[0]}.sig does not match manifest.json",
+                hint="the manifest or the signature was changed after signing; do not install this bundle",
+            )
+        if not signatures:
+            raise TrustError("the bundle has no signature", hint="ask the security team for a signed bundle")
+        if not valid:
+            raise TrustError(
+                f"no signature from a trusted key ({len(unknown)} from unknown keys)",
+                hint="check that --trust names the signer's .pub file; fingerprints: " + ", ".join(f[:16] for f in unknown),
+            )
+        raise TrustError(f"only {len(valid)} valid signature(s) from trusted keys, {threshold} required")
+    return result

@@ -1,0 +1,155 @@
+"""verify: the signature, then every part, hashed in parallel.  Reads nothing but the bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap import __version__
+from airgap._internal import fsutil
+from airgap._internal.bundle import STAGING_DIR, LoadedBundle, load_bundle
+from airgap.errors import EnvironmentProblem, IntegrityError
+from airgap.keys import PublicKey
+from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part
+from airgap.progress import NullReporter, Reporter
+from airgap.trust import TrustResult, verify_signatures
+
+HASH_BLOCK = 4 << 20
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    bundle: Path
+    trusted: tuple[PublicKey, ...]
+    threshold: int = 1
+    jobs: int = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PartResult:
+    path: str
+    ok: bool
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    bundle: Path
+    manifest_sha256: str
+    trust: TrustResult
+    parts: tuple[PartResult, ...]
+    unexpected_files: tuple[str, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.parts)
+
+    @property
+    def bad_parts(self) -> list[PartResult]:
+        return [p for p in self.parts if not p.ok]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "bundle": str(self.bundle),
+            "manifest_sha256": self.manifest_sha256,
+            "signatures": self.trust.to_dict(),
+            "parts": [{"path": p.path, "ok": p.ok, "problem": p.problem} for p in self.parts],
+            "parts_checked": len(self.parts),
+            "parts_bad": len(self.bad_parts),
+            "unexpected_files": list(self.unexpected_files),
+            "tool_version": __version__,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class PartsFailed(IntegrityError):
+    """Some parts are missing or damaged; the report says which."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        bad = report.bad_parts
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more bad part(s))" if len(bad) > 1 else ""
+        super().__init__(
+            f"part {first.path} {first.problem}{more}",
+            hint="copy the named part(s) again from the original medium, then verify again",
+        )
+        self.report = report
+
+
+def check_part(bundle: LoadedBundle, part: Part, on_bytes: object = None) -> PartResult:
+    """Hash one part file against the manifest."""
+    label = f"part {part.path}"
+    try:
+        fh = fsutil.open_regular(bundle.part_file(part), label)
+    except IntegrityError as e:
+        return PartResult(part.path, False, e.message.removeprefix(label + " "))
+    advance = on_bytes if callable(on_bytes) else None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != part.size:
+            return PartResult(part.path, False, f"is {size} bytes, the manifest says {part.size} (truncated or damaged)")
+        sha = hashlib.sha256()
+        buf = bytearray(HASH_BLOCK)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = fh.readinto(view)
+                if not n:
+                    break
+                sha.update(view[:n])
+                if advance:
+                    advance(n)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot read {label}: {e.strerror}", hint="the medium may be failing") from e
+    if sha.hexdigest() != part.sha256:
+        return PartResult(part.path, False, "does not match its sha256 in the manifest (damaged or replaced)")
+    return PartResult(part.path, True)
+
+
+def unexpected_files(bundle: LoadedBundle) -> list[str]:
+    listed = {p.path for p in bundle.manifest.parts}
+    extra = []
+    for root, dirs, files in os.walk(bundle.path):
+        rel_root = os.path.relpath(root, bundle.path)
+        if rel_root == STAGING_DIR:
+            dirs[:] = []
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if rel == MANIFEST_NAME or rel in listed:
+                continue
+            if rel.startswith(SIGNATURES_DIR + "/") and rel.endswith(".sig"):
+                continue
+            extra.append(rel)
+    return sorted(extra)
+
+
+def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
+    reporter = reporter or NullReporter()
+    started = time.monotonic()
+    bundle = load_bundle(options.bundle)
+    trust_result = verify_signatures(bundle.manifest_bytes, bundle.signatures, options.trusted, options.threshold)
+    reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
+    parts = bundle.manifest.parts
+    reporter.start("verify", bundle.manifest.total_part_bytes)
+    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        results = list(pool.map(lambda p: check_part(bundle, p, reporter.advance), parts))
+    reporter.finish()
+    report = VerifyReport(
+        bundle=options.bundle,
+        manifest_sha256=hashlib.sha256(bundle.manifest_bytes).hexdigest(),
+        trust=trust_result,
+        parts=tuple(results),
+        unexpected_files=tuple(unexpected_files(bundle)),
+        seconds=time.monotonic() - started,
+    )
+    for extra in report.unexpected_files:
+        reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; ignored)")
+    if not report.ok:
+        raise PartsFailed(report)
+    return report

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Generate a seed-shaped sample image locally, with no pulls.
+
+The image is shaped like the "coding agent" our users ship: a small base layer, an "app" layer of many
+small compressible source files (like Open WebUI's Python tree), an incompressible "model" blob (like
+GGUF weights) in a layer of its own, and a small config layer.  Everything is deterministic for a
+given seed, so the same arguments always give the same image ID.
+
+    scripts/sample_image.py OUT.tar --model-size 64MiB --app-size 16MiB [--format oci] [--load]
+
+--load streams the archive into the Docker engine at DOCKER_HOST (the Engine API, no docker CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+COPY = 4 << 20
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+             "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(float(num) * units[t[len(num):]])
+
+
+class RandomStream:
+    """Deterministic incompressible bytes (AES-CTR keystream), fast enough for tens of GB."""
+
+    def __init__(self, seed: str, size: int) -> None:
+        key = hashlib.sha256(seed.encode()).digest()
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
+        self._left = size
+        self._zeros = bytes(COPY)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        self._left -= n
+        out = b""
+        while n > 0:
+            take = min(n, COPY)
+            out += self._enc.update(self._zeros[:take])
+            n -= take
+        return out
+
+
+_WORDS = ("def class return import from self if else elif for while in not and or None True False try except "
+          "raise with as yield lambda async await request response model config user chat message token stream "
+          "session json dict list str int settings router database query result value item key data").split()
+
+
+def _module_text(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        indent = "    " * rng.randint(0, 3)
+        line = indent + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 12)))
+        line += rng.choice(["(", ":", " = ", ".", ")"]) + rng.choice(_WORDS) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()
+
+
+class _HashWriter(io.RawIOBase):
+    def __init__(self, fh: io.BufferedWriter) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.sha.update(b)
+        self.size += len(b)
+        self.fh.write(b)
+        return len(b)
+
+
+def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.mode, info.mtime = size, kind, mode, 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _write_layer(path: Path, fill: Callable[[tarfile.TarFile], None]) -> tuple[str, int]:
+    with open(path, "wb") as raw:
+        hw = _HashWriter(raw)
+        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY) as tar:  # type: ignore[call-overload]
+            tar.copybufsize = COPY
+            fill(tar)
+    return "sha256:" + hw.sha.hexdigest(), hw.size
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    tag: str
+    image_id: str
+    layers: tuple[str, ...]
+    size: int
+
+
+def build(out: Path, *, tag: str = "airgap-sample/coding-agent:latest", model_size: int = 8 << 20,
+          app_size: int = 4 << 20, seed: str = "airgap", arch: str = "amd64", fmt: str = "docker") -> Sample:
+    """Write a docker-archive (fmt="docker") or oci-archive (fmt="oci") of the sample image to ``out``."""
+    rng = random.Random(seed)
+    work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
+    try:
+        def base(tar: tarfile.TarFile) -> None:
+            for d in ("etc", "usr", "usr/bin", "root", "app"):
+                tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
+            text = b'PRETTY_NAME="airgap sample"\nID=airgap-sample\n'
+            tar.addfile(_info("etc/os-release", len(text)), io.BytesIO(text))
+
+        modules = [_module_text(rng, rng.randint(2_000, 40_000)) for _ in range(64)]
+
+        def app(tar: tarfile.TarFile) -> None:
+            total, i = 0, 0
+            while total < app_size:
+                body = f"# module {i} of the sample web app\n".encode() + modules[i % len(modules)]
+                body = body[: max(1, min(len(body), app_size - total))]
+                tar.addfile(_info(f"app/backend/pkg{i // 100:03d}/mod{i:05d}.py", len(body)), io.BytesIO(body))
+                total += len(body)
+                i += 1
+
+        def model(tar: tarfile.TarFile) -> None:
+            for d in ("root/.ollama", "root/.ollama/models", "root/.ollama/models/blobs"):
+                tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
+            name = "root/.ollama/models/blobs/sha256-" + hashlib.sha256(f"{seed}-model".encode()).hexdigest()
+            tar.addfile(_info(name, model_size), RandomStream(f"{seed}-model", model_size))  # type: ignore[arg-type]
+
+        def settings(tar: tarfile.TarFile) -> None:
+            text = json.dumps({"model": "qwen2.5-coder:32b-instruct-q5_K_M", "seed": seed}).encode()
+            tar.addfile(_info("app/config.json", len(text)), io.BytesIO(text))
+
+        layers = []
+        for name, fill in (("base", base), ("app", app), ("model", model), ("settings", settings)):
+            path = work / f"{name}.tar"
+            digest, size = _write_layer(path, fill)
+            layers.append((path, digest, size))
+        config = {
+            "architecture": arch,
+            "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "config": {"Env": ["OLLAMA_MODELS=/root/.ollama/models"], "Cmd": ["/usr/bin/start"], "WorkingDir": "/app"},
+            "rootfs": {"type": "layers", "diff_ids": [d for _, d, _ in layers]},
+            "history": [{"created": "2026-01-01T00:00:00Z", "created_by": f"sample layer {n}"} for n in ("base", "app", "model", "settings")],
+        }
+        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        tmp_out = out.with_name(f".{out.name}.tmp")
+        with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.copybufsize = COPY
+            if fmt == "docker":
+                for path, digest, size in layers:
+                    with open(path, "rb") as fh:
+                        tar.addfile(_info(f"{digest[7:]}/layer.tar", size), fh)
+                tar.addfile(_info(f"{config_digest[7:]}.json", len(config_bytes)), io.BytesIO(config_bytes))
+                index = json.dumps([{"Config": f"{config_digest[7:]}.json", "RepoTags": [tag],
+                                     "Layers": [f"{d[7:]}/layer.tar" for _, d, _ in layers]}]).encode()
+                tar.addfile(_info("manifest.json", len(index)), io.BytesIO(index))
+            else:
+                tar.addfile(_info("blobs", kind=tarfile.DIRTYPE, mode=0o755))
+                tar.addfile(_info("blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755))
+                for path, digest, size in layers:
+                    with open(path, "rb") as fh:
+                        tar.addfile(_info(f"blobs/sha256/{digest[7:]}", size), fh)
+                tar.addfile(_info(f"blobs/sha256/{config_digest[7:]}", len(config_bytes)), io.BytesIO(config_bytes))
+                manifest = json.dumps({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": len(config_bytes)},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s} for _, d, s in layers],
+                }, separators=(",", ":")).encode()
+                manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+                tar.addfile(_info(f"blobs/sha256/{manifest_digest[7:]}", len(manifest)), io.BytesIO(manifest))
+                index = json.dumps({
+                    "schemaVersion": 2,
+                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+                                   "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}],
+                }).encode()
+                layout = b'{"imageLayoutVersion":"1.0.0"}'
+                tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
+                tar.addfile(_info("index.json", len(index)), io.BytesIO(index))
+        os.replace(tmp_out, out)
+        return Sample(out, tag, config_digest, tuple(d for _, d, _ in layers), out.stat().st_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load_into_engine(archive: Path) -> None:
+    import docker
+
+    client = docker.from_env(timeout=3600)
+    with open(archive, "rb") as fh:
+        for msg in client.api.load_image(fh, quiet=True):
+            if msg.get("error"):
+                raise SystemExit(f"docker load failed: {msg['error']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path)
+    p.add_argument("--tag", default="airgap-sample/coding-agent:latest")
+    p.add_argument("--model-size", default="8MiB")
+    p.add_argument("--app-size", default="4MiB")
+    p.add_argument("--seed", default="airgap")
+    p.add_argument("--arch", default="amd64")
+    p.add_argument("--format", choices=("docker", "oci"), default="docker")
+    p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
+    args = p.parse_args(argv)
+    sample = build(args.out, tag=args.tag, model_size=parse_size(args.model_size), app_size=parse_size(args.app_size),
+                   seed=args.seed, arch=args.arch, fmt=args.format)
+    print(f"wrote {sample.path} ({sample.size} bytes): {sample.tag} {sample.image_id}", file=sys.stderr)
+    if args.load:
+        load_into_engine(sample.path)
+        print(f"loaded {sample.tag} into the Docker engine", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
