@@ -1,0 +1,119 @@
+"""Shared fixtures: a real Docker engine, sample images built locally, keys, and the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import sample_image  # noqa: E402
+
+from airgap._cli import main  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _engine_answers() -> bool:
+    try:
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means no engine
+        return False
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must run every Docker test)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Iterator[str]:
+    """DOCKER_HOST of a real engine: the one configured, or a private one started for the session."""
+    if os.environ.get("DOCKER_HOST") and _engine_answers():
+        yield os.environ["DOCKER_HOST"]
+        return
+    if not shutil.which("dockerd") or os.geteuid() != 0:
+        _unavailable("no Docker engine answers and a private dockerd cannot be started here")
+    engine_dir = Path(tempfile.mkdtemp(prefix="airgap-test-dockerd."))
+    script = ROOT / "scripts" / "private-dockerd"
+    started = subprocess.run([str(script), "start", str(engine_dir)], capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        _unavailable(f"private dockerd did not start: {started.stderr.strip()[-500:]}")
+    old = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = started.stdout.strip()
+    try:
+        yield os.environ["DOCKER_HOST"]
+    finally:
+        subprocess.run([str(script), "stop", str(engine_dir)], check=False)
+        shutil.rmtree(engine_dir, ignore_errors=True)
+        if old is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = old
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host: str) -> docker.DockerClient:
+    return docker.from_env(timeout=600)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run airgap in-process; return exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(["--quiet", *args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sample_image.Sample]:
+    """Small seed-shaped images: two docker-archives sharing base layers, and an oci-archive."""
+    d = tmp_path_factory.mktemp("samples")
+    return {
+        "docker": sample_image.build(d / "agent.tar", tag="airgap-test/agent:1.0", model_size=3 << 20, app_size=1 << 20, seed="one"),
+        "docker2": sample_image.build(d / "agent2.tar", tag="airgap-test/agent:2.0", model_size=3 << 20, app_size=1 << 20, seed="two"),
+        "oci": sample_image.build(d / "agent-oci.tar", tag="airgap-test/agent-oci:1.0", model_size=2 << 20, app_size=1 << 20,
+                                  seed="oci", fmt="oci"),
+    }
+
+
+@pytest.fixture(scope="session")
+def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from airgap import keys
+
+    d = tmp_path_factory.mktemp("keys")
+    key, pub, _ = keys.generate(d / "signer", None)
+    return key, pub
+
+
+@pytest.fixture(scope="session")
+def other_keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from airgap import keys
+
+    d = tmp_path_factory.mktemp("otherkeys")
+    key, pub, _ = keys.generate(d / "stranger", None)
+    return key, pub

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airgap._internal.parts import BlobWriter, compress_bound, iter_part_data, make_compressor, raw_chunk_size
+from airgap.errors import IntegrityError, UsageError
+from airgap.models import Part, part_path
+
+
+def split(tmp: Path, data: bytes, part_size: int, level: int = 3, feed: int = 1 << 16) -> tuple[str, list[Part]]:
+    writer = BlobWriter(tmp, "t", len(data), part_size, make_compressor(level, 2), lambda n: None)
+    for i in range(0, len(data), feed):
+        writer.write(data[i : i + feed])
+    staged = writer.finish()
+    parts = []
+    for i, sp in enumerate(staged.parts):
+        final = tmp / Path(part_path(staged.digest, i)).name
+        os.replace(sp.tmp_path, final)
+        parts.append(Part(part_path(staged.digest, i), sp.size, sp.sha256, staged.digest, i, sp.offset, sp.length))
+    return staged.digest, parts
+
+
+def join(tmp: Path, parts: list[Part]) -> bytes:
+    out = b""
+    for part in parts:
+        with open(tmp / Path(part.path).name, "rb") as fh:
+            out += b"".join(iter_part_data(fh, part, part.path))
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 300_000), part_size=st.integers(4096, 70_000), compressible=st.booleans())
+def test_split_join_round_trip_and_no_part_over_size(tmp_path: Path, size: int, part_size: int, compressible: bool) -> None:
+    data = (b"layer data " * (size // 11 + 1))[:size] if compressible else os.urandom(size)
+    d = tmp_path / f"{size}-{part_size}-{compressible}"
+    d.mkdir()
+    digest, parts = split(d, data, part_size)
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert all(p.size <= part_size for p in parts)
+    assert sum(p.length for p in parts) == size
+    assert join(d, parts) == data
+
+
+def test_incompressible_worst_case_fits_part_size(tmp_path: Path) -> None:
+    part_size = 1 << 20
+    data = os.urandom(3 * part_size)
+    _, parts = split(tmp_path, data, part_size, level=19)
+    assert max(p.size for p in parts) <= part_size
+    assert compress_bound(raw_chunk_size(part_size)) < part_size
+
+
+def test_same_blob_gives_same_parts(tmp_path: Path) -> None:
+    data = os.urandom(200_000) + b"x" * 100_000
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, a = split(tmp_path / "a", data, 50_000, feed=7_777)
+    _, b = split(tmp_path / "b", data, 50_000, feed=65_536)
+    assert a == b
+
+
+def test_each_part_is_an_independent_frame(tmp_path: Path) -> None:
+    data = os.urandom(150_000)
+    _, parts = split(tmp_path, data, 40_000)
+    middle = parts[len(parts) // 2]
+    raw = zstandard.ZstdDecompressor().decompress((tmp_path / Path(middle.path).name).read_bytes())
+    assert raw == data[middle.offset : middle.offset + middle.length]
+
+
+def test_flipped_byte_in_part_rejected(tmp_path: Path) -> None:
+    _, parts = split(tmp_path, os.urandom(100_000), 60_000)
+    f = tmp_path / Path(parts[0].path).name
+    blob = bytearray(f.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    f.write_bytes(blob)
+    with pytest.raises(IntegrityError, match="does not match its sha256"):
+        join(tmp_path, parts)
+
+
+def test_truncated_part_rejected(tmp_path: Path) -> None:
+    _, parts = split(tmp_path, os.urandom(100_000), 60_000)
+    f = tmp_path / Path(parts[1].path).name
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match="manifest says"):
+        join(tmp_path, parts)
+
+
+def test_zstd_bomb_past_declared_length_stopped() -> None:
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 << 20))
+    part = Part(part_path("sha256:" + "c" * 64, 0), len(bomb), hashlib.sha256(bomb).hexdigest(), "sha256:" + "c" * 64, 0, 0, 1000)
+    produced = 0
+    with pytest.raises(IntegrityError, match="decompresses past its declared length"):
+        for block in iter_part_data(io.BytesIO(bomb), part, "bomb"):
+            produced += len(block)
+    assert produced == 0  # nothing from the bad part reached the caller
+
+
+def test_last_block_held_back_until_hash_checked() -> None:
+    good = zstandard.ZstdCompressor().compress(b"y" * 5000)
+    part = Part(part_path("sha256:" + "d" * 64, 0), len(good), "0" * 64, "sha256:" + "d" * 64, 0, 0, 5000)
+    got = []
+    with pytest.raises(IntegrityError):
+        for block in iter_part_data(io.BytesIO(good), part, "p"):
+            got.append(block)
+    assert got == []
+
+
+def test_tiny_part_size_refused() -> None:
+    with pytest.raises(UsageError, match="too small"):
+        raw_chunk_size(100)
