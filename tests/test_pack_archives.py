@@ -1,0 +1,209 @@
+"""pack from archives (no engine needed), verify, inspect, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from airgap._internal.bundle import load_bundle
+from airgap.install import load_stream
+from airgap.models import MANIFEST_NAME
+from tests.test_models import SCHEMA
+
+
+def pack(cli, sources: list[str], out: Path, key: Path, *extra: str):  # type: ignore[no-untyped-def]
+    return cli("pack", *sources, "-o", str(out), "--key", str(key), *extra)
+
+
+def test_docker_archive_pack_verify_inspect(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, pub = keypair
+    out = tmp_path / "b"
+    r = pack(cli, [f"docker-archive:{samples['docker'].path}"], out, key, "--part-size", "1MiB", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["images"][0]["image_id"] == samples["docker"].image_id
+    assert result["images"][0]["ref_names"] == ["airgap-test/agent:1.0"]
+    manifest = json.loads((out / MANIFEST_NAME).read_bytes())
+    jsonschema.validate(manifest, SCHEMA)
+    assert all((out / p["path"]).stat().st_size <= 1 << 20 for p in manifest["parts"])
+    assert len([p for p in manifest["parts"] if p["blob"] == samples["docker"].layers[2]]) >= 3  # model layer split
+    r = cli("verify", str(out), "--trust", str(pub), "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["ok"] and report["parts_checked"] == len(manifest["parts"])
+    r = cli("inspect", str(out))
+    assert r.code == 0 and "airgap-test/agent:1.0" in r.out and samples["docker"].image_id[7:19] in r.out
+
+
+def test_oci_archive_pack_keeps_image_id(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, pub = keypair
+    r = pack(cli, [f"oci-archive:{samples['oci'].path}"], tmp_path / "b", key, "--json")
+    assert r.code == 0, r.err
+    image = json.loads(r.out)["images"][0]
+    assert image["image_id"] == samples["oci"].image_id
+    assert image["ref_names"] == ["airgap-test/agent-oci:1.0"]
+
+
+def test_shared_layers_stored_once(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, _ = keypair
+    out = tmp_path / "b"
+    sources = [f"docker-archive:{samples['docker'].path}", f"docker-archive:{samples['docker2'].path}"]
+    assert pack(cli, sources, out, key).code == 0
+    m = load_bundle(out).manifest
+    assert len(m.images) == 2
+    shared = set(m.images[0].diff_ids) & set(m.images[1].diff_ids)
+    assert shared  # the base layer is the same in both sample images
+    assert len(m.blobs) == len({d.digest for i in m.images for d in (i.config, *i.layers)})
+    assert len({p.path for p in m.parts}) == len(m.parts)
+
+
+def test_same_layer_gives_same_parts_in_two_bundles(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, _ = keypair
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], tmp_path / "a", key, "--part-size", "1MiB").code == 0
+    assert pack(cli, [f"docker-archive:{samples['docker2'].path}"], tmp_path / "b", key, "--part-size", "1MiB").code == 0
+    a, b = load_bundle(tmp_path / "a").manifest, load_bundle(tmp_path / "b").manifest
+    base = a.images[0].layers[0].digest
+    assert base == b.images[0].layers[0].digest
+    assert a.parts_of(base) == b.parts_of(base)
+    for part in a.parts_of(base):
+        assert (tmp_path / "a" / part.path).read_bytes() == (tmp_path / "b" / part.path).read_bytes()
+
+
+def test_non_empty_output_refused_without_overwrite(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, _ = keypair
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    r = pack(cli, [f"docker-archive:{samples['docker'].path}"], out, key)
+    assert r.code == 7 and "is not empty" in r.err and "--overwrite" in r.err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_old_bundle(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, pub = keypair
+    out = tmp_path / "b"
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], out, key).code == 0
+    assert pack(cli, [f"docker-archive:{samples['docker2'].path}"], out, key, "--overwrite").code == 0
+    assert cli("verify", str(out), "--trust", str(pub)).code == 0
+    assert load_bundle(out).manifest.images[0].image_id == samples["docker2"].image_id
+    assert not (out / ".airgap-staging").exists()
+
+
+def test_truncated_archive_leaves_no_complete_looking_bundle(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, _ = keypair
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(samples["docker"].path.read_bytes()[: samples["docker"].size // 2])
+    out = tmp_path / "b"
+    r = pack(cli, [f"docker-archive:{broken}"], out, key)
+    assert r.code == 3, r.err
+    assert "broken.tar" in r.err and "Traceback" not in r.err
+    assert not (out / MANIFEST_NAME).exists()
+    r = cli("verify", str(out), "--trust", str(keypair[1]))
+    assert r.code == 3 and "not a complete bundle" in r.err
+
+
+def test_not_an_image_archive_is_format_error(cli, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"hello" * 1000)
+    r = pack(cli, [f"docker-archive:{junk}"], tmp_path / "b", keypair[0])
+    assert r.code == 3 and "junk.tar" in r.err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--part-size", "lots"], "cannot read size"),
+        (["--part-size", "100"], "too small"),
+        (["--level", "40"], "out of range"),
+    ],
+)
+def test_bad_pack_options_are_usage_errors(cli, samples, keypair, tmp_path: Path, args: list[str], needle: str) -> None:  # type: ignore[no-untyped-def]
+    r = pack(cli, [f"docker-archive:{samples['docker'].path}"], tmp_path / "b", keypair[0], *args)
+    assert r.code == 2 and needle in r.err and "hint:" in r.err
+
+
+def test_missing_key_file_is_usage_error(cli, samples, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = pack(cli, [f"docker-archive:{samples['docker'].path}"], tmp_path / "b", tmp_path / "nokey.key")
+    assert r.code == 2 and "nokey.key" in r.err
+
+
+def test_verify_untrusted_signer_exit_5(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], tmp_path / "b", keypair[0]).code == 0
+    r = cli("verify", str(tmp_path / "b"), "--trust", str(other_keypair[1]))
+    assert r.code == 5 and "no signature from a trusted key" in r.err
+
+
+def test_edited_manifest_exit_5(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], out, keypair[0]).code == 0
+    m = out / MANIFEST_NAME
+    m.write_bytes(m.read_bytes().replace(b"airgap-test/agent:1.0", b"airgap-test/agent:6.6"))
+    r = cli("verify", str(out), "--trust", str(keypair[1]))
+    assert r.code == 5 and "does not match manifest.json" in r.err
+
+
+def test_verify_names_every_bad_part(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], out, keypair[0], "--part-size", "1MiB").code == 0
+    parts = load_bundle(out).manifest.parts
+    first, last = out / parts[0].path, out / parts[-1].path
+    first.unlink()
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 0xFF
+    last.write_bytes(data)
+    r = cli("verify", str(out), "--trust", str(keypair[1]), "--json")
+    assert r.code == 4
+    report = json.loads(r.out)
+    bad = {p["path"]: p["problem"] for p in report["parts"] if not p["ok"]}
+    assert set(bad) == {parts[0].path, parts[-1].path}
+    assert "missing" in bad[parts[0].path] and "sha256" in bad[parts[-1].path]
+    assert parts[0].path in r.err
+
+
+def test_symlinked_part_rejected(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], out, keypair[0]).code == 0
+    part = out / load_bundle(out).manifest.parts[0].path
+    moved = tmp_path / "elsewhere.zst"
+    part.rename(moved)
+    part.symlink_to(moved)
+    r = cli("verify", str(out), "--trust", str(keypair[1]))
+    assert r.code == 4 and "symbolic link" in r.err
+
+
+@pytest.mark.tools
+def test_skopeo_written_oci_archive_packs_with_skopeos_config(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not shutil.which("skopeo"):
+        pytest.fail("skopeo is not installed (.ci/run installs it)")
+    oci = tmp_path / "skopeo-oci.tar"
+    subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{samples['docker'].path}", f"oci-archive:{oci}:airgap-test/agent:1.0"],
+                   check=True, capture_output=True)
+    config = subprocess.run(["skopeo", "inspect", "--raw", "--config", f"oci-archive:{oci}"], check=True, capture_output=True).stdout
+    r = pack(cli, [f"oci-archive:{oci}"], tmp_path / "b", keypair[0], "--json")
+    assert r.code == 0, r.err
+    image = json.loads(r.out)["images"][0]
+    # skopeo rewrites the config as an OCI config: the image ID is that config's digest, the layers are unchanged
+    assert image["image_id"] == "sha256:" + hashlib.sha256(config).hexdigest()
+    assert image["ref_names"] == ["airgap-test/agent:1.0"]
+    assert list(load_bundle(tmp_path / "b").manifest.images[0].diff_ids) == list(samples["docker"].layers)
+
+
+@pytest.mark.tools
+def test_install_stream_is_an_archive_skopeo_accepts(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not shutil.which("skopeo"):
+        pytest.fail("skopeo is not installed (.ci/run installs it)")
+    out = tmp_path / "b"
+    assert pack(cli, [f"docker-archive:{samples['docker'].path}"], out, keypair[0], "--part-size", "1MiB").code == 0
+    bundle = load_bundle(out)
+    archive = tmp_path / "stream.tar"
+    with open(archive, "wb") as fh:
+        for chunk in load_stream(bundle, list(bundle.manifest.images), lambda n: None):
+            fh.write(chunk)
+    info = subprocess.run(["skopeo", "inspect", "--raw", "--config", f"docker-archive:{archive}"], check=True, capture_output=True)
+    assert "sha256:" + hashlib.sha256(info.stdout).hexdigest() == samples["docker"].image_id
