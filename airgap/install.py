@@ -132,7 +132,18 @@ def install(
     bundle = load_bundle(options.bundle)
     trust_result = verify_signatures(bundle.manifest_bytes, bundle.signatures, options.trusted, options.threshold)
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
-    engine = connect()
+    with connect() as engine:
+        return _install(options, bundle, trust_result, engine, reporter, started)
+
+
+def _install(
+    options: InstallOptions,
+    bundle: LoadedBundle,
+    trust_result: TrustResult,
+    engine: Engine,
+    reporter: Reporter,
+    started: float,
+) -> InstallResult:
     wanted = parse_platform(options.platform) if options.platform else engine.platform()
     images = select_images(bundle.manifest.images, wanted, options.platform is not None, reporter.note)
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import zstandard
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil
 from airgap._internal.bundle import BundleWriter
@@ -144,6 +147,21 @@ def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callab
     private = keys.load_private(options.key_path, options.passphrase)
     started = time.monotonic()
     engine = connect() if any(s.kind == "docker" for s in options.sources) else None
+    try:
+        return _pack(options, reporter, compressor, private, engine, started)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def _pack(
+    options: PackOptions,
+    reporter: Reporter,
+    compressor: zstandard.ZstdCompressor,
+    private: Ed25519PrivateKey,
+    engine: Engine | None,
+    started: float,
+) -> PackResult:
     estimate = _estimate(options.sources, engine)
     target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
     if target.exists():

@@ -26,7 +26,11 @@ import sample_image  # noqa: E402
 
 def engine_answers() -> bool:
     try:
-        docker.from_env(timeout=5).ping()
+        client = docker.from_env(timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
         return True
     except Exception:  # noqa: BLE001 - any failure means "no engine here"
         return False

@@ -26,7 +26,11 @@ IN_CI = bool(os.environ.get("CI"))
 
 def _engine_answers() -> bool:
     try:
-        docker.from_env(timeout=5).ping()
+        client = docker.from_env(timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
         return True
     except Exception:  # noqa: BLE001 - any failure means no engine
         return False
@@ -65,8 +69,10 @@ def docker_host() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def docker_client(docker_host: str) -> docker.DockerClient:
-    return docker.from_env(timeout=600)
+def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
+    client = docker.from_env(timeout=600)
+    yield client
+    client.close()
 
 
 @dataclass(frozen=True)

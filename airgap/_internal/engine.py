@@ -6,6 +6,8 @@ Every docker or transport exception is converted here into :class:`~airgap.error
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,12 +38,31 @@ class Engine:
 
     @classmethod
     def connect(cls) -> Engine:
+        _check_unix_socket(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
         try:
-            client = docker.from_env(timeout=LOAD_TIMEOUT)
-            client.ping()
+            # a pinned API version does not touch the engine on construction, so a dead engine leaks no socket
+            probe = docker.from_env(version="1.24", timeout=30)
+        except docker.errors.DockerException as e:
+            raise _fail("cannot connect", e) from e
+        try:
+            probe.ping()
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
             raise _fail("cannot connect", e) from e
-        return cls(client)
+        finally:
+            probe.close()
+        try:
+            return cls(docker.from_env(timeout=LOAD_TIMEOUT))
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            raise _fail("cannot connect", e) from e
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def info(self) -> dict[str, Any]:
         try:
@@ -127,6 +148,21 @@ class Engine:
             return messages
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail("image load failed", e) from e
+
+
+def _check_unix_socket(host: str) -> None:
+    """Fail early and clearly when a unix-socket DOCKER_HOST has no engine behind it."""
+    if not host.startswith("unix://"):
+        return
+    path = host[len("unix://") :]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        raise DockerError(f"Docker engine: cannot connect to {path}: {e.strerror or e}", hint=_HINT) from e
+    finally:
+        sock.close()
 
 
 class _ExportStream:
