@@ -76,8 +76,19 @@ def keygen(out: Path, passphrase_env: str | None, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.pass_context
-def pack(ctx: click.Context, images: tuple[str, ...], out_dir: Path, key_path: Path, passphrase_env: str | None,
-         part_size: str, level: int, name: str | None, sequence: int | None, overwrite: bool, as_json: bool) -> None:
+def pack(
+    ctx: click.Context,
+    images: tuple[str, ...],
+    out_dir: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    part_size: str,
+    level: int,
+    name: str | None,
+    sequence: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
     """Pack IMAGES into a signed bundle.
 
     Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH or oci-archive:PATH[:NAME].
@@ -110,10 +121,17 @@ def pack(ctx: click.Context, images: tuple[str, ...], out_dir: Path, key_path: P
 
 
 def _trust_options(f: Any) -> Any:
-    f = click.option("--threshold", default=1, show_default=True, type=int, help="valid signatures from distinct trusted keys required")(f)
-    f = click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
-                     help="trusted public key (.pub) or a directory of them; repeatable")(f)
-    return f
+    f = click.option(
+        "--threshold", default=1, show_default=True, type=int, help="valid signatures from distinct trusted keys required"
+    )(f)
+    return click.option(
+        "--trust",
+        "trust",
+        multiple=True,
+        required=True,
+        type=click.Path(path_type=Path),
+        help="trusted public key (.pub) or a directory of them; repeatable",
+    )(f)
 
 
 @cli.command()
@@ -163,8 +181,9 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @click.pass_context
-def install(ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, replace: bool,
-            platform: str | None, as_json: bool) -> None:
+def install(
+    ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, replace: bool, platform: str | None, as_json: bool
+) -> None:
     """Verify a bundle and load its images into the Docker engine (DOCKER_HOST)."""
     from airgap import install as core
 
@@ -197,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return int(ExitCode.INTERNAL)
-    except Exception as e:  # noqa: BLE001 - the one place unexpected errors become one line
+    except Exception as e:
         if os.environ.get("AIRGAP_DEBUG"):
             raise
         click.echo(f"error: internal error: {type(e).__name__}: {e}", err=True)

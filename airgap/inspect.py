@@ -39,7 +39,9 @@ class Inspection:
         for image in m.images:
             size = image.config.size + sum(layer.size for layer in image.layers)
             names = ", ".join(image.ref_names) or "(untagged)"
-            lines.append(f"{names:<40} {image.platform!s:<14} {image.image_id[7:19]:<19} {len(image.layers):>6} {human_bytes(size):>10}")
+            lines.append(
+                f"{names:<40} {image.platform!s:<14} {image.image_id[7:19]:<19} {len(image.layers):>6} {human_bytes(size):>10}"
+            )
         lines += ["", f"{'BLOB':<19} {'SIZE':>10} {'PARTS':>5} {'STORED':>10}  KIND"]
         kinds = {}
         for image in m.images:
@@ -49,7 +51,9 @@ class Inspection:
         for blob in m.blobs:
             parts = m.parts_of(blob.digest)
             stored = sum(p.size for p in parts)
-            lines.append(f"{blob.digest[7:19]:<19} {human_bytes(blob.size):>10} {len(parts):>5} {human_bytes(stored):>10}  {kinds.get(blob.digest, '')}")
+            lines.append(
+                f"{blob.digest[7:19]:<19} {human_bytes(blob.size):>10} {len(parts):>5} {human_bytes(stored):>10}  {kinds.get(blob.digest, '')}"
+            )
         return "\n".join(lines)
 
 

@@ -64,8 +64,10 @@ class InstallResult:
 
 
 def _matches(image: Platform, wanted: Platform) -> bool:
-    return image.os == wanted.os and image.architecture == wanted.architecture and (
-        not wanted.variant or image.variant == wanted.variant
+    return (
+        image.os == wanted.os
+        and image.architecture == wanted.architecture
+        and (not wanted.variant or image.variant == wanted.variant)
     )
 
 
@@ -170,7 +172,9 @@ def _install(
         if part.blob in digests:
             problem = part_status(bundle, part)
             if problem:
-                raise IntegrityError(f"part {part.path} is {problem}", hint="copy the whole bundle again from the original medium")
+                raise IntegrityError(
+                    f"part {part.path} is {problem}", hint="copy the whole bundle again from the original medium"
+                )
     total = sum(bundle.manifest.blob(d).size for d in digests)
     root = engine.root_dir()
     if root is not None:

@@ -76,7 +76,9 @@ def load_public(path: Path) -> PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise FormatError(f"trusted key {path} is not a PEM public key", hint="pass the PREFIX.pub written by 'airgap keygen'") from e
+        raise FormatError(
+            f"trusted key {path} is not a PEM public key", hint="pass the PREFIX.pub written by 'airgap keygen'"
+        ) from e
     if not isinstance(key, Ed25519PublicKey):
         raise FormatError(f"trusted key {path} is not an Ed25519 public key")
     return PublicKey(key=key, fingerprint=fingerprint(key), source=str(path))

@@ -165,9 +165,15 @@ class Image:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Image:
         d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"})
-        refs = tuple(_str(r, f"{where}.ref_names[{i}]", _REF_RE) for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names")))
-        layers = tuple(Descriptor.from_dict(x, f"{where}.layers[{i}]") for i, x in enumerate(_list(d["layers"], f"{where}.layers")))
-        diff_ids = tuple(_str(x, f"{where}.diff_ids[{i}]", _DIGEST_RE) for i, x in enumerate(_list(d["diff_ids"], f"{where}.diff_ids")))
+        refs = tuple(
+            _str(r, f"{where}.ref_names[{i}]", _REF_RE) for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names"))
+        )
+        layers = tuple(
+            Descriptor.from_dict(x, f"{where}.layers[{i}]") for i, x in enumerate(_list(d["layers"], f"{where}.layers"))
+        )
+        diff_ids = tuple(
+            _str(x, f"{where}.diff_ids[{i}]", _DIGEST_RE) for i, x in enumerate(_list(d["diff_ids"], f"{where}.diff_ids"))
+        )
         if len(diff_ids) != len(layers):
             raise FormatError(f"manifest: {where} has {len(layers)} layers but {len(diff_ids)} diff_ids")
         if len(set(refs)) != len(refs):
@@ -360,8 +366,21 @@ class Manifest:
         d = _obj(
             d,
             "the manifest",
-            {"schema_version", "media_type", "name", "sequence", "created", "expires", "base", "tool",
-             "part_size", "compression", "images", "blobs", "parts"},
+            {
+                "schema_version",
+                "media_type",
+                "name",
+                "sequence",
+                "created",
+                "expires",
+                "base",
+                "tool",
+                "part_size",
+                "compression",
+                "images",
+                "blobs",
+                "parts",
+            },
         )
         if d["media_type"] != MANIFEST_MEDIA_TYPE:
             raise FormatError("manifest: media_type is not an airgap bundle manifest")

@@ -50,7 +50,9 @@ def parse_source(text: str) -> Source:
     if text.startswith("docker-daemon:"):
         text = text[len("docker-daemon:") :]
     if not text or "://" in text:
-        raise UsageError(f"cannot read image source {text!r}", hint="name an image in the engine, docker-archive:PATH or oci-archive:PATH")
+        raise UsageError(
+            f"cannot read image source {text!r}", hint="name an image in the engine, docker-archive:PATH or oci-archive:PATH"
+        )
     return Source("docker", text)
 
 
@@ -82,7 +84,10 @@ class PackResult:
             "name": self.manifest.name,
             "sequence": self.manifest.sequence,
             "signer": self.signer,
-            "images": [{"ref_names": list(i.ref_names), "image_id": i.image_id, "platform": str(i.platform)} for i in self.manifest.images],
+            "images": [
+                {"ref_names": list(i.ref_names), "image_id": i.image_id, "platform": str(i.platform)}
+                for i in self.manifest.images
+            ],
             "parts": len(self.manifest.parts),
             "bundle_bytes": self.manifest.total_part_bytes,
             "input_bytes": self.input_bytes,
@@ -124,11 +129,13 @@ def _merge(images: list[Image]) -> list[Image]:
 def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> int:
     total = 0
     for source in sources:
-        if source.kind == "docker":
-            assert engine is not None
+        if source.kind == "docker" and engine is not None:
             found = engine.inspect(source.ref)
             if found is None:
-                raise UsageError(f"image {source.ref} is not in the Docker engine", hint="check 'docker images', or name an archive with docker-archive:PATH")
+                raise UsageError(
+                    f"image {source.ref} is not in the Docker engine",
+                    hint="check 'docker images', or name an archive with docker-archive:PATH",
+                )
             total += int(found.get("Size") or 0)
         else:
             try:
@@ -180,8 +187,7 @@ def _pack(
         images: list[Image] = []
         reporter.start("pack", estimate)
         engine_refs = [s.ref for s in options.sources if s.kind == "docker"]
-        if engine_refs:
-            assert engine is not None
+        if engine_refs and engine is not None:
             reporter.note(f"exporting {', '.join(engine_refs)} from the Docker engine")
             with engine.export(engine_refs) as stream:
                 contents = read_archive(stream, "Docker engine export", writer)

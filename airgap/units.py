@@ -7,11 +7,20 @@ import re
 from airgap.errors import UsageError
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -24,4 +33,4 @@ def parse_size(text: str) -> int:
     whole, _, frac = m.group(1).partition(".")
     # exact integer arithmetic: no floats reach the manifest
     scale = 10 ** len(frac)
-    return (int(whole) * scale + int(frac or 0)) * _UNITS[unit] // scale
+    return int((int(whole) * scale + int(frac or 0)) * _UNITS[unit] // scale)

@@ -99,7 +99,7 @@ def check_part(bundle: LoadedBundle, part: Part, on_bytes: object = None) -> Par
         view = memoryview(buf)
         try:
             while True:
-                n = fh.readinto(view)
+                n = fh.readinto(view)  # type: ignore[attr-defined]
                 if not n:
                     break
                 sha.update(view[:n])

@@ -49,8 +49,9 @@ def main() -> int:
     if not engine_answers():
         private = DEMO / "dockerd"
         print(f"no Docker engine answers; starting a private one in {private}", flush=True)
-        host = subprocess.run([str(ROOT / "scripts/private-dockerd"), "start", str(private)], check=True,
-                              capture_output=True, text=True).stdout.strip()
+        host = subprocess.run(
+            [str(ROOT / "scripts/private-dockerd"), "start", str(private)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         os.environ["DOCKER_HOST"] = host
     try:
         client = docker.from_env(timeout=600)
@@ -68,8 +69,20 @@ def main() -> int:
         os.environ["AIRGAP_DEMO_PASSPHRASE"] = "demo passphrase, use a real one"
         run(*AIRGAP, "keygen", "--out", str(keys / "security-team"), "--passphrase-env", "AIRGAP_DEMO_PASSPHRASE")
         bundle = DEMO / "bundle"
-        run(*AIRGAP, "pack", TAG, "-o", str(bundle), "--key", str(keys / "security-team.key"),
-            "--passphrase-env", "AIRGAP_DEMO_PASSPHRASE", "--part-size", "16MiB", "--overwrite")
+        run(
+            *AIRGAP,
+            "pack",
+            TAG,
+            "-o",
+            str(bundle),
+            "--key",
+            str(keys / "security-team.key"),
+            "--passphrase-env",
+            "AIRGAP_DEMO_PASSPHRASE",
+            "--part-size",
+            "16MiB",
+            "--overwrite",
+        )
         run(*AIRGAP, "inspect", str(bundle))
         run(*AIRGAP, "verify", str(bundle), "--trust", str(keys / "security-team.pub"))
 

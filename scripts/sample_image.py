@@ -33,11 +33,21 @@ COPY = 4 << 20
 
 
 def parse_size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
-             "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+    units = {
+        "": 1,
+        "k": 1 << 10,
+        "kib": 1 << 10,
+        "m": 1 << 20,
+        "mib": 1 << 20,
+        "g": 1 << 30,
+        "gib": 1 << 30,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+    }
     t = text.strip().lower()
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    return int(float(num) * units[t[len(num):]])
+    return int(float(num) * units[t[len(num) :]])
 
 
 class RandomStream:
@@ -60,9 +70,10 @@ class RandomStream:
         return out
 
 
-_WORDS = ("def class return import from self if else elif for while in not and or None True False try except "
-          "raise with as yield lambda async await request response model config user chat message token stream "
-          "session json dict list str int settings router database query result value item key data").split()
+_VOCABULARY = """def class return import from self if else elif for while in not and or None True False try except
+raise with as yield lambda async await request response model config user chat message token stream session json
+dict list str int settings router database query result value item key data"""
+_WORDS = tuple(_VOCABULARY.split())
 
 
 def _module_text(rng: random.Random, size: int) -> bytes:
@@ -119,12 +130,21 @@ class Sample:
     size: int
 
 
-def build(out: Path, *, tag: str = "airgap-sample/coding-agent:latest", model_size: int = 8 << 20,
-          app_size: int = 4 << 20, seed: str = "airgap", arch: str = "amd64", fmt: str = "docker") -> Sample:
+def build(
+    out: Path,
+    *,
+    tag: str = "airgap-sample/coding-agent:latest",
+    model_size: int = 8 << 20,
+    app_size: int = 4 << 20,
+    seed: str = "airgap",
+    arch: str = "amd64",
+    fmt: str = "docker",
+) -> Sample:
     """Write a docker-archive (fmt="docker") or oci-archive (fmt="oci") of the sample image to ``out``."""
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
+
         def base(tar: tarfile.TarFile) -> None:
             for d in ("etc", "usr", "usr/bin", "root", "app"):
                 tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
@@ -163,7 +183,10 @@ def build(out: Path, *, tag: str = "airgap-sample/coding-agent:latest", model_si
             "created": "2026-01-01T00:00:00Z",
             "config": {"Env": ["OLLAMA_MODELS=/root/.ollama/models"], "Cmd": ["/usr/bin/start"], "WorkingDir": "/app"},
             "rootfs": {"type": "layers", "diff_ids": [d for _, d, _ in layers]},
-            "history": [{"created": "2026-01-01T00:00:00Z", "created_by": f"sample layer {n}"} for n in ("base", "app", "model", "settings")],
+            "history": [
+                {"created": "2026-01-01T00:00:00Z", "created_by": f"sample layer {n}"}
+                for n in ("base", "app", "model", "settings")
+            ],
         }
         config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
         config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
@@ -175,8 +198,15 @@ def build(out: Path, *, tag: str = "airgap-sample/coding-agent:latest", model_si
                     with open(path, "rb") as fh:
                         tar.addfile(_info(f"{digest[7:]}/layer.tar", size), fh)
                 tar.addfile(_info(f"{config_digest[7:]}.json", len(config_bytes)), io.BytesIO(config_bytes))
-                index = json.dumps([{"Config": f"{config_digest[7:]}.json", "RepoTags": [tag],
-                                     "Layers": [f"{d[7:]}/layer.tar" for _, d, _ in layers]}]).encode()
+                index = json.dumps(
+                    [
+                        {
+                            "Config": f"{config_digest[7:]}.json",
+                            "RepoTags": [tag],
+                            "Layers": [f"{d[7:]}/layer.tar" for _, d, _ in layers],
+                        }
+                    ]
+                ).encode()
                 tar.addfile(_info("manifest.json", len(index)), io.BytesIO(index))
             else:
                 tar.addfile(_info("blobs", kind=tarfile.DIRTYPE, mode=0o755))
@@ -185,19 +215,36 @@ def build(out: Path, *, tag: str = "airgap-sample/coding-agent:latest", model_si
                     with open(path, "rb") as fh:
                         tar.addfile(_info(f"blobs/sha256/{digest[7:]}", size), fh)
                 tar.addfile(_info(f"blobs/sha256/{config_digest[7:]}", len(config_bytes)), io.BytesIO(config_bytes))
-                manifest = json.dumps({
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": len(config_bytes)},
-                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s} for _, d, s in layers],
-                }, separators=(",", ":")).encode()
+                manifest = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "config": {
+                            "mediaType": "application/vnd.oci.image.config.v1+json",
+                            "digest": config_digest,
+                            "size": len(config_bytes),
+                        },
+                        "layers": [
+                            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s} for _, d, s in layers
+                        ],
+                    },
+                    separators=(",", ":"),
+                ).encode()
                 manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
                 tar.addfile(_info(f"blobs/sha256/{manifest_digest[7:]}", len(manifest)), io.BytesIO(manifest))
-                index = json.dumps({
-                    "schemaVersion": 2,
-                    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
-                                   "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}],
-                }).encode()
+                index = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "manifests": [
+                            {
+                                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "digest": manifest_digest,
+                                "size": len(manifest),
+                                "annotations": {"org.opencontainers.image.ref.name": tag},
+                            }
+                        ],
+                    }
+                ).encode()
                 layout = b'{"imageLayoutVersion":"1.0.0"}'
                 tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
                 tar.addfile(_info("index.json", len(index)), io.BytesIO(index))
@@ -228,8 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("docker", "oci"), default="docker")
     p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
     args = p.parse_args(argv)
-    sample = build(args.out, tag=args.tag, model_size=parse_size(args.model_size), app_size=parse_size(args.app_size),
-                   seed=args.seed, arch=args.arch, fmt=args.format)
+    sample = build(
+        args.out,
+        tag=args.tag,
+        model_size=parse_size(args.model_size),
+        app_size=parse_size(args.app_size),
+        seed=args.seed,
+        arch=args.arch,
+        fmt=args.format,
+    )
     print(f"wrote {sample.path} ({sample.size} bytes): {sample.tag} {sample.image_id}", file=sys.stderr)
     if args.load:
         load_into_engine(sample.path)

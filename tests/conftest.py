@@ -100,10 +100,15 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sample_image.
     """Small seed-shaped images: two docker-archives sharing base layers, and an oci-archive."""
     d = tmp_path_factory.mktemp("samples")
     return {
-        "docker": sample_image.build(d / "agent.tar", tag="airgap-test/agent:1.0", model_size=3 << 20, app_size=1 << 20, seed="one"),
-        "docker2": sample_image.build(d / "agent2.tar", tag="airgap-test/agent:2.0", model_size=3 << 20, app_size=1 << 20, seed="two"),
-        "oci": sample_image.build(d / "agent-oci.tar", tag="airgap-test/agent-oci:1.0", model_size=2 << 20, app_size=1 << 20,
-                                  seed="oci", fmt="oci"),
+        "docker": sample_image.build(
+            d / "agent.tar", tag="airgap-test/agent:1.0", model_size=3 << 20, app_size=1 << 20, seed="one"
+        ),
+        "docker2": sample_image.build(
+            d / "agent2.tar", tag="airgap-test/agent:2.0", model_size=3 << 20, app_size=1 << 20, seed="two"
+        ),
+        "oci": sample_image.build(
+            d / "agent-oci.tar", tag="airgap-test/agent-oci:1.0", model_size=2 << 20, app_size=1 << 20, seed="oci", fmt="oci"
+        ),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,10 +26,8 @@ def load_archive(client: docker.DockerClient, archive: Path) -> None:
 
 def remove(client: docker.DockerClient, *refs: str) -> None:
     for ref in refs:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(ref, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 def image_ids(client: docker.DockerClient) -> set[str]:
@@ -146,8 +145,14 @@ def test_docker_down_is_environment_error(cli, engine_bundle, keypair, monkeypat
 
 def test_cli_process_prints_plain_progress_when_not_a_terminal(docker_client, engine_bundle, keypair) -> None:  # type: ignore[no-untyped-def]
     out, sample = engine_bundle
-    proc = subprocess.run([sys.executable, "-m", "airgap", "install", str(out), "--trust", str(keypair[1])],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "airgap", "install", str(out), "--trust", str(keypair[1])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "install: " in proc.stderr and "done in" in proc.stderr and "\r" not in proc.stderr
     assert f"loaded: {sample.tag}" in proc.stdout

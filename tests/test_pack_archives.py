@@ -42,7 +42,7 @@ def test_docker_archive_pack_verify_inspect(cli, samples, keypair, tmp_path: Pat
 
 
 def test_oci_archive_pack_keeps_image_id(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    key, pub = keypair
+    key, _pub = keypair
     r = pack(cli, [f"oci-archive:{samples['oci'].path}"], tmp_path / "b", key, "--json")
     assert r.code == 0, r.err
     image = json.loads(r.out)["images"][0]
@@ -182,9 +182,14 @@ def test_skopeo_written_oci_archive_packs_with_skopeos_config(cli, samples, keyp
     if not shutil.which("skopeo"):
         pytest.fail("skopeo is not installed (.ci/run installs it)")
     oci = tmp_path / "skopeo-oci.tar"
-    subprocess.run(["skopeo", "copy", "--quiet", f"docker-archive:{samples['docker'].path}", f"oci-archive:{oci}:airgap-test/agent:1.0"],
-                   check=True, capture_output=True)
-    config = subprocess.run(["skopeo", "inspect", "--raw", "--config", f"oci-archive:{oci}"], check=True, capture_output=True).stdout
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"docker-archive:{samples['docker'].path}", f"oci-archive:{oci}:airgap-test/agent:1.0"],
+        check=True,
+        capture_output=True,
+    )
+    config = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--config", f"oci-archive:{oci}"], check=True, capture_output=True
+    ).stdout
     r = pack(cli, [f"oci-archive:{oci}"], tmp_path / "b", keypair[0], "--json")
     assert r.code == 0, r.err
     image = json.loads(r.out)["images"][0]
@@ -205,5 +210,7 @@ def test_install_stream_is_an_archive_skopeo_accepts(cli, samples, keypair, tmp_
     with open(archive, "wb") as fh:
         for chunk in load_stream(bundle, list(bundle.manifest.images), lambda n: None):
             fh.write(chunk)
-    info = subprocess.run(["skopeo", "inspect", "--raw", "--config", f"docker-archive:{archive}"], check=True, capture_output=True)
+    info = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--config", f"docker-archive:{archive}"], check=True, capture_output=True
+    )
     assert "sha256:" + hashlib.sha256(info.stdout).hexdigest() == samples["docker"].image_id

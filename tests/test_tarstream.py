@@ -43,7 +43,7 @@ def test_unread_data_is_skipped() -> None:
 
 def test_truncated_archive_named() -> None:
     raw = make_tar([("a", b"1" * 3000)])[:1500]
-    with pytest.raises(FormatError, match="t: a: archive ends inside entry data|truncated"):
+    with pytest.raises(FormatError, match=r"t: a: archive ends inside entry data|truncated"):
         for _, reader in tarstream.iter_entries(io.BytesIO(raw), "t"):
             reader.read()
 

@@ -82,7 +82,7 @@ def test_encrypted_key_needs_right_passphrase(tmp_path: Path) -> None:
 def test_non_key_file_is_format_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pub"
     junk.write_text("not a key")
-    with pytest.raises(FormatError, match="junk.pub"):
+    with pytest.raises(FormatError, match=r"junk\.pub"):
         keys.load_public(junk)
 
 
@@ -95,7 +95,19 @@ def test_signature_checks_with_openssl(tmp_path: Path) -> None:
     manifest.write_bytes(MANIFEST)
     _, sig = trust.sign(MANIFEST, keys.load_private(key_path, None))
     (tmp_path / "m.sig").write_bytes(sig)
-    cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub_path), "-rawin", "-in", str(manifest), "-sigfile", str(tmp_path / "m.sig")]
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(pub_path),
+        "-rawin",
+        "-in",
+        str(manifest),
+        "-sigfile",
+        str(tmp_path / "m.sig"),
+    ]
     assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
     manifest.write_bytes(MANIFEST + b" ")
     assert subprocess.run(cmd, capture_output=True, check=False).returncode != 0

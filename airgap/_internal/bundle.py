@@ -109,7 +109,7 @@ class BundleWriter:
         staged = self._staged[digest]
         if staged.size > limit:
             raise FormatError(f"a metadata file of {staged.size} bytes is too large")
-        chunks = []
+        chunks: list[bytes] = []
         for i, sp in enumerate(staged.parts):
             part = Part(part_path(digest, i), sp.size, sp.sha256, digest, i, sp.offset, sp.length)
             with open(sp.tmp_path, "rb") as fh:
@@ -235,4 +235,3 @@ def part_status(bundle: LoadedBundle, part: Part) -> str | None:
     if st.st_size != part.size:
         return f"{st.st_size} bytes, expected {part.size}"
     return None
-

@@ -108,7 +108,10 @@ class Engine:
         """The engine's image export (GET /images/get) as a readable stream."""
         for ref in refs:
             if self.inspect(ref) is None:
-                raise UsageError(f"image {ref} is not in the Docker engine", hint="check 'docker images', or name an archive with docker-archive:PATH")
+                raise UsageError(
+                    f"image {ref} is not in the Docker engine",
+                    hint="check 'docker images', or name an archive with docker-archive:PATH",
+                )
         try:
             res = self.api._get(self.api._url("/images/get"), params={"names": refs}, stream=True)
             self.api._raise_for_status(res)
@@ -127,7 +130,10 @@ class Engine:
         """
         try:
             res = self.api._post(
-                self.api._url("/images/load"), data=chunks, params={"quiet": "1"}, stream=True,
+                self.api._url("/images/load"),
+                data=chunks,
+                params={"quiet": "1"},
+                stream=True,
                 headers={"Content-Type": "application/x-tar"},
             )
             self.api._raise_for_status(res)

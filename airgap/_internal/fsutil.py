@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -49,10 +50,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass
 
 
 def open_regular(path: Path, label: str) -> BinaryIO:
@@ -63,7 +62,9 @@ def open_regular(path: Path, label: str) -> BinaryIO:
         raise IntegrityError(f"{label} is missing", hint="copy the whole bundle directory again") from e
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise IntegrityError(f"{label} is a symbolic link", hint="bundles hold regular files only; copy them, not links") from e
+            raise IntegrityError(
+                f"{label} is a symbolic link", hint="bundles hold regular files only; copy them, not links"
+            ) from e
         raise EnvironmentProblem(f"cannot read {label}: {e.strerror}") from e
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

@@ -262,4 +262,3 @@ _LAYER_TYPES: dict[str, str] = {
 
 def _normalize_layer_type(media_type: str) -> str:
     return _LAYER_TYPES.get(media_type, media_type or MT_OCI_LAYER)
-

@@ -127,12 +127,13 @@ class BlobWriter:
         self._hw = _HashingWriter(self._fh)
         self._part_start = self._written
         self._part_len = min(self._chunk, self._size - self._written)
-        self._zw = self._cctx.stream_writer(self._hw, size=self._part_len, closefd=False, write_return_read=True)
+        self._zw = self._cctx.stream_writer(self._hw, size=self._part_len, closefd=False, write_return_read=True)  # type: ignore[arg-type]
         self._tmp = path
 
     def _close_part(self) -> None:
-        assert self._zw is not None and self._hw is not None and self._fh is not None
-        self._zw.close()
+        if self._zw is None or self._hw is None or self._fh is None:
+            return
+        self._zw.close()  # type: ignore[no-untyped-call]
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -153,10 +154,9 @@ class BlobWriter:
         while view:
             if self._zw is None:
                 self._open_part()
-            assert self._zw is not None
             room = self._part_start + self._part_len - self._written
             take = view[:room]
-            self._zw.write(take)
+            self._zw.write(take)  # type: ignore[union-attr]
             self._written += len(take)
             view = view[len(take) :]
             if self._written == self._part_start + self._part_len:
@@ -204,7 +204,7 @@ def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK
     produced = 0
     pending: bytes | None = None
     try:
-        with dctx.stream_reader(reader, read_size=block, read_across_frames=False, closefd=False) as zr:
+        with dctx.stream_reader(reader, read_size=block, read_across_frames=False, closefd=False) as zr:  # type: ignore[arg-type]
             while True:
                 data = zr.read(block)
                 if not data:

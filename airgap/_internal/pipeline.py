@@ -31,7 +31,7 @@ def threaded(source: Iterator[T], depth: int = 4) -> Iterator[T]:
                 if not put(item):
                     return
             put(_DONE)
-        except BaseException as e:  # handed to the consumer, raised there
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer and raised there
             put(e)
         finally:
             close = getattr(source, "close", None)

@@ -19,7 +19,9 @@ class TqdmReporter:
         self._lock = threading.Lock()
 
     def start(self, label: str, total: int) -> None:
-        self._bar = tqdm(total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, dynamic_ncols=True
+        )
 
     def advance(self, n: int) -> None:
         with self._lock:
