@@ -24,6 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check airgap tests scripts
+	$(BIN)/ruff format --check airgap tests scripts
 	$(BIN)/mypy
 
 clean:
