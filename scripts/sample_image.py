@@ -140,7 +140,8 @@ def build(
     arch: str = "amd64",
     fmt: str = "docker",
 ) -> Sample:
-    """Write a docker-archive (fmt="docker") or oci-archive (fmt="oci") of the sample image to ``out``."""
+    """Write the sample image to ``out`` as a docker-archive in the layout of Docker <= 24 (fmt="docker") or of
+    Docker >= 25 (fmt="docker-oci"), or as an oci-archive (fmt="oci")."""
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
@@ -248,6 +249,17 @@ def build(
                 layout = b'{"imageLayoutVersion":"1.0.0"}'
                 tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
                 tar.addfile(_info("index.json", len(index)), io.BytesIO(index))
+                if fmt == "docker-oci":  # Docker >= 25: an OCI layout plus a docker-compatible manifest.json
+                    legacy = json.dumps(
+                        [
+                            {
+                                "Config": f"blobs/sha256/{config_digest[7:]}",
+                                "RepoTags": [tag],
+                                "Layers": [f"blobs/sha256/{d[7:]}" for _, d, _ in layers],
+                            }
+                        ]
+                    ).encode()
+                    tar.addfile(_info("manifest.json", len(legacy)), io.BytesIO(legacy))
         os.replace(tmp_out, out)
         return Sample(out, tag, config_digest, tuple(d for _, d, _ in layers), out.stat().st_size)
     finally:
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--app-size", default="4MiB")
     p.add_argument("--seed", default="airgap")
     p.add_argument("--arch", default="amd64")
-    p.add_argument("--format", choices=("docker", "oci"), default="docker")
+    p.add_argument("--format", choices=("docker", "docker-oci", "oci"), default="docker")
     p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
     args = p.parse_args(argv)
     sample = build(

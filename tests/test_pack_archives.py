@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import sample_image
 
 from airgap._internal.bundle import load_bundle
 from airgap.install import load_stream
@@ -48,6 +49,17 @@ def test_oci_archive_pack_keeps_image_id(cli, samples, keypair, tmp_path: Path) 
     image = json.loads(r.out)["images"][0]
     assert image["image_id"] == samples["oci"].image_id
     assert image["ref_names"] == ["airgap-test/agent-oci:1.0"]
+
+
+def test_docker25_oci_layout_archive_packs(cli, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sample = sample_image.build(
+        tmp_path / "d25.tar", tag="airgap-test/d25:1", model_size=1 << 20, app_size=1 << 19, fmt="docker-oci"
+    )
+    r = pack(cli, [f"docker-archive:{sample.path}"], tmp_path / "b", keypair[0], "--json")
+    assert r.code == 0, r.err
+    image = json.loads(r.out)["images"][0]
+    assert image["image_id"] == sample.image_id and image["ref_names"] == ["airgap-test/d25:1"]
+    assert list(load_bundle(tmp_path / "b").manifest.images[0].diff_ids) == list(sample.layers)
 
 
 def test_shared_layers_stored_once(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
