@@ -23,17 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import sample_image  # noqa: E402
 
-
-def engine_answers() -> bool:
-    try:
-        client = docker.from_env(timeout=5)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
-        return False
+from airgap._internal.engine import engine_answers  # noqa: E402
 
 
 def run(*args: str) -> None:

@@ -20,20 +20,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import sample_image  # noqa: E402
 
 from airgap._cli import main  # noqa: E402
+from airgap._internal.engine import engine_answers  # noqa: E402
 
 IN_CI = bool(os.environ.get("CI"))
-
-
-def _engine_answers() -> bool:
-    try:
-        client = docker.from_env(timeout=5)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means no engine
-        return False
 
 
 def _unavailable(reason: str) -> None:
@@ -45,7 +34,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """DOCKER_HOST of a real engine: the one configured, or a private one started for the session."""
-    if os.environ.get("DOCKER_HOST") and _engine_answers():
+    if os.environ.get("DOCKER_HOST") and engine_answers():
         yield os.environ["DOCKER_HOST"]
         return
     if not shutil.which("dockerd") or os.geteuid() != 0:

@@ -156,6 +156,15 @@ class Engine:
             raise _fail("image load failed", e) from e
 
 
+def engine_answers() -> bool:
+    """Whether an engine answers at DOCKER_HOST (or the default socket)."""
+    try:
+        Engine.connect().close()
+    except DockerError:
+        return False
+    return True
+
+
 def _check_unix_socket(host: str) -> None:
     """Fail early and clearly when a unix-socket DOCKER_HOST has no engine behind it."""
     if not host.startswith("unix://"):
