@@ -32,7 +32,17 @@ def _passphrase(env_name: str | None) -> bytes | None:
 
 
 def _reporter(ctx: click.Context) -> Reporter:
-    return for_terminal(bool(ctx.obj.get("quiet")))  # type: ignore[return-value]
+    return for_terminal(bool(ctx.find_root().obj.get("quiet")))  # type: ignore[return-value]
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(dict)
+        ctx.find_root().ensure_object(dict)["quiet"] = True
+    return value
+
+
+_quiet_option = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="no progress output")
 
 
 def _emit_json(data: Any) -> None:
@@ -75,6 +85,7 @@ def keygen(out: Path, passphrase_env: str | None, as_json: bool) -> None:
 @click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
 @click.pass_context
 def pack(
     ctx: click.Context,
@@ -139,6 +150,7 @@ def _trust_options(f: Any) -> Any:
 @_trust_options
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+@_quiet_option
 @click.pass_context
 def verify(ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, jobs: int, as_json: bool) -> None:
     """Check a bundle's signature and every part, without installing anything."""
@@ -180,6 +192,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--replace", is_flag=True, help="move existing tags to the bundle's images")
 @click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
 @click.pass_context
 def install(
     ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, replace: bool, platform: str | None, as_json: bool

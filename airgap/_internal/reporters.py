@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -19,9 +20,13 @@ class TqdmReporter:
         self._lock = threading.Lock()
 
     def start(self, label: str, total: int) -> None:
-        self._bar = tqdm(
-            total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, dynamic_ncols=True
-        )
+        try:
+            width = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError):
+            width = 0
+        # a terminal that reports no size (some serial consoles, 'script') still gets a bar
+        size: dict[str, Any] = {"dynamic_ncols": True} if width > 0 else {"ncols": 100, "nrows": 24}
+        self._bar = tqdm(total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, **size)
 
     def advance(self, n: int) -> None:
         with self._lock:
