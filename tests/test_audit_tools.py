@@ -1,0 +1,62 @@
+"""The auditor's path from the README: coreutils, openssl, jq and zstd, no airgap."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from airgap._internal.bundle import load_bundle
+
+pytestmark = pytest.mark.tools
+
+
+def sh(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", script], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    for tool in ("openssl", "sha256sum", "jq", "zstd"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed (.ci/run installs it)")
+    out = tmp_path / "bundle"
+    r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
+    assert r.code == 0, r.err
+    shutil.copy(keypair[1], out.parent / "security-team.pub")
+    return out
+
+
+SIGNATURE = (
+    "openssl pkeyutl -verify -pubin -inkey ../security-team.pub -rawin -in manifest.json "
+    "-sigfile signatures/$(openssl pkey -pubin -in ../security-team.pub -outform DER | sha256sum | cut -d' ' -f1).sig"
+)
+PARTS = """jq -r '.parts[] | "\\(.sha256)  \\(.path)"' manifest.json | sha256sum -c --quiet"""
+
+
+def test_readme_commands_accept_a_good_bundle(bundle: Path) -> None:
+    assert sh(SIGNATURE, bundle).returncode == 0
+    assert sh(PARTS, bundle).returncode == 0
+    m = load_bundle(bundle).manifest
+    model = m.images[0].layers[2].digest
+    out = sh(f"zstd -dcq parts/{model[7:]}.*.zst | sha256sum", bundle)
+    assert out.stdout.split()[0] == model[7:]
+
+
+def test_readme_commands_catch_edited_manifest(bundle: Path) -> None:
+    m = bundle / "manifest.json"
+    edited = m.read_bytes().replace(b'"name": "agent"', b'"name": "evil!"')
+    assert edited != m.read_bytes()
+    m.write_bytes(edited)
+    assert sh(SIGNATURE, bundle).returncode != 0
+
+
+def test_readme_commands_catch_damaged_part(bundle: Path) -> None:
+    part = bundle / load_bundle(bundle).manifest.parts[-1].path
+    data = bytearray(part.read_bytes())
+    data[0] ^= 1
+    part.write_bytes(data)
+    result = sh(PARTS, bundle)
+    assert result.returncode != 0 and part.name in result.stdout + result.stderr
