@@ -102,7 +102,7 @@ def pack(
 ) -> None:
     """Pack IMAGES into a signed bundle.
 
-    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH or oci-archive:PATH[:NAME].
+    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH or oci-archive:PATH[:REPO].
     """
     from airgap import pack as core
     from airgap.units import parse_size

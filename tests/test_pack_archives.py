@@ -51,6 +51,17 @@ def test_oci_archive_pack_keeps_image_id(cli, samples, keypair, tmp_path: Path) 
     assert image["ref_names"] == ["airgap-test/agent-oci:1.0"]
 
 
+@pytest.mark.parametrize(
+    ("source_suffix", "expected"),
+    [("", []), (":airgap-test/named", ["airgap-test/named:2.5"])],
+)
+def test_bare_oci_tag_needs_a_repository(cli, keypair, tmp_path: Path, source_suffix: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    sample = sample_image.build(tmp_path / "bare.tar", tag="2.5", model_size=1 << 16, app_size=1 << 16, fmt="oci")
+    r = pack(cli, [f"oci-archive:{sample.path}{source_suffix}"], tmp_path / "b", keypair[0], "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["images"][0]["ref_names"] == expected
+
+
 def test_docker25_oci_layout_archive_packs(cli, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sample = sample_image.build(
         tmp_path / "d25.tar", tag="airgap-test/d25:1", model_size=1 << 20, app_size=1 << 19, fmt="docker-oci"

@@ -176,7 +176,7 @@ def _image(
     config_type = MT_OCI_CONFIG if oci else MT_DOCKER_CONFIG
     clean_refs = []
     for ref in refs:
-        full = ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+        full = _with_tag(ref)
         if valid_ref(full) and full not in clean_refs:
             clean_refs.append(full)
     return Image(
@@ -227,10 +227,7 @@ def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str |
         for desc in manifests:
             path, media_type = _blob_path(desc, label)
             annotations = desc.get("annotations") or {}
-            ref = annotations.get("io.containerd.image.name") or annotations.get("org.opencontainers.image.ref.name")
-            if isinstance(ref, str) and not valid_ref(ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"):
-                ref = f"{default_name}:{ref}" if default_name else None
-            ref = ref if isinstance(ref, str) else inherited_ref
+            ref = _oci_ref(annotations, default_name) or inherited_ref
             if media_type in (MT_OCI_INDEX, MT_DOCKER_LIST):
                 walk(path, depth + 1, ref)
                 continue
@@ -252,6 +249,28 @@ def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str |
     if not images:
         raise FormatError(f"{label}: the OCI layout holds no image")
     return images
+
+
+def _oci_ref(annotations: Any, default_name: str | None) -> str | None:
+    """An image name from OCI index annotations.  ``ref.name`` is often a bare tag ("latest", "1.0"):
+    it names an image only together with a repository (oci-archive:PATH:REPO)."""
+    if not isinstance(annotations, dict):
+        return None
+    full = annotations.get("io.containerd.image.name")
+    if isinstance(full, str) and valid_ref(_with_tag(full)):
+        return full
+    name = annotations.get("org.opencontainers.image.ref.name")
+    if not isinstance(name, str) or not name:
+        return None
+    if "/" in name or ":" in name:
+        return name if valid_ref(_with_tag(name)) else None
+    if default_name and valid_ref(f"{default_name}:{name}"):
+        return f"{default_name}:{name}"
+    return None
+
+
+def _with_tag(ref: str) -> str:
+    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
 _LAYER_TYPES: dict[str, str] = {
