@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from airgap._internal.fsutil import atomic_write
-from airgap.errors import FormatError, TrustError, UsageError
+from airgap.errors import ConflictError, FormatError, TrustError, UsageError
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,6 @@ def generate(prefix: Path, passphrase: bytes | None) -> tuple[Path, Path, str]:
     key_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (key_path, pub_path):
         if path.exists():
-            from airgap.errors import ConflictError
-
             raise ConflictError(f"{path} already exists", hint="choose another --out prefix or move the old key away")
     private = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (

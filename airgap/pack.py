@@ -19,7 +19,7 @@ from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
-from airgap.errors import EnvironmentProblem, UsageError
+from airgap.errors import UsageError
 from airgap.models import Compression, Image, Manifest, format_time
 from airgap.progress import NullReporter, Reporter
 
@@ -222,8 +222,6 @@ def _pack(
         writer.write_manifest(manifest, {fingerprint: signature})
     except OSError as e:
         raise fsutil.io_error(e, f"bundle {options.out_dir}") from e
-    except EnvironmentProblem:
-        raise
     finally:
         writer.cleanup()
     return PackResult(options.out_dir, manifest, fingerprint, moved, time.monotonic() - started)

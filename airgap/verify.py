@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +83,13 @@ class PartsFailed(IntegrityError):
         self.report = report
 
 
-def check_part(bundle: LoadedBundle, part: Part, on_bytes: object = None) -> PartResult:
+def check_part(bundle: LoadedBundle, part: Part, advance: Callable[[int], None] | None = None) -> PartResult:
     """Hash one part file against the manifest."""
     label = f"part {part.path}"
     try:
         fh = fsutil.open_regular(bundle.part_file(part), label)
     except IntegrityError as e:
         return PartResult(part.path, False, e.message.removeprefix(label + " "))
-    advance = on_bytes if callable(on_bytes) else None
     with fh:
         size = os.fstat(fh.fileno()).st_size
         if size != part.size:
