@@ -27,6 +27,7 @@ class Error(Exception):
     """Base of every error airgap reports to the user."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    default_hint = "this is a bug in airgap; rerun with AIRGAP_DEBUG=1 and report what it prints"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -35,33 +36,39 @@ class Error(Exception):
 
     def diagnostics(self) -> str:
         """One line, plus a hint line when there is one."""
-        text = f"error: {self.message}"
-        if self.hint:
-            text += f"\nhint: {self.hint}"
-        return text
+        return f"error: {self.message}\nhint: {self.hint or self.default_hint}"
 
     def kind(self) -> str:
         return self.exit_code.name.lower()
 
 
+class InternalError(Error):
+    """A condition airgap's own logic should make impossible."""
+
+
 class UsageError(Error):
     exit_code = ExitCode.USAGE
+    default_hint = "see 'airgap COMMAND --help'"
 
 
 class FormatError(Error):
     exit_code = ExitCode.FORMAT
+    default_hint = "the file is not what airgap expects: export the image or pack the bundle again"
 
 
 class IntegrityError(Error):
     exit_code = ExitCode.INTEGRITY
+    default_hint = "copy the bundle again from the original medium, then run 'airgap verify'"
 
 
 class TrustError(Error):
     exit_code = ExitCode.TRUST
+    default_hint = "check that --trust names the signer's public key; never install a bundle that fails this"
 
 
 class EnvironmentProblem(Error):
     exit_code = ExitCode.ENVIRONMENT
+    default_hint = "check the Docker engine (DOCKER_HOST), free disk space and permissions"
 
 
 class DockerError(EnvironmentProblem):
@@ -74,3 +81,4 @@ class DiskSpaceError(EnvironmentProblem):
 
 class ConflictError(Error):
     exit_code = ExitCode.CONFLICT
+    default_hint = "pack takes --overwrite, install takes --replace, when that is what you mean"

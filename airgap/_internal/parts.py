@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from airgap.errors import FormatError, IntegrityError, UsageError
+from airgap.errors import IntegrityError, InternalError, UsageError
 from airgap.models import Part
 
 MIN_PART_SIZE = 4096
@@ -143,7 +143,7 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         if self._hw.size > self._part_size:  # cannot happen by construction; never ship an oversized part
-            raise FormatError(f"internal: part {self._tmp.name} exceeds the part size")
+            raise InternalError(f"part {self._tmp.name} exceeds the part size")
         self._parts.append(
             StagedPart(self._tmp, self._hw.size, self._hw.sha.hexdigest(), self._part_start, self._written - self._part_start)
         )
@@ -151,7 +151,7 @@ class BlobWriter:
 
     def write(self, data: bytes) -> None:
         if self._written + len(data) > self._size:
-            raise FormatError("internal: blob is longer than announced")
+            raise InternalError("blob is longer than its archive entry announced")
         if len(self._head) < 16:
             self._head += data[: 16 - len(self._head)]
         self._sha.update(data)
@@ -170,7 +170,7 @@ class BlobWriter:
 
     def finish(self) -> StagedBlob:
         if self._written != self._size:
-            raise FormatError("internal: blob is shorter than announced")
+            raise InternalError("blob is shorter than its archive entry announced")
         if self._zw is not None:
             self._close_part()
         return StagedBlob("sha256:" + self._sha.hexdigest(), self._size, tuple(self._parts), self._head)
