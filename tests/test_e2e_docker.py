@@ -156,3 +156,14 @@ def test_cli_process_prints_plain_progress_when_not_a_terminal(docker_client, en
     assert proc.returncode == 0, proc.stderr
     assert "install: " in proc.stderr and "done in" in proc.stderr and "\r" not in proc.stderr
     assert f"loaded: {sample.tag}" in proc.stdout
+
+
+def test_oci_archive_bundle_installs_into_docker(cli, docker_client, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sample = samples["oci"]
+    remove(docker_client, sample.tag, sample.image_id)
+    out = tmp_path / "b"
+    assert cli("pack", f"oci-archive:{sample.path}", "-o", str(out), "--key", str(keypair[0])).code == 0
+    r = cli("install", str(out), "--trust", str(keypair[1]))
+    assert r.code == 0, r.err
+    assert docker_client.images.get(sample.tag).id == sample.image_id
+    remove(docker_client, sample.tag)
