@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +169,26 @@ def test_oci_archive_bundle_installs_into_docker(cli, docker_client, samples, ke
     assert r.code == 0, r.err
     assert docker_client.images.get(sample.tag).id == sample.image_id
     remove(docker_client, sample.tag)
+
+
+def test_gzip_layers_from_skopeo_install_into_docker(cli, docker_client, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not shutil.which("skopeo"):
+        pytest.fail("skopeo is not installed (.ci/run installs it)")
+    oci = tmp_path / "gz.tar"
+    tag = "airgap-test/gz:1"
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-compress", f"docker-archive:{samples['docker'].path}", f"oci-archive:{oci}:{tag}"],
+        check=True,
+        capture_output=True,
+    )
+    config = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--config", f"oci-archive:{oci}"], check=True, capture_output=True
+    ).stdout
+    out = tmp_path / "b"
+    assert cli("pack", f"oci-archive:{oci}", "-o", str(out), "--key", str(keypair[0])).code == 0
+    assert any(layer.media_type.endswith("+gzip") for layer in load_bundle(out).manifest.images[0].layers)
+    remove(docker_client, tag)
+    r = cli("install", str(out), "--trust", str(keypair[1]))
+    assert r.code == 0, r.err
+    assert docker_client.images.get(tag).id == "sha256:" + hashlib.sha256(config).hexdigest()
+    remove(docker_client, tag)
