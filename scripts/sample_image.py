@@ -121,6 +121,12 @@ def _write_layer(path: Path, fill: Callable[[tarfile.TarFile], None]) -> tuple[s
     return "sha256:" + hw.sha.hexdigest(), hw.size
 
 
+def _add_docker_index(tar: tarfile.TarFile, config_path: str, layer_paths: list[str], tag: str) -> None:
+    """The manifest.json that 'docker load' reads, naming files inside the archive."""
+    index = json.dumps([{"Config": config_path, "RepoTags": [tag], "Layers": layer_paths}]).encode()
+    tar.addfile(_info("manifest.json", len(index)), io.BytesIO(index))
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
@@ -199,16 +205,7 @@ def build(
                     with open(path, "rb") as fh:
                         tar.addfile(_info(f"{digest[7:]}/layer.tar", size), fh)
                 tar.addfile(_info(f"{config_digest[7:]}.json", len(config_bytes)), io.BytesIO(config_bytes))
-                index = json.dumps(
-                    [
-                        {
-                            "Config": f"{config_digest[7:]}.json",
-                            "RepoTags": [tag],
-                            "Layers": [f"{d[7:]}/layer.tar" for _, d, _ in layers],
-                        }
-                    ]
-                ).encode()
-                tar.addfile(_info("manifest.json", len(index)), io.BytesIO(index))
+                _add_docker_index(tar, f"{config_digest[7:]}.json", [f"{d[7:]}/layer.tar" for _, d, _ in layers], tag)
             else:
                 tar.addfile(_info("blobs", kind=tarfile.DIRTYPE, mode=0o755))
                 tar.addfile(_info("blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755))
@@ -250,16 +247,8 @@ def build(
                 tar.addfile(_info("oci-layout", len(layout)), io.BytesIO(layout))
                 tar.addfile(_info("index.json", len(index)), io.BytesIO(index))
                 if fmt == "docker-oci":  # Docker >= 25: an OCI layout plus a docker-compatible manifest.json
-                    legacy = json.dumps(
-                        [
-                            {
-                                "Config": f"blobs/sha256/{config_digest[7:]}",
-                                "RepoTags": [tag],
-                                "Layers": [f"blobs/sha256/{d[7:]}" for _, d, _ in layers],
-                            }
-                        ]
-                    ).encode()
-                    tar.addfile(_info("manifest.json", len(legacy)), io.BytesIO(legacy))
+                    layer_paths = [f"blobs/sha256/{d[7:]}" for _, d, _ in layers]
+                    _add_docker_index(tar, f"blobs/sha256/{config_digest[7:]}", layer_paths, tag)
         os.replace(tmp_out, out)
         return Sample(out, tag, config_digest, tuple(d for _, d, _ in layers), out.stat().st_size)
     finally:
