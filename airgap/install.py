@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
-from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, part_status
+from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, open_part
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
-from airgap.errors import ConflictError, DockerError, IntegrityError, UsageError
+from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import Image, Platform
 from airgap.progress import NullReporter, Reporter
@@ -170,11 +170,7 @@ def _install(
     digests = {d.digest for image in images for d in (image.config, *image.layers)}
     for part in bundle.manifest.parts:
         if part.blob in digests:
-            problem = part_status(bundle, part)
-            if problem:
-                raise IntegrityError(
-                    f"part {part.path} is {problem}", hint="copy the whole bundle again from the original medium"
-                )
+            open_part(bundle, part).close()  # missing, linked or truncated parts fail before any upload
     total = sum(bundle.manifest.blob(d).size for d in digests)
     root = engine.root_dir()
     if root is not None:

@@ -279,10 +279,13 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     media_type: str = MANIFEST_MEDIA_TYPE
     _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _parts_index: dict[str, list[Part]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._check()
         self._blob_index.update({b.digest: b for b in self.blobs})
+        for part in self.parts:
+            self._parts_index.setdefault(part.blob, []).append(part)
 
     # -- semantic checks shared by writer and reader --------------------------------------------
     def _check(self) -> None:
@@ -329,7 +332,7 @@ class Manifest:
         return self._blob_index[digest]
 
     def parts_of(self, digest: str) -> list[Part]:
-        return [p for p in self.parts if p.blob == digest]
+        return list(self._parts_index.get(digest, ()))
 
     @property
     def total_part_bytes(self) -> int:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap import __version__
-from airgap._internal import fsutil
-from airgap._internal.bundle import STAGING_DIR, LoadedBundle, load_bundle
+from airgap._internal.bundle import STAGING_DIR, LoadedBundle, load_bundle, open_part
 from airgap.errors import EnvironmentProblem, IntegrityError
 from airgap.keys import PublicKey
 from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part
@@ -87,13 +86,10 @@ def check_part(bundle: LoadedBundle, part: Part, advance: Callable[[int], None] 
     """Hash one part file against the manifest."""
     label = f"part {part.path}"
     try:
-        fh = fsutil.open_regular(bundle.part_file(part), label)
+        fh = open_part(bundle, part)
     except IntegrityError as e:
         return PartResult(part.path, False, e.message.removeprefix(label + " "))
     with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size != part.size:
-            return PartResult(part.path, False, f"is {size} bytes, the manifest says {part.size} (truncated or damaged)")
         sha = hashlib.sha256()
         buf = bytearray(HASH_BLOCK)
         view = memoryview(buf)

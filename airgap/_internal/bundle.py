@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -24,7 +25,7 @@ from airgap._internal import fsutil
 from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, iter_part_data
 from airgap._internal.tarstream import EntryReader
-from airgap.errors import ConflictError, EnvironmentProblem, FormatError, IntegrityError, UsageError
+from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
 from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, Manifest, Part, part_path
 
 STAGING_DIR = ".airgap-staging"
@@ -208,9 +209,8 @@ def iter_blob(bundle: LoadedBundle, digest: str, block: int = 1 << 20) -> Iterat
     sha = hashlib.sha256()
     total = 0
     for part in bundle.manifest.parts_of(digest):
-        label = f"part {part.path}"
-        with fsutil.open_regular(bundle.part_file(part), label) as fh:
-            for data in iter_part_data(fh, part, label, block):
+        with open_part(bundle, part) as fh:
+            for data in iter_part_data(fh, part, f"part {part.path}", block):
                 sha.update(data)
                 total += len(data)
                 yield data
@@ -221,17 +221,15 @@ def iter_blob(bundle: LoadedBundle, digest: str, block: int = 1 << 20) -> Iterat
         )
 
 
-def part_status(bundle: LoadedBundle, part: Part) -> str | None:
-    """Cheap pre-check (no hashing): None if present with the right size, else what is wrong."""
-    path = bundle.part_file(part)
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot read part {part.path}: {e.strerror}") from e
-    if not path.is_file() or path.is_symlink():
-        return "not a regular file"
-    if st.st_size != part.size:
-        return f"{st.st_size} bytes, expected {part.size}"
-    return None
+def open_part(bundle: LoadedBundle, part: Part) -> BinaryIO:
+    """Open a part for reading: present, a regular file (no symlink), of the size the manifest says."""
+    label = f"part {part.path}"
+    fh = fsutil.open_regular(bundle.part_file(part), label)
+    size = os.fstat(fh.fileno()).st_size
+    if size != part.size:
+        fh.close()
+        raise IntegrityError(
+            f"{label} is {size} bytes, the manifest says {part.size} (truncated or damaged)",
+            hint="copy the part again from the original medium",
+        )
+    return fh
