@@ -31,6 +31,15 @@ def _passphrase(env_name: str | None) -> bytes | None:
     return value.encode()
 
 
+def _key_passphrase(key_path: Path, env_name: str | None) -> bytes | None:
+    """The passphrase for a private key: from $VAR, else asked on a terminal when the key is encrypted."""
+    if env_name:
+        return _passphrase(env_name)
+    if keys.is_encrypted(key_path) and sys.stdin.isatty():
+        return str(click.prompt(f"passphrase for {key_path}", hide_input=True, err=True)).encode()
+    return None
+
+
 def _reporter(ctx: click.Context) -> Reporter:
     return for_terminal(bool(ctx.find_root().obj.get("quiet")))  # type: ignore[return-value]
 
@@ -62,10 +71,24 @@ def cli(ctx: click.Context, quiet: bool) -> None:
 @cli.command()
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub")
 @click.option("--passphrase-env", metavar="VAR", help="encrypt the private key with the passphrase in $VAR")
+@click.option("--no-passphrase", is_flag=True, help="write the private key unencrypted (not recommended)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def keygen(out: Path, passphrase_env: str | None, as_json: bool) -> None:
-    """Create an Ed25519 signing key pair."""
-    key_path, pub_path, fp = keys.generate(out, _passphrase(passphrase_env))
+def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair (private key file mode 0600, encrypted unless --no-passphrase)."""
+    if passphrase_env and no_passphrase:
+        raise UsageError("--passphrase-env and --no-passphrase exclude each other")
+    if passphrase_env:
+        passphrase: bytes | None = _passphrase(passphrase_env)
+    elif no_passphrase:
+        passphrase = None
+    elif sys.stdin.isatty():
+        passphrase = str(click.prompt("passphrase for the new key", hide_input=True, confirmation_prompt=True, err=True)).encode()
+    else:
+        raise UsageError(
+            "no passphrase for the new private key",
+            hint="give one with --passphrase-env VAR (or at the prompt on a terminal); --no-passphrase writes it unencrypted",
+        )
+    key_path, pub_path, fp = keys.generate(out, passphrase)
     if as_json:
         _emit_json({"private_key": str(key_path), "public_key": str(pub_path), "fingerprint": fp})
     else:
@@ -83,6 +106,7 @@ def keygen(out: Path, passphrase_env: str | None, as_json: bool) -> None:
 @click.option("--level", default=3, show_default=True, type=int, help="zstd level, 1-19 (up to 22 with more memory)")
 @click.option("--name", help="bundle name (default: the first image's repository)")
 @click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
+@click.option("--expires", help="bundle expires: 30d, 12h, 90m after creation, or a UTC time 2027-01-31T00:00:00Z")
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
@@ -97,6 +121,7 @@ def pack(
     level: int,
     name: str | None,
     sequence: int | None,
+    expires: str | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -111,12 +136,13 @@ def pack(
         sources=tuple(core.parse_source(s) for s in images),
         out_dir=out_dir,
         key_path=key_path,
-        passphrase=_passphrase(passphrase_env),
+        passphrase=_key_passphrase(key_path, passphrase_env),
         part_size=parse_size(part_size),
         level=level,
         overwrite=overwrite,
         name=name,
         sequence=sequence,
+        expires=expires,
     )
     result = core.pack(options, _reporter(ctx))
     if as_json:
@@ -129,6 +155,24 @@ def pack(
         f"bundle {out_dir}: {len(m.parts)} parts, {human_bytes(m.total_part_bytes)} from {human_bytes(result.input_bytes)}"
         f" in {result.seconds:.1f}s; signed by {result.signer}"
     )
+
+
+@cli.command(name="sign")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
+@click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
+@click.pass_context
+def sign_command(ctx: click.Context, bundle: Path, key_path: Path, passphrase_env: str | None, as_json: bool) -> None:
+    """Add a signature to an existing bundle, after checking every part."""
+    from airgap import sign as core
+
+    result = core.sign(core.SignOptions(bundle, key_path, _key_passphrase(key_path, passphrase_env)), _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    click.echo(f"signed {bundle} as {result.fingerprint}; {len(result.signers)} signature(s) now")
 
 
 def _trust_options(f: Any) -> Any:
@@ -149,21 +193,24 @@ def _trust_options(f: Any) -> Any:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @_trust_options
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
+@click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
 @_quiet_option
 @click.pass_context
-def verify(ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, jobs: int, as_json: bool) -> None:
+def verify(
+    ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, jobs: int, allow_expired: bool, as_json: bool
+) -> None:
     """Check a bundle's signature and every part, without installing anything."""
     from airgap import verify as core
 
-    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs)
+    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired)
     try:
         report = core.verify(options, _reporter(ctx))
     except core.PartsFailed as e:
-        if as_json:
+        if as_json and e.report is not None:
             _emit_json(e.report.to_dict())
         else:
-            for part in e.report.bad_parts:
+            for part in e.bad:
                 click.echo(f"BAD  {part.path}: {part.problem}", err=True)
         raise
     if as_json:
@@ -191,16 +238,42 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @_trust_options
 @click.option("--replace", is_flag=True, help="move existing tags to the bundle's images")
 @click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
+@click.option("--allow-expired", is_flag=True, help="install a bundle past its expiry date")
+@click.option("--allow-downgrade", is_flag=True, help="install a bundle older than one of the same name installed before")
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(path_type=Path),
+    help="rollback state file (default: $AIRGAP_STATE or ~/.local/state/airgap/installed.json)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
 @click.pass_context
 def install(
-    ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, replace: bool, platform: str | None, as_json: bool
+    ctx: click.Context,
+    bundle: Path,
+    trust: tuple[Path, ...],
+    threshold: int,
+    replace: bool,
+    platform: str | None,
+    allow_expired: bool,
+    allow_downgrade: bool,
+    state: Path | None,
+    as_json: bool,
 ) -> None:
     """Verify a bundle and load its images into the Docker engine (DOCKER_HOST)."""
     from airgap import install as core
 
-    options = core.InstallOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, replace, platform)
+    options = core.InstallOptions(
+        bundle,
+        tuple(keys.load_trusted(list(trust))),
+        threshold,
+        replace,
+        platform,
+        allow_expired=allow_expired,
+        allow_downgrade=allow_downgrade,
+        state=state,
+    )
     result = core.install(options, _reporter(ctx))
     if as_json:
         _emit_json(result.to_dict())

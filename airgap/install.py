@@ -8,21 +8,25 @@ which unpacks the whole upload before registering anything, loads nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
 from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, open_part
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
+from airgap._internal.state import InstallState
+from airgap._internal.state import default_path as default_state_path
 from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.keys import PublicKey
-from airgap.models import Image, Platform
+from airgap.models import Image, Platform, format_time
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult, verify_signatures
+from airgap.trust import TrustResult, check_rollback, check_trust
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class InstallOptions:
     threshold: int = 1
     replace: bool = False
     platform: str | None = None  # "os/arch[/variant]"; default: the engine's
+    allow_expired: bool = False
+    allow_downgrade: bool = False
+    state: Path | None = None  # rollback state file; None: the default path
 
 
 @dataclass(frozen=True)
@@ -132,10 +139,24 @@ def install(
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle = load_bundle(options.bundle)
-    trust_result = verify_signatures(bundle.manifest_bytes, bundle.signatures, options.trusted, options.threshold)
+    trust_result = check_trust(
+        bundle.manifest_bytes,
+        bundle.manifest.expires,
+        bundle.signatures,
+        options.trusted,
+        options.threshold,
+        options.allow_expired,
+        datetime.now(timezone.utc),
+    )
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
+    manifest = bundle.manifest
+    manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
+    state = InstallState(options.state or default_state_path())
+    check_rollback(manifest.name, manifest.sequence, manifest_sha256, state.get(manifest.name), options.allow_downgrade)
     with connect() as engine:
-        return _install(options, bundle, trust_result, engine, reporter, started)
+        result = _install(options, bundle, trust_result, engine, reporter, started)
+    state.record(manifest.name, manifest.sequence, manifest_sha256, format_time(datetime.now(timezone.utc)))
+    return result
 
 
 def _install(

@@ -47,6 +47,14 @@ def generate(prefix: Path, passphrase: bytes | None) -> tuple[Path, Path, str]:
     return key_path, pub_path, fingerprint(private.public_key())
 
 
+def is_encrypted(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return b"ENCRYPTED" in fh.read(64)
+    except OSError:
+        return False  # load_private reports the problem
+
+
 def load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     try:
         data = path.read_bytes()

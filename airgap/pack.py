@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import zstandard
@@ -20,7 +20,7 @@ from airgap._internal.engine import Engine
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap.errors import UsageError
-from airgap.models import Compression, Image, Manifest, format_time
+from airgap.models import Compression, Image, Manifest, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
 DEFAULT_PART_SIZE = 1 << 30
@@ -67,6 +67,7 @@ class PackOptions:
     overwrite: bool = False
     name: str | None = None
     sequence: int | None = None
+    expires: str | None = None  # "30d", "12h", "90m" after creation, or a UTC time "2027-01-31T00:00:00Z"
     threads: int = os.cpu_count() or 1
 
 
@@ -103,6 +104,27 @@ def _created() -> datetime:
         except ValueError as e:
             raise UsageError("SOURCE_DATE_EPOCH is not a whole number of seconds") from e
     return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def expiry(text: str | None, created: datetime) -> str | None:
+    """--expires: a duration after creation (30d, 12h, 90m) or a UTC time; must lie after creation."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if m:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(2)]
+        moment = created + timedelta(**{unit: int(m.group(1))})
+    else:
+        try:
+            moment = parse_time(text.strip())
+        except ValueError as e:
+            raise UsageError(
+                f"cannot read --expires {text!r}",
+                hint="use a duration such as 30d, 12h, 90m, or a UTC time like 2027-01-31T00:00:00Z",
+            ) from e
+    if moment <= created:
+        raise UsageError(f"--expires {text!r} is not after the bundle's creation time {format_time(created)}")
+    return format_time(moment)
 
 
 def _default_name(images: list[Image]) -> str:
@@ -210,6 +232,7 @@ def _pack(
         manifest = Manifest(
             name=options.name or _default_name(images),
             sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
+            expires=expiry(options.expires, created),
             created=format_time(created),
             tool_version=__version__,
             part_size=options.part_size,

@@ -8,13 +8,15 @@ threshold; signatures from unknown keys are reported and never counted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap.errors import TrustError, UsageError
 from airgap.keys import PublicKey, fingerprint
+from airgap.models import parse_time
 
 
 def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:
@@ -28,6 +30,8 @@ class TrustResult:
     invalid: tuple[str, ...]  # fingerprints of trusted keys whose signature did not verify
     unknown: tuple[str, ...]  # signatures from keys not trusted here: ignored
     threshold: int
+    expires: str | None = None
+    expired: bool = False  # only ever True when expired bundles were explicitly allowed
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -35,6 +39,8 @@ class TrustResult:
             "invalid": list(self.invalid),
             "unknown": list(self.unknown),
             "threshold": self.threshold,
+            "expires": self.expires,
+            "expired": self.expired,
         }
 
 
@@ -79,3 +85,58 @@ def verify_signatures(
             )
         raise TrustError(f"only {len(valid)} valid signature(s) from trusted keys, {threshold} required")
     return result
+
+
+def check_trust(
+    manifest_bytes: bytes,
+    expires: str | None,
+    signatures: Mapping[str, bytes],
+    trusted: Sequence[PublicKey],
+    threshold: int,
+    allow_expired: bool,
+    now: datetime,
+) -> TrustResult:
+    """Signatures first (an expiry date is only worth reading once it is signed), then freshness."""
+    result = verify_signatures(manifest_bytes, signatures, trusted, threshold)
+    expired = check_expiry(expires, now, allow_expired)
+    return replace(result, expires=expires, expired=expired)
+
+
+# --- freshness and rollback (TUF's freeze and rollback attacks) ---------------------------------
+
+
+def check_expiry(expires: str | None, now: datetime, allow_expired: bool) -> bool:
+    """Fail if the bundle has expired (unless allowed).  Returns whether it has expired."""
+    if expires is None:
+        return False
+    expired = parse_time(expires) <= now
+    if expired and not allow_expired:
+        raise TrustError(
+            f"the bundle expired at {expires}",
+            hint="ask the security team for a current bundle; --allow-expired installs it anyway",
+        )
+    return expired
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What the installer remembers of the newest bundle of one name."""
+
+    sequence: int
+    manifest_sha256: str
+
+
+def check_rollback(name: str, sequence: int, manifest_sha256: str, seen: Installed | None, allow_downgrade: bool) -> None:
+    """Refuse a bundle older than the newest of its name installed here, or a different one with the same number."""
+    if seen is None or allow_downgrade:
+        return
+    if sequence < seen.sequence:
+        raise TrustError(
+            f"bundle {name} sequence {sequence} is older than sequence {seen.sequence}, installed here before",
+            hint="this looks like a rollback to an old bundle; --allow-downgrade installs it anyway",
+        )
+    if sequence == seen.sequence and manifest_sha256 != seen.manifest_sha256:
+        raise TrustError(
+            f"bundle {name} sequence {sequence} differs from the bundle with that sequence installed here before",
+            hint="two different bundles carry the same name and sequence; ask the security team which is genuine",
+        )

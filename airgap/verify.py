@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap import __version__
@@ -16,7 +17,7 @@ from airgap.errors import EnvironmentProblem, IntegrityError
 from airgap.keys import PublicKey
 from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult, verify_signatures
+from airgap.trust import TrustResult, check_trust
 
 HASH_BLOCK = 4 << 20
 
@@ -27,6 +28,7 @@ class VerifyOptions:
     trusted: tuple[PublicKey, ...]
     threshold: int = 1
     jobs: int = os.cpu_count() or 1
+    allow_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,16 @@ class VerifyReport:
 
 
 class PartsFailed(IntegrityError):
-    """Some parts are missing or damaged; the report says which."""
+    """Some parts are missing or damaged; ``bad`` (and ``report``, from verify) say which."""
 
-    def __init__(self, report: VerifyReport) -> None:
-        bad = report.bad_parts
+    def __init__(self, bad: list[PartResult], report: VerifyReport | None = None) -> None:
         first = bad[0]
         more = f" (and {len(bad) - 1} more bad part(s))" if len(bad) > 1 else ""
         super().__init__(
             f"part {first.path} {first.problem}{more}",
             hint="copy the named part(s) again from the original medium, then verify again",
         )
+        self.bad = bad
         self.report = report
 
 
@@ -108,6 +110,15 @@ def check_part(bundle: LoadedBundle, part: Part, advance: Callable[[int], None] 
     return PartResult(part.path, True)
 
 
+def check_parts(bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str) -> tuple[PartResult, ...]:
+    """Hash every part against the manifest, ``jobs`` at a time (hashlib releases the GIL)."""
+    reporter.start(label, bundle.manifest.total_part_bytes)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = tuple(pool.map(lambda p: check_part(bundle, p, reporter.advance), bundle.manifest.parts))
+    reporter.finish()
+    return results
+
+
 def unexpected_files(bundle: LoadedBundle) -> list[str]:
     listed = {p.path for p in bundle.manifest.parts}
     extra = []
@@ -129,13 +140,17 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle = load_bundle(options.bundle)
-    trust_result = verify_signatures(bundle.manifest_bytes, bundle.signatures, options.trusted, options.threshold)
+    trust_result = check_trust(
+        bundle.manifest_bytes,
+        bundle.manifest.expires,
+        bundle.signatures,
+        options.trusted,
+        options.threshold,
+        options.allow_expired,
+        datetime.now(timezone.utc),
+    )
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
-    parts = bundle.manifest.parts
-    reporter.start("verify", bundle.manifest.total_part_bytes)
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        results = list(pool.map(lambda p: check_part(bundle, p, reporter.advance), parts))
-    reporter.finish()
+    results = check_parts(bundle, options.jobs, reporter, "verify")
     report = VerifyReport(
         bundle=options.bundle,
         manifest_sha256=hashlib.sha256(bundle.manifest_bytes).hexdigest(),
@@ -147,5 +162,5 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     for extra in report.unexpected_files:
         reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; ignored)")
     if not report.ok:
-        raise PartsFailed(report)
+        raise PartsFailed(report.bad_parts, report)
     return report

@@ -35,6 +35,7 @@ def run(*args: str) -> None:
 
 def main() -> int:
     DEMO.mkdir(exist_ok=True)
+    os.environ["AIRGAP_STATE"] = str(DEMO / "installed.json")  # the demo's rollback state, not the user's
     private = None
     if not engine_answers():
         private = DEMO / "dockerd"

@@ -31,6 +31,12 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _private_install_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own rollback state file, never the user's."""
+    monkeypatch.setenv("AIRGAP_STATE", str(tmp_path / "airgap-state" / "installed.json"))
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """DOCKER_HOST of a real engine: the one configured, or a private one started for the session."""
