@@ -1,0 +1,129 @@
+"""Freeze, rollback and k-of-n: the policy around signatures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from airgap._internal.bundle import load_bundle
+from airgap.errors import TrustError
+from airgap.install import InstallOptions, install
+from airgap.keys import load_public
+from tests.test_install_unit import FakeEngine
+
+
+def pack(cli, sample, out: Path, key: Path, *extra: str) -> None:  # type: ignore[no-untyped-def]
+    r = cli("pack", f"docker-archive:{sample.path}", "-o", str(out), "--key", str(key), *extra)
+    assert r.code == 0, r.err
+
+
+def test_expired_bundle_rejected(cli, samples, keypair, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")  # created 2001-09-09
+    pack(cli, samples["docker"], tmp_path / "b", keypair[0], "--expires", "30d")
+    assert load_bundle(tmp_path / "b").manifest.expires == "2001-10-09T01:46:40Z"
+    r = cli("verify", str(tmp_path / "b"), "--trust", str(keypair[1]))
+    assert r.code == 5 and "expired at 2001-10-09T01:46:40Z" in r.err and "--allow-expired" in r.err
+    r = cli("verify", str(tmp_path / "b"), "--trust", str(keypair[1]), "--allow-expired", "--json")
+    assert r.code == 0 and json.loads(r.out)["signatures"]["expired"] is True
+
+
+def test_expiry_date_edited_breaks_signature(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack(cli, samples["docker"], tmp_path / "b", keypair[0], "--expires", "1h")
+    m = tmp_path / "b" / "manifest.json"
+    data = json.loads(m.read_bytes())
+    data["expires"] = "2099-01-01T00:00:00Z"
+    m.write_bytes((json.dumps(data, sort_keys=True, indent=2) + "\n").encode())
+    assert cli("verify", str(tmp_path / "b"), "--trust", str(keypair[1])).code == 5
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "-5d", "1970-01-01T00:00:00Z"])
+def test_bad_expiry_is_usage_error(cli, samples, keypair, tmp_path: Path, bad: str) -> None:  # type: ignore[no-untyped-def]
+    r = cli(
+        "pack", f"docker-archive:{samples['docker'].path}", "-o", str(tmp_path / "b"), "--key", str(keypair[0]), "--expires", bad
+    )
+    assert r.code == 2 and "--expires" in r.err
+
+
+def test_rollback_to_older_sequence_rejected(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack(cli, samples["docker2"], tmp_path / "new", keypair[0], "--name", "agent", "--sequence", "5")
+    pack(cli, samples["docker"], tmp_path / "old", keypair[0], "--name", "agent", "--sequence", "4")
+    engine = FakeEngine(tmp_path)
+    pub = (load_public(keypair[1]),)
+    install(InstallOptions(tmp_path / "new", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TrustError, match="sequence 4 is older than sequence 5"):
+        install(InstallOptions(tmp_path / "old", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+    assert engine.load_calls == 1
+    install(InstallOptions(tmp_path / "old", pub, allow_downgrade=True), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+    assert engine.load_calls == 2
+    # a forced downgrade does not lower the mark: the old bundle is still refused without the flag
+    with pytest.raises(TrustError, match="older"):
+        install(InstallOptions(tmp_path / "old", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+
+
+def test_same_sequence_different_bundle_rejected(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack(cli, samples["docker"], tmp_path / "a", keypair[0], "--name", "agent", "--sequence", "7")
+    pack(cli, samples["docker2"], tmp_path / "b", keypair[0], "--name", "agent", "--sequence", "7")
+    engine = FakeEngine(tmp_path)
+    pub = (load_public(keypair[1]),)
+    install(InstallOptions(tmp_path / "a", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+    install(InstallOptions(tmp_path / "a", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]  # same bundle again: fine
+    with pytest.raises(TrustError, match="differs from the bundle with that sequence"):
+        install(InstallOptions(tmp_path / "b", pub), connect=lambda: engine)  # type: ignore[arg-type,return-value]
+
+
+def test_second_signer_meets_threshold_two(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    trust_both = ["--trust", str(keypair[1]), "--trust", str(other_keypair[1]), "--threshold", "2"]
+    r = cli("verify", str(out), *trust_both)
+    assert r.code == 5 and "only 1 valid signature" in r.err
+    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--json")
+    assert r.code == 0, r.err
+    assert len(json.loads(r.out)["signers"]) == 2
+    assert cli("verify", str(out), *trust_both).code == 0
+
+
+def test_trust_directory_counts_distinct_keys(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    assert cli("sign", str(out), "--key", str(other_keypair[0])).code == 0
+    trust_dir = tmp_path / "trusted"
+    trust_dir.mkdir()
+    for pub in (keypair[1], other_keypair[1]):
+        (trust_dir / pub.name).write_bytes(pub.read_bytes())
+    # the same key given twice is still one key
+    r = cli("verify", str(out), "--trust", str(keypair[1]), "--trust", str(keypair[1]), "--threshold", "2")
+    assert r.code == 5
+    assert cli("verify", str(out), "--trust", str(trust_dir), "--threshold", "2").code == 0
+
+
+def test_signing_a_damaged_bundle_refused(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    part = out / load_bundle(out).manifest.parts[0].path
+    part.write_bytes(part.read_bytes() + b"x")
+    r = cli("sign", str(out), "--key", str(other_keypair[0]))
+    assert r.code == 4 and part.name in r.err
+    assert len(load_bundle(out).signatures) == 1
+
+
+def test_keygen_without_passphrase_choice_refused(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("keygen", "--out", str(tmp_path / "k"))
+    assert r.code == 2 and "--no-passphrase" in r.err
+    assert not (tmp_path / "k.key").exists()
+    r = cli("keygen", "--out", str(tmp_path / "k"), "--no-passphrase")
+    assert r.code == 0 and (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
+    assert b"ENCRYPTED" not in (tmp_path / "k.key").read_bytes()
+
+
+def test_keygen_encrypts_with_env_passphrase_and_pack_uses_it(cli, samples, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SIGNING_PASS", "s3cret")
+    assert cli("keygen", "--out", str(tmp_path / "k"), "--passphrase-env", "SIGNING_PASS").code == 0
+    assert b"ENCRYPTED" in (tmp_path / "k.key").read_bytes()
+    src = f"docker-archive:{samples['docker'].path}"
+    r = cli("pack", src, "-o", str(tmp_path / "b"), "--key", str(tmp_path / "k.key"))
+    assert r.code == 2 and "is encrypted" in r.err
+    r = cli("pack", src, "-o", str(tmp_path / "b"), "--key", str(tmp_path / "k.key"), "--passphrase-env", "SIGNING_PASS")
+    assert r.code == 0, r.err
