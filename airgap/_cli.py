@@ -194,18 +194,36 @@ def _trust_options(f: Any) -> Any:
 @_trust_options
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
 @click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
+@click.option("--receipt", "receipt", type=click.Path(path_type=Path), help="write a JSON record of every check and its outcome")
+@click.option("--receipt-key", type=click.Path(path_type=Path), help="sign the receipt with this key (writes RECEIPT.sig)")
+@click.option("--passphrase-env", metavar="VAR", help="the receipt key's passphrase is in $VAR")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
 @_quiet_option
 @click.pass_context
 def verify(
-    ctx: click.Context, bundle: Path, trust: tuple[Path, ...], threshold: int, jobs: int, allow_expired: bool, as_json: bool
+    ctx: click.Context,
+    bundle: Path,
+    trust: tuple[Path, ...],
+    threshold: int,
+    jobs: int,
+    allow_expired: bool,
+    receipt: Path | None,
+    receipt_key: Path | None,
+    passphrase_env: str | None,
+    as_json: bool,
 ) -> None:
     """Check a bundle's signature and every part, without installing anything."""
     from airgap import verify as core
 
+    if receipt_key is not None and receipt is None:
+        raise UsageError("--receipt-key needs --receipt FILE")
     options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired)
+    signer = keys.load_private(receipt_key, _key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
     try:
-        report = core.verify(options, _reporter(ctx))
+        if receipt is not None:
+            report = core.verify_with_receipt(options, receipt, signer, _reporter(ctx))
+        else:
+            report = core.verify(options, _reporter(ctx))
     except core.PartsFailed as e:
         if as_json and e.report is not None:
             _emit_json(e.report.to_dict())

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from airgap import __version__
 from airgap._internal.bundle import STAGING_DIR, LoadedBundle, load_bundle, open_part
-from airgap.errors import EnvironmentProblem, IntegrityError
+from airgap.errors import EnvironmentProblem, Error, IntegrityError
 from airgap.keys import PublicKey
-from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part
+from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part, format_time
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import TrustResult, check_trust
 
@@ -46,6 +48,9 @@ class VerifyReport:
     parts: tuple[PartResult, ...]
     unexpected_files: tuple[str, ...]
     seconds: float
+    name: str = ""
+    sequence: int = 0
+    checked_at: str = ""
 
     @property
     def ok(self) -> bool:
@@ -55,10 +60,42 @@ class VerifyReport:
     def bad_parts(self) -> list[PartResult]:
         return [p for p in self.parts if not p.ok]
 
+    def checks(self) -> list[dict[str, str]]:
+        """Every check performed, in order, with its outcome: the evidence an auditor asks for."""
+        t = self.trust
+        checks = [
+            {
+                "check": "manifest",
+                "result": "pass",
+                "detail": f"manifest.json parses as schema_version 1, sha256 {self.manifest_sha256}",
+            },
+            {
+                "check": "signatures",
+                "result": "pass",
+                "detail": f"{len(t.valid)} valid from trusted keys ({', '.join(t.valid)}), threshold {t.threshold}; "
+                f"{len(t.invalid)} invalid, {len(t.unknown)} from unknown keys (ignored)",
+            },
+            {
+                "check": "expiry",
+                "result": "expired, allowed" if t.expired else "pass",
+                "detail": f"expires {t.expires}" if t.expires else "no expiry date",
+            },
+        ]
+        for p in self.parts:
+            detail = "size and sha256 match the manifest" if p.ok else f"part {p.problem}"
+            checks.append({"check": f"part {p.path}", "result": "pass" if p.ok else "fail", "detail": detail})
+        for extra in self.unexpected_files:
+            checks.append({"check": f"file {extra}", "result": "warning", "detail": "not part of the signed bundle; ignored"})
+        return checks
+
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "bundle": str(self.bundle),
+            "name": self.name,
+            "sequence": self.sequence,
+            "checked_at": self.checked_at,
+            "checks": self.checks(),
             "manifest_sha256": self.manifest_sha256,
             "signatures": self.trust.to_dict(),
             "parts": [{"path": p.path, "ok": p.ok, "problem": p.problem} for p in self.parts],
@@ -152,6 +189,9 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
     results = check_parts(bundle, options.jobs, reporter, "verify")
     report = VerifyReport(
+        name=bundle.manifest.name,
+        sequence=bundle.manifest.sequence,
+        checked_at=format_time(datetime.now(timezone.utc)),
         bundle=options.bundle,
         manifest_sha256=hashlib.sha256(bundle.manifest_bytes).hexdigest(),
         trust=trust_result,
@@ -163,4 +203,23 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
         reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; ignored)")
     if not report.ok:
         raise PartsFailed(report.bad_parts, report)
+    return report
+
+
+def verify_with_receipt(
+    options: VerifyOptions,
+    receipt_path: Path,
+    receipt_key: Ed25519PrivateKey | None,
+    reporter: Reporter | None = None,
+) -> VerifyReport:
+    """verify, then write a receipt of the outcome, failed or not."""
+    from airgap import receipt
+
+    try:
+        report = verify(options, reporter)
+    except Error as e:
+        details = e.report.to_dict() if isinstance(e, PartsFailed) and e.report is not None else None
+        receipt.write(receipt_path, receipt.record(options.bundle, details, e), receipt_key)
+        raise
+    receipt.write(receipt_path, receipt.record(options.bundle, report.to_dict(), None), receipt_key)
     return report

@@ -1,0 +1,84 @@
+"""verify --receipt: evidence of what was checked, written whatever the outcome."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from airgap._internal.bundle import load_bundle
+
+
+@pytest.fixture
+def bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
+    assert r.code == 0, r.err
+    return out
+
+
+def test_json_report_lists_every_check(cli, bundle: Path, keypair) -> None:  # type: ignore[no-untyped-def]
+    r = cli("verify", str(bundle), "--trust", str(keypair[1]), "--json")
+    assert r.code == 0
+    checks = json.loads(r.out)["checks"]
+    names = [c["check"] for c in checks]
+    assert names[:3] == ["manifest", "signatures", "expiry"]
+    assert {f"part {p.path}" for p in load_bundle(bundle).manifest.parts} <= set(names)
+    assert all(c["result"] == "pass" for c in checks)
+
+
+@pytest.mark.tools
+def test_signed_receipt_of_a_pass_checks_with_openssl(cli, bundle: Path, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is not installed (.ci/run installs it)")
+    receipt = tmp_path / "receipt.json"
+    r = cli("verify", str(bundle), "--trust", str(keypair[1]), "--receipt", str(receipt), "--receipt-key", str(other_keypair[0]))
+    assert r.code == 0, r.err
+    data = json.loads(receipt.read_bytes())
+    assert data["result"] == "pass" and data["error"] is None
+    assert data["manifest_sha256"] == data["verification"]["manifest_sha256"]
+    assert len(data["verification"]["parts"]) == len(load_bundle(bundle).manifest.parts)
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(other_keypair[1]),
+        "-rawin",
+        "-in",
+        str(receipt),
+        "-sigfile",
+        f"{receipt}.sig",
+    ]
+    assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def test_receipt_of_a_damaged_part_records_the_failure(cli, bundle: Path, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    part = load_bundle(bundle).manifest.parts[1]
+    path = bundle / part.path
+    path.write_bytes(path.read_bytes()[:-1])
+    receipt = tmp_path / "receipt.json"
+    r = cli("verify", str(bundle), "--trust", str(keypair[1]), "--receipt", str(receipt))
+    assert r.code == 4
+    data = json.loads(receipt.read_bytes())
+    assert data["result"] == "fail" and data["error"]["kind"] == "integrity" and data["error"]["exit_code"] == 4
+    failed = [c for c in data["verification"]["checks"] if c["result"] == "fail"]
+    assert [c["check"] for c in failed] == [f"part {part.path}"]
+
+
+def test_receipt_of_an_untrusted_bundle_records_the_failure(cli, bundle: Path, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    receipt = tmp_path / "receipt.json"
+    r = cli("verify", str(bundle), "--trust", str(other_keypair[1]), "--receipt", str(receipt))
+    assert r.code == 5
+    data = json.loads(receipt.read_bytes())
+    assert data["result"] == "fail" and data["error"]["kind"] == "trust" and data["verification"] is None
+    assert len(data["manifest_sha256"]) == 64
+
+
+def test_receipt_key_without_receipt_is_usage_error(cli, bundle: Path, keypair) -> None:  # type: ignore[no-untyped-def]
+    r = cli("verify", str(bundle), "--trust", str(keypair[1]), "--receipt-key", str(keypair[0]))
+    assert r.code == 2 and "--receipt" in r.err
