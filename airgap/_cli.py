@@ -194,6 +194,7 @@ def _trust_options(f: Any) -> Any:
 @_trust_options
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
 @click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
+@click.option("--allow-unexpected", is_flag=True, help="only warn about files the manifest does not list")
 @click.option("--receipt", "receipt", type=click.Path(path_type=Path), help="write a JSON record of every check and its outcome")
 @click.option("--receipt-key", type=click.Path(path_type=Path), help="sign the receipt with this key (writes RECEIPT.sig)")
 @click.option("--passphrase-env", metavar="VAR", help="the receipt key's passphrase is in $VAR")
@@ -207,6 +208,7 @@ def verify(
     threshold: int,
     jobs: int,
     allow_expired: bool,
+    allow_unexpected: bool,
     receipt: Path | None,
     receipt_key: Path | None,
     passphrase_env: str | None,
@@ -217,7 +219,7 @@ def verify(
 
     if receipt_key is not None and receipt is None:
         raise UsageError("--receipt-key needs --receipt FILE")
-    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired)
+    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired, allow_unexpected)
     signer = keys.load_private(receipt_key, _key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
     try:
         if receipt is not None:
@@ -229,7 +231,7 @@ def verify(
             _emit_json(e.report.to_dict())
         else:
             for part in e.bad:
-                click.echo(f"BAD  {part.path}: {part.problem}", err=True)
+                click.echo(f"BAD  {part.kind} {part.path}: {part.problem}", err=True)
         raise
     if as_json:
         _emit_json(report.to_dict())
@@ -257,6 +259,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--replace", is_flag=True, help="move existing tags to the bundle's images")
 @click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
 @click.option("--allow-expired", is_flag=True, help="install a bundle past its expiry date")
+@click.option("--allow-unexpected", is_flag=True, help="ignore files in the bundle that the manifest does not list")
 @click.option("--allow-downgrade", is_flag=True, help="install a bundle older than one of the same name installed before")
 @click.option(
     "--state",
@@ -275,6 +278,7 @@ def install(
     replace: bool,
     platform: str | None,
     allow_expired: bool,
+    allow_unexpected: bool,
     allow_downgrade: bool,
     state: Path | None,
     as_json: bool,
@@ -289,6 +293,7 @@ def install(
         replace,
         platform,
         allow_expired=allow_expired,
+        allow_unexpected=allow_unexpected,
         allow_downgrade=allow_downgrade,
         state=state,
     )

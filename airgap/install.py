@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
-from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, open_part
+from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, open_part, refuse_unexpected
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
 from airgap._internal.state import InstallState
@@ -38,6 +38,7 @@ class InstallOptions:
     platform: str | None = None  # "os/arch[/variant]"; default: the engine's
     allow_expired: bool = False
     allow_downgrade: bool = False
+    allow_unexpected: bool = False
     state: Path | None = None  # rollback state file; None: the default path
 
 
@@ -189,6 +190,7 @@ def _install(
         return InstallResult(options.bundle, trust_result, done, 0, time.monotonic() - started)
 
     digests = {d.digest for image in images for d in (image.config, *image.layers)}
+    refuse_unexpected(bundle, options.allow_unexpected)
     for part in bundle.manifest.parts:
         if part.blob in digests:
             open_part(bundle, part).close()  # missing, linked or truncated parts fail before any upload

@@ -14,10 +14,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__
-from airgap._internal.bundle import STAGING_DIR, LoadedBundle, load_bundle, open_part
+from airgap._internal.bundle import LoadedBundle, load_bundle, open_part, unexpected_files
 from airgap.errors import EnvironmentProblem, Error, IntegrityError
 from airgap.keys import PublicKey
-from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, Part, format_time
+from airgap.models import Part, format_time
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import TrustResult, check_trust
 
@@ -31,6 +31,7 @@ class VerifyOptions:
     threshold: int = 1
     jobs: int = os.cpu_count() or 1
     allow_expired: bool = False
+    allow_unexpected: bool = False  # files in the bundle that the manifest does not list: warn instead of fail
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PartResult:
     path: str
     ok: bool
     problem: str | None = None
+    kind: str = "part"  # or "file": a file in the bundle that the manifest does not list
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,22 @@ class VerifyReport:
     parts: tuple[PartResult, ...]
     unexpected_files: tuple[str, ...]
     seconds: float
+    unexpected_allowed: bool = False
     name: str = ""
     sequence: int = 0
     checked_at: str = ""
 
     @property
     def ok(self) -> bool:
-        return all(p.ok for p in self.parts)
+        return not self.bad_parts
 
     @property
     def bad_parts(self) -> list[PartResult]:
-        return [p for p in self.parts if not p.ok]
+        """Failed parts, then unexpected files unless they were allowed."""
+        bad = [p for p in self.parts if not p.ok]
+        if not self.unexpected_allowed:
+            bad += [PartResult(f, False, "is not part of the signed bundle", kind="file") for f in self.unexpected_files]
+        return bad
 
     def checks(self) -> list[dict[str, str]]:
         """Every check performed, in order, with its outcome: the evidence an auditor asks for."""
@@ -85,7 +92,12 @@ class VerifyReport:
             detail = "size and sha256 match the manifest" if p.ok else f"part {p.problem}"
             checks.append({"check": f"part {p.path}", "result": "pass" if p.ok else "fail", "detail": detail})
         for extra in self.unexpected_files:
-            checks.append({"check": f"file {extra}", "result": "warning", "detail": "not part of the signed bundle; ignored"})
+            result, detail = (
+                ("warning", "not part of the signed bundle; allowed")
+                if self.unexpected_allowed
+                else ("fail", "not part of the signed bundle")
+            )
+            checks.append({"check": f"file {extra}", "result": result, "detail": detail})
         return checks
 
     def to_dict(self) -> dict[str, object]:
@@ -112,9 +124,9 @@ class PartsFailed(IntegrityError):
 
     def __init__(self, bad: list[PartResult], report: VerifyReport | None = None) -> None:
         first = bad[0]
-        more = f" (and {len(bad) - 1} more bad part(s))" if len(bad) > 1 else ""
+        more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
         super().__init__(
-            f"part {first.path} {first.problem}{more}",
+            f"{first.kind} {first.path} {first.problem}{more}",
             hint="copy the named part(s) again from the original medium, then verify again",
         )
         self.bad = bad
@@ -156,23 +168,6 @@ def check_parts(bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str)
     return results
 
 
-def unexpected_files(bundle: LoadedBundle) -> list[str]:
-    listed = {p.path for p in bundle.manifest.parts}
-    extra = []
-    for root, dirs, files in os.walk(bundle.path):
-        rel_root = os.path.relpath(root, bundle.path)
-        if rel_root == STAGING_DIR:
-            dirs[:] = []
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            rel = os.path.normpath(os.path.join(rel_root, name))
-            if rel == MANIFEST_NAME or rel in listed:
-                continue
-            if rel.startswith(SIGNATURES_DIR + "/") and rel.endswith(".sig"):
-                continue
-            extra.append(rel)
-    return sorted(extra)
-
-
 def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
     reporter = reporter or NullReporter()
     started = time.monotonic()
@@ -197,10 +192,12 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
         trust=trust_result,
         parts=tuple(results),
         unexpected_files=tuple(unexpected_files(bundle)),
+        unexpected_allowed=options.allow_unexpected,
         seconds=time.monotonic() - started,
     )
-    for extra in report.unexpected_files:
-        reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; ignored)")
+    if options.allow_unexpected:
+        for extra in report.unexpected_files:
+            reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; allowed)")
     if not report.ok:
         raise PartsFailed(report.bad_parts, report)
     return report

@@ -233,3 +233,32 @@ def open_part(bundle: LoadedBundle, part: Part) -> BinaryIO:
             hint="copy the part again from the original medium",
         )
     return fh
+
+
+def unexpected_files(bundle: LoadedBundle) -> list[str]:
+    listed = {p.path for p in bundle.manifest.parts}
+    extra = []
+    for root, dirs, files in os.walk(bundle.path):
+        rel_root = os.path.relpath(root, bundle.path)
+        if rel_root == STAGING_DIR:
+            dirs[:] = []
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if rel == MANIFEST_NAME or rel in listed:
+                continue
+            if rel.startswith(SIGNATURES_DIR + "/") and rel.endswith(".sig"):
+                continue
+            extra.append(rel)
+    return sorted(extra)
+
+
+def refuse_unexpected(bundle: LoadedBundle, allow: bool) -> list[str]:
+    """Fail on files the manifest does not list (nothing unsigned rides along), unless allowed."""
+    extra = unexpected_files(bundle)
+    if extra and not allow:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise IntegrityError(
+            f"file {extra[0]} in the bundle is not part of the signed bundle{more}",
+            hint="remove it if you know where it came from (or pass --allow-unexpected); otherwise copy the bundle again",
+        )
+    return extra
