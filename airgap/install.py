@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
-from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, open_part, refuse_unexpected
+from airgap._internal.bundle import LoadedBundle, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
 from airgap._internal.state import InstallState
@@ -26,7 +26,7 @@ from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import Image, Platform, format_time
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult, check_rollback, check_trust
+from airgap.trust import TrustResult, check_rollback
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,7 @@ def install(
 ) -> InstallResult:
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle = load_bundle(options.bundle)
-    trust_result = check_trust(
-        bundle.manifest_bytes,
-        bundle.manifest.expires,
-        bundle.signatures,
-        options.trusted,
-        options.threshold,
-        options.allow_expired,
-        datetime.now(timezone.utc),
-    )
+    bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap.errors import TrustError, UsageError
 from airgap.keys import PublicKey, fingerprint
-from airgap.models import parse_time
+from airgap.models import Manifest, parse_time
 
 
 def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:
@@ -89,17 +89,18 @@ def verify_signatures(
 
 def check_trust(
     manifest_bytes: bytes,
-    expires: str | None,
     signatures: Mapping[str, bytes],
     trusted: Sequence[PublicKey],
     threshold: int,
     allow_expired: bool,
     now: datetime,
-) -> TrustResult:
-    """Signatures first (an expiry date is only worth reading once it is signed), then freshness."""
+) -> tuple[Manifest, TrustResult]:
+    """Authenticate, then parse, then check freshness: nothing in the manifest is read before its
+    signatures verified (python-tuf order), and an expiry date counts only once it is signed."""
     result = verify_signatures(manifest_bytes, signatures, trusted, threshold)
-    expired = check_expiry(expires, now, allow_expired)
-    return replace(result, expires=expires, expired=expired)
+    manifest = Manifest.from_bytes(manifest_bytes)
+    expired = check_expiry(manifest.expires, now, allow_expired)
+    return manifest, replace(result, expires=manifest.expires, expired=expired)
 
 
 # --- freshness and rollback (TUF's freeze and rollback attacks) ---------------------------------

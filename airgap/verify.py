@@ -14,12 +14,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__
-from airgap._internal.bundle import LoadedBundle, load_bundle, open_part, unexpected_files
+from airgap._internal.bundle import LoadedBundle, load_trusted_bundle, open_part, unexpected_files
 from airgap.errors import EnvironmentProblem, Error, IntegrityError
 from airgap.keys import PublicKey
 from airgap.models import Part, format_time
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult, check_trust
+from airgap.trust import TrustResult
 
 HASH_BLOCK = 4 << 20
 
@@ -171,16 +171,7 @@ def check_parts(bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str)
 def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle = load_bundle(options.bundle)
-    trust_result = check_trust(
-        bundle.manifest_bytes,
-        bundle.manifest.expires,
-        bundle.signatures,
-        options.trusted,
-        options.threshold,
-        options.allow_expired,
-        datetime.now(timezone.utc),
-    )
+    bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
     results = check_parts(bundle, options.jobs, reporter, "verify")
     report = VerifyReport(

@@ -14,8 +14,9 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,7 +27,9 @@ from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, iter_part_data
 from airgap._internal.tarstream import EntryReader
 from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
+from airgap.keys import PublicKey
 from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, Manifest, Part, part_path
+from airgap.trust import TrustResult, check_trust
 
 STAGING_DIR = ".airgap-staging"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -195,13 +198,31 @@ def read_signatures(bundle: Path) -> dict[str, bytes]:
     return signatures
 
 
+def _naming_manifest(bundle: Path, e: FormatError) -> FormatError:
+    return FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint)
+
+
 def load_bundle(bundle: Path) -> LoadedBundle:
+    """Read and parse a bundle's manifest without checking who signed it (inspect, sign)."""
     data = read_manifest_bytes(bundle)
     try:
         manifest = Manifest.from_bytes(data)
     except FormatError as e:
-        raise FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint) from e
+        raise _naming_manifest(bundle, e) from e
     return LoadedBundle(bundle, data, manifest, read_signatures(bundle))
+
+
+def load_trusted_bundle(
+    bundle: Path, trusted: Sequence[PublicKey], threshold: int, allow_expired: bool
+) -> tuple[LoadedBundle, TrustResult]:
+    """Read a bundle's manifest and signatures; authenticate before parsing (see trust.check_trust)."""
+    data = read_manifest_bytes(bundle)
+    signatures = read_signatures(bundle)
+    try:
+        manifest, result = check_trust(data, signatures, trusted, threshold, allow_expired, datetime.now(timezone.utc))
+    except FormatError as e:
+        raise _naming_manifest(bundle, e) from e
+    return LoadedBundle(bundle, data, manifest, signatures), result
 
 
 def iter_blob(bundle: LoadedBundle, digest: str, block: int = 1 << 20) -> Iterator[bytes]:
