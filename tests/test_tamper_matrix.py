@@ -305,3 +305,49 @@ def test_sigkill_of_install_at_random_points_then_rerun(docker_client, bundle: P
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert docker_client.images.get(TAG).id == samples["docker"].image_id
+
+
+def test_daemon_killed_mid_load_loads_nothing(cli, keypair, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A private engine of its own, SIGKILLed while it receives the upload, then started again."""
+    import signal
+    import time
+
+    import sample_image
+
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("starting a private dockerd needs root")
+        pytest.skip("starting a private dockerd needs root")
+    sample = sample_image.build(tmp_path / "big.tar", tag="airgap-test/big:1", model_size=400 << 20, app_size=1 << 20, seed="big")
+    out = tmp_path / "bundle"
+    assert cli("pack", f"docker-archive:{sample.path}", "-o", str(out), "--key", str(keypair[0])).code == 0
+    engine_dir = Path(f"/tmp/airgap-kill-{os.getpid()}")
+    script = str(ROOT / "scripts" / "private-dockerd")
+    host = subprocess.run([script, "start", str(engine_dir)], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("DOCKER_HOST", host)
+    try:
+        cmd = [sys.executable, "-m", "airgap", "-q", "install", str(out), "--trust", str(keypair[1])]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list((engine_dir / "root" / "tmp").glob("docker-import-*")):  # the engine is receiving the upload
+            assert time.monotonic() < deadline and proc.poll() is None, "the upload never started"
+            time.sleep(0.02)
+        os.killpg(os.getpgid(int((engine_dir / "dockerd.pid").read_text())), signal.SIGKILL)  # dockerd and its containerd
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 6, err
+        assert err.startswith("error: Docker engine") and "Traceback" not in err
+        restarted = subprocess.run([script, "start", str(engine_dir)], capture_output=True, text=True, check=False)
+        assert restarted.returncode == 0, restarted.stderr
+        client = docker.from_env(timeout=60)
+        try:
+            assert not client.images.list(all=True)
+        finally:
+            client.close()
+        # and the same install, re-run on the restarted engine, completes
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    finally:
+        subprocess.run([script, "stop", str(engine_dir)], check=False)
+        subprocess.run(["pkill", "-9", "-f", str(engine_dir)], check=False)
+        subprocess.run(["umount", "-R", str(engine_dir / "root")], check=False, capture_output=True)
+        shutil.rmtree(engine_dir, ignore_errors=True)
