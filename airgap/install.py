@@ -18,9 +18,10 @@ from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
 from airgap._internal.bundle import LoadedBundle, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
+from airgap._internal.cache import VerifiedCache
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
-from airgap._internal.state import InstallState
+from airgap._internal.state import InstallState, cache_path
 from airgap._internal.state import default_path as default_state_path
 from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.keys import PublicKey
@@ -57,6 +58,8 @@ class InstallResult:
     images: tuple[InstalledImage, ...]
     bytes_streamed: int
     seconds: float
+    parts_hashed: int = 0
+    parts_cached: int = 0  # verified before (by verify or an interrupted install) and not hashed again
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -67,6 +70,8 @@ class InstallResult:
                 for i in self.images
             ],
             "bytes_streamed": self.bytes_streamed,
+            "parts_hashed": self.parts_hashed,
+            "parts_cached": self.parts_cached,
             "seconds": round(self.seconds, 3),
         }
 
@@ -101,7 +106,13 @@ def select_images(images: tuple[Image, ...], wanted: Platform, explicit: bool, n
     return list(images)
 
 
-def load_stream(bundle: LoadedBundle, images: list[Image], on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+def load_stream(
+    bundle: LoadedBundle,
+    images: list[Image],
+    on_bytes: Callable[[int], None],
+    cache: VerifiedCache | None = None,
+    counts: dict[str, int] | None = None,
+) -> Iterator[bytes]:
     """A docker-save archive of ``images``, built from verified parts; manifest.json comes last."""
     entries = []
     seen: set[str] = set()
@@ -116,7 +127,7 @@ def load_stream(bundle: LoadedBundle, images: list[Image], on_bytes: Callable[[i
             entries.append((f"{image.config.digest.removeprefix('sha256:')}.json", image.config.digest, image.config.size))
     for name, digest, size in entries:
         yield tarstream.header(name, size)
-        for data in iter_blob(bundle, digest):
+        for data in iter_blob(bundle, digest, cache=cache, counts=counts):
             on_bytes(len(data))
             yield data
         yield tarstream.padding(size)
@@ -143,10 +154,11 @@ def install(
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
-    state = InstallState(options.state or default_state_path())
+    state_path = options.state or default_state_path()
+    state = InstallState(state_path)
     check_rollback(manifest.name, manifest.sequence, manifest_sha256, state.get(manifest.name), options.allow_downgrade)
     with connect() as engine:
-        result = _install(options, bundle, trust_result, engine, reporter, started)
+        result = _install(options, bundle, trust_result, engine, reporter, started, VerifiedCache(cache_path(state_path)))
     state.record(manifest.name, manifest.sequence, manifest_sha256, format_time(datetime.now(timezone.utc)))
     return result
 
@@ -158,6 +170,7 @@ def _install(
     engine: Engine,
     reporter: Reporter,
     started: float,
+    cache: VerifiedCache,
 ) -> InstallResult:
     wanted = parse_platform(options.platform) if options.platform else engine.platform()
     images = select_images(bundle.manifest.images, wanted, options.platform is not None, reporter.note)
@@ -201,7 +214,8 @@ def _install(
         reporter.advance(n)
 
     reporter.start("install", total)
-    engine.load(threaded(load_stream(bundle, images, on_bytes)))
+    counts: dict[str, int] = {}
+    engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts)))
     reporter.finish()
 
     loaded = []
@@ -212,4 +226,12 @@ def _install(
             if engine.image_id(ref) != image.image_id:
                 raise DockerError(f"after loading, tag {ref} does not name image {image.image_id[:19]}")
         loaded.append(InstalledImage(image.image_id, image.ref_names, str(image.platform), "loaded"))
-    return InstallResult(options.bundle, trust_result, tuple(loaded), streamed, time.monotonic() - started)
+    return InstallResult(
+        options.bundle,
+        trust_result,
+        tuple(loaded),
+        streamed,
+        time.monotonic() - started,
+        counts.get("hashed", 0),
+        counts.get("cached", 0),
+    )

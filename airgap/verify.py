@@ -15,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__
 from airgap._internal.bundle import LoadedBundle, load_trusted_bundle, open_part, unexpected_files
+from airgap._internal.cache import VerifiedCache, file_key
+from airgap._internal.state import cache_path
+from airgap._internal.state import default_path as default_state_path
 from airgap.errors import EnvironmentProblem, Error, IntegrityError
 from airgap.keys import PublicKey
 from airgap.models import Part, format_time
@@ -133,14 +136,17 @@ class PartsFailed(IntegrityError):
         self.report = report
 
 
-def check_part(bundle: LoadedBundle, part: Part, advance: Callable[[int], None] | None = None) -> PartResult:
-    """Hash one part file against the manifest."""
+def check_part(
+    bundle: LoadedBundle, part: Part, advance: Callable[[int], None] | None = None, cache: VerifiedCache | None = None
+) -> PartResult:
+    """Hash one part file against the manifest (always: verify never trusts the cache, it only fills it)."""
     label = f"part {part.path}"
     try:
         fh = open_part(bundle, part)
     except IntegrityError as e:
         return PartResult(part.path, False, e.message.removeprefix(label + " "))
     with fh:
+        key = file_key(fh.fileno(), bundle.part_file(part), part)
         sha = hashlib.sha256()
         buf = bytearray(HASH_BLOCK)
         view = memoryview(buf)
@@ -156,14 +162,18 @@ def check_part(bundle: LoadedBundle, part: Part, advance: Callable[[int], None] 
             raise EnvironmentProblem(f"cannot read {label}: {e.strerror}", hint="the medium may be failing") from e
     if sha.hexdigest() != part.sha256:
         return PartResult(part.path, False, "does not match its sha256 in the manifest (damaged or replaced)")
+    if cache is not None:
+        cache.add(key)
     return PartResult(part.path, True)
 
 
-def check_parts(bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str) -> tuple[PartResult, ...]:
+def check_parts(
+    bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str, cache: VerifiedCache | None = None
+) -> tuple[PartResult, ...]:
     """Hash every part against the manifest, ``jobs`` at a time (hashlib releases the GIL)."""
     reporter.start(label, bundle.manifest.total_part_bytes)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = tuple(pool.map(lambda p: check_part(bundle, p, reporter.advance), bundle.manifest.parts))
+        results = tuple(pool.map(lambda p: check_part(bundle, p, reporter.advance, cache), bundle.manifest.parts))
     reporter.finish()
     return results
 
@@ -173,7 +183,7 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     started = time.monotonic()
     bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
     reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
-    results = check_parts(bundle, options.jobs, reporter, "verify")
+    results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))
     report = VerifyReport(
         name=bundle.manifest.name,
         sequence=bundle.manifest.sequence,

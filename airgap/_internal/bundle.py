@@ -23,6 +23,7 @@ from typing import BinaryIO
 import zstandard
 
 from airgap._internal import fsutil
+from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, iter_part_data
 from airgap._internal.tarstream import EntryReader
@@ -225,16 +226,32 @@ def load_trusted_bundle(
     return LoadedBundle(bundle, data, manifest, signatures), result
 
 
-def iter_blob(bundle: LoadedBundle, digest: str, block: int = 1 << 20) -> Iterator[bytes]:
-    """Yield a blob's bytes from its parts, checking every part and finally the blob digest."""
+def iter_blob(
+    bundle: LoadedBundle,
+    digest: str,
+    block: int = 1 << 20,
+    cache: VerifiedCache | None = None,
+    counts: dict[str, int] | None = None,
+) -> Iterator[bytes]:
+    """Yield a blob's bytes from its parts, checking every part and finally the blob digest.
+
+    Parts found in ``cache`` are not hashed again (the blob digest still covers them); parts hashed
+    here are added to it.  ``counts`` tallies "hashed" and "cached" parts.
+    """
     sha = hashlib.sha256()
     total = 0
+    tally = counts if counts is not None else {}
     for part in bundle.manifest.parts_of(digest):
         with open_part(bundle, part) as fh:
-            for data in iter_part_data(fh, part, f"part {part.path}", block):
+            key = file_key(fh.fileno(), bundle.part_file(part), part) if cache is not None else ""
+            known = cache is not None and key in cache
+            for data in iter_part_data(fh, part, f"part {part.path}", block, check_hash=not known):
                 sha.update(data)
                 total += len(data)
                 yield data
+        tally["cached" if known else "hashed"] = tally.get("cached" if known else "hashed", 0) + 1
+        if cache is not None and not known:
+            cache.add(key)
     if "sha256:" + sha.hexdigest() != digest or total != bundle.manifest.blob(digest).size:
         raise IntegrityError(
             f"blob {digest} rebuilt from its parts does not match its digest",

@@ -185,26 +185,28 @@ class BlobWriter:
 
 
 class _HashingReader:
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
         self._fh = fh
-        self.sha = hashlib.sha256()
+        self.sha = hashlib.sha256() if hashing else None
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._fh.read(n)
-        self.sha.update(data)
+        if self.sha is not None:
+            self.sha.update(data)
         self.size += len(data)
         return data
 
 
-def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK) -> Iterator[bytes]:
+def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK, check_hash: bool = True) -> Iterator[bytes]:
     """Decompress one part while hashing its compressed bytes.
 
     Yields raw data; raises IntegrityError at the end (before the caller can use the last block) if
     the part's size or sha256 differ from the manifest, or at once if it inflates past its declared
     length.  Callers must not commit anything from a part before this generator is exhausted.
+    ``check_hash=False`` (a part verified before, see _internal/cache.py) skips only the sha256.
     """
-    reader = _HashingReader(fh)
+    reader = _HashingReader(fh, check_hash)
     dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
     produced = 0
     pending: bytes | None = None
@@ -246,7 +248,7 @@ def _check_digest(reader: _HashingReader, part: Part, label: str) -> None:
             f"{label} is {reader.size} bytes, the manifest says {part.size}",
             hint="the part is truncated or damaged: copy it again from the original medium",
         )
-    if reader.sha.hexdigest() != part.sha256:
+    if reader.sha is not None and reader.sha.hexdigest() != part.sha256:
         raise IntegrityError(
             f"{label} does not match its sha256 in the manifest",
             hint="the part is damaged or was replaced: copy it again from the original medium",

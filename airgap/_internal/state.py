@@ -18,6 +18,11 @@ def default_path() -> Path:
     return Path(base) / "airgap" / "installed.json"
 
 
+def cache_path(state_path: Path) -> Path:
+    """The verified-parts cache (see _internal/cache.py) lives beside the install state."""
+    return state_path.with_name("verified.jsonl")
+
+
 class InstallState:
     def __init__(self, path: Path) -> None:
         self.path = path
