@@ -19,7 +19,7 @@ from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
-from airgap.errors import UsageError
+from airgap.errors import Error, UsageError
 from airgap.models import Compression, Image, Manifest, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
@@ -78,6 +78,7 @@ class PackResult:
     signer: str
     input_bytes: int
     seconds: float
+    reused_parts: int = 0  # staged by an interrupted pack and checked, not compressed again
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -92,6 +93,7 @@ class PackResult:
             "parts": len(self.manifest.parts),
             "bundle_bytes": self.manifest.total_part_bytes,
             "input_bytes": self.input_bytes,
+            "reused_parts": self.reused_parts,
             "seconds": round(self.seconds, 3),
         }
 
@@ -204,7 +206,13 @@ def _pack(
         moved += n
         reporter.advance(n)
 
-    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes)
+    created = _created()
+    expires = expiry(options.expires, created)  # a bad --expires fails before any work
+    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level)
+    if writer.resumable_parts:
+        reporter.note(
+            f"resuming an interrupted pack: {writer.resumable_parts} part(s) already staged are checked, not compressed again"
+        )
     try:
         images: list[Image] = []
         reporter.start("pack", estimate)
@@ -228,11 +236,10 @@ def _pack(
         images = _merge(images)
         digests = [d.digest for image in images for d in (image.config, *image.layers)]
         blobs, parts = writer.commit_parts(digests)
-        created = _created()
         manifest = Manifest(
             name=options.name or _default_name(images),
             sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
-            expires=expiry(options.expires, created),
+            expires=expires,
             created=format_time(created),
             tool_version=__version__,
             part_size=options.part_size,
@@ -243,8 +250,13 @@ def _pack(
         )
         fingerprint, signature = trust.sign(manifest.to_bytes(), private)
         writer.write_manifest(manifest, {fingerprint: signature})
-    except OSError as e:
-        raise fsutil.io_error(e, f"bundle {options.out_dir}") from e
-    finally:
-        writer.cleanup()
-    return PackResult(options.out_dir, manifest, fingerprint, moved, time.monotonic() - started)
+    except BaseException as e:
+        error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
+        if writer.keep_for_resume() and isinstance(error, Error):
+            resume = "the parts staged so far are kept: run the same pack again to resume"
+            error.hint = f"{error.hint}; {resume}" if error.hint else resume
+        if error is e:
+            raise
+        raise error from e
+    writer.cleanup()
+    return PackResult(options.out_dir, manifest, fingerprint, moved, time.monotonic() - started, writer.reused_parts)

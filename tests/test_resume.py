@@ -93,3 +93,64 @@ def test_install_killed_midway_resumes_without_rehashing(docker_client, cli, key
     assert result["parts_cached"] >= 3 and result["parts_hashed"] + result["parts_cached"] == total
     assert docker_client.images.get(sample.tag).id == sample.image_id
     docker_client.images.remove(sample.tag, force=True)
+
+
+def _interrupted_pack(sample_path: Path, out: Path, key: Path, entries: int) -> list[str]:
+    """Start a pack in its own process and SIGKILL it once ``entries`` parts are journaled."""
+    cmd = [sys.executable, "-m", "airgap", "-q", "pack", f"docker-archive:{sample_path}", "-o", str(out), "--key", str(key),
+           "--part-size", "16MiB", "--json"]  # fmt: skip
+    journal = out / ".airgap-staging" / "journal.jsonl"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= entries):
+        assert proc.poll() is None and time.monotonic() < deadline, "pack ended before it could be interrupted"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    return cmd
+
+
+@pytest.fixture(scope="module")
+def big_sample(tmp_path_factory: pytest.TempPathFactory) -> sample_image.Sample:
+    d = tmp_path_factory.mktemp("big")
+    return sample_image.build(d / "big.tar", tag="airgap-test/resume:1", model_size=256 << 20, app_size=1 << 20, seed="resume")
+
+
+def test_pack_killed_midway_resumes_from_the_last_complete_part(big_sample, keypair, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    cmd = _interrupted_pack(big_sample.path, out, keypair[0], entries=4)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reused_parts"] >= 4
+    assert not (out / ".airgap-staging").exists()
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+    fresh = tmp_path / "fresh"
+    r = cli("pack", f"docker-archive:{big_sample.path}", "-o", str(fresh), "--key", str(keypair[0]), "--part-size", "16MiB")
+    assert r.code == 0, r.err
+    assert load_bundle(out).manifest.parts == load_bundle(fresh).manifest.parts  # resuming changes no byte
+
+
+def test_damaged_staged_part_stops_the_resume(big_sample, keypair, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    cmd = _interrupted_pack(big_sample.path, out, keypair[0], entries=2)
+    journal = (out / ".airgap-staging" / "journal.jsonl").read_text().splitlines()
+    staged = out / ".airgap-staging" / json.loads(journal[-1])["file"]
+    data = bytearray(staged.read_bytes())
+    data[100] ^= 1
+    staged.write_bytes(data)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 7, done.stderr
+    assert staged.name in done.stderr and "--overwrite" in done.stderr
+    assert not (out / "manifest.json").exists()
+    again = subprocess.run([*cmd, "--overwrite"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["reused_parts"] == 0
+
+
+def test_interrupted_pack_directory_with_foreign_files_is_not_resumed(big_sample, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    cmd = _interrupted_pack(big_sample.path, out, keypair[0], entries=1)
+    (out / "notes.txt").write_text("not ours")
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 7 and "is not empty" in done.stderr

@@ -282,8 +282,9 @@ def test_disk_filling_during_pack_leaves_no_complete_looking_bundle(cli, samples
         out = small / "bundle"
         r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]))
         assert r.code == 6 and "disk full" in r.err, r.err
+        assert "run the same pack again to resume" in r.err
         assert not (out / "manifest.json").exists()
-        assert not (out / ".airgap-staging").exists()
+        assert cli("verify", str(out), "--trust", str(keypair[1])).code == 3  # incomplete, and says so
     finally:
         subprocess.run(["umount", str(small)], check=True)
 

@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import zstandard
 from airgap._internal import fsutil
 from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.layout import StoredBlob
-from airgap._internal.parts import BlobWriter, StagedBlob, iter_part_data
+from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data
 from airgap._internal.tarstream import EntryReader
 from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
 from airgap.keys import PublicKey
@@ -33,6 +34,7 @@ from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, Manife
 from airgap.trust import TrustResult, check_trust
 
 STAGING_DIR = ".airgap-staging"
+JOURNAL = "journal.jsonl"
 MAX_MANIFEST_BYTES = 64 << 20
 COPY_BLOCK = 4 << 20
 _SIG_RE = re.compile(r"^([0-9a-f]{64})\.sig$")
@@ -48,37 +50,85 @@ class BundleWriter:
         compressor: zstandard.ZstdCompressor,
         overwrite: bool,
         on_bytes: Callable[[int], None],
+        level: int = 0,
     ) -> None:
         self.out_dir = out_dir
         self.part_size = part_size
         self._cctx = compressor
         self._on_bytes = on_bytes
+        self._level = level
         self._staged: dict[str, StagedBlob] = {}
         self._counter = 0
-        self._prepare(overwrite)
         self.staging = out_dir / STAGING_DIR
-        self.staging.mkdir()
+        self._journal_path = self.staging / JOURNAL
+        self._journal: dict[str, dict[int, StagedPart]] = {}
+        self.resumable_parts = 0  # parts an interrupted pack left staged
+        self.reused_parts = 0  # ... of which this pack used instead of compressing again
+        self.new_parts = 0
+        self._prepare(overwrite)
 
     def _prepare(self, overwrite: bool) -> None:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise UsageError(f"output {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()):
-            if not overwrite:
+            names = {p.name for p in out.iterdir()}
+            interrupted = (
+                MANIFEST_NAME not in names
+                and (self._journal_path).is_file()
+                and names <= {STAGING_DIR, PARTS_DIR, SIGNATURES_DIR}
+            )
+            if not overwrite and not interrupted:
                 raise ConflictError(f"output directory {out} is not empty", hint="choose an empty directory or pass --overwrite")
             # the manifest goes first, so an interrupted overwrite never leaves a bundle that looks complete
             (out / MANIFEST_NAME).unlink(missing_ok=True)
-            for name in (SIGNATURES_DIR, PARTS_DIR, STAGING_DIR):
+            for name in (
+                (SIGNATURES_DIR, PARTS_DIR) if interrupted and not overwrite else (SIGNATURES_DIR, PARTS_DIR, STAGING_DIR)
+            ):
                 shutil.rmtree(out / name, ignore_errors=True)
+            if interrupted and not overwrite:
+                self._load_journal()
         try:
             out.mkdir(parents=True, exist_ok=True)
+            self.staging.mkdir(exist_ok=True)
         except OSError as e:
             raise fsutil.io_error(e, str(out)) from e
 
+    # -- resume ---------------------------------------------------------------------------------
+    def _stem(self, name: str, size: int) -> str:
+        """Staged part names for one archive member: the same member, part size and level, the same names."""
+        key = f"{name}\0{size}\0{self.part_size}\0{self._level}".encode("utf-8", "surrogateescape")
+        return hashlib.sha256(key).hexdigest()[:32]
+
+    def _load_journal(self) -> None:
+        with open(self._journal_path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    e = json.loads(line)
+                    part = StagedPart(self.staging / e["file"], e["size"], e["sha256"], e["offset"], e["length"])
+                    stem, index = str(e["stem"]), int(e["index"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line: that part is compressed again
+                if "/" not in e["file"]:
+                    self._journal.setdefault(stem, {})[index] = part
+        self.resumable_parts = sum(len(v) for v in self._journal.values())
+
+    def _journal_part(self, stem: str, index: int, part: StagedPart) -> None:
+        entry = {"stem": stem, "index": index, "file": part.tmp_path.name, "size": part.size,
+                 "sha256": part.sha256, "offset": part.offset, "length": part.length}  # fmt: skip
+        with open(self._journal_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.new_parts += 1
+
     # -- BlobStore ------------------------------------------------------------------------------
-    def store_stream(self, size: int, reader: EntryReader) -> StoredBlob:
-        self._counter += 1
-        writer = BlobWriter(self.staging, f"b{self._counter}", size, self.part_size, self._cctx, self._on_bytes)
+    def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob:
+        stem = self._stem(name, size)
+        writer = BlobWriter(
+            self.staging, stem, size, self.part_size, self._cctx, self._on_bytes,
+            reuse=self._journal.get(stem), on_part=lambda index, part: self._journal_part(stem, index, part),
+        )  # fmt: skip
         try:
             while reader.remaining:
                 writer.write(reader.read(min(COPY_BLOCK, reader.remaining)))
@@ -89,6 +139,8 @@ class BundleWriter:
         except BaseException:
             writer.abort()
             raise
+        finally:
+            self.reused_parts += writer.reused
         return self._keep(staged)
 
     def store_bytes(self, data: bytes) -> StoredBlob:
@@ -148,6 +200,13 @@ class BundleWriter:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+    def keep_for_resume(self) -> bool:
+        """After a failure: keep the staged parts if there are any, so the same pack resumes."""
+        if self.new_parts or self.resumable_parts:
+            return True
+        self.cleanup()
+        return False
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class StoredBlob:
 
 
 class BlobStore(Protocol):
-    def store_stream(self, size: int, reader: EntryReader) -> StoredBlob: ...
+    def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob: ...
     def store_bytes(self, data: bytes) -> StoredBlob: ...
     def read_small(self, digest: str, limit: int) -> bytes: ...
 
@@ -97,7 +97,7 @@ def read_archive(stream: Readable, label: str, store: BlobStore) -> ArchiveConte
                 contents.small[entry.name] = data
                 small_total += entry.size
             else:
-                contents.files[entry.name] = store.store_stream(entry.size, reader)
+                contents.files[entry.name] = store.store_stream(entry.size, reader, f"{label}\0{entry.name}")
     if not contents.small and not contents.files:
         raise FormatError(f"{label}: the archive is empty")
     return contents

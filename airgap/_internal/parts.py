@@ -8,16 +8,18 @@ not to exceed the part size (``raw_chunk_size`` leaves room for zstd's worst-cas
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from airgap.errors import IntegrityError, InternalError, UsageError
+from airgap._internal.tarstream import read_exact
+from airgap.errors import ConflictError, IntegrityError, InternalError, UsageError
 from airgap.models import Part
 
 MIN_PART_SIZE = 4096
@@ -94,8 +96,87 @@ class StagedBlob:
     head: bytes  # first bytes of the blob, to recognise compressed layers
 
 
+class _CompressingPart:
+    """A new part: the chunk is compressed into a fresh file under a temporary name."""
+
+    def __init__(self, path: Path, start: int, length: int, part_size: int, cctx: zstandard.ZstdCompressor) -> None:
+        self.path = path
+        self._start, self._length, self._part_size = start, length, part_size
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in close() or abort()
+        self._hw = _HashingWriter(self._fh)
+        self._zw = cctx.stream_writer(self._hw, size=length, closefd=False, write_return_read=True)  # type: ignore[arg-type]
+
+    def write(self, data: memoryview) -> None:
+        self._zw.write(data)
+
+    def close(self) -> StagedPart:
+        try:
+            self._zw.close()  # type: ignore[no-untyped-call]
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except BaseException:
+            self.abort()
+            raise
+        self._fh.close()
+        if self._hw.size > self._part_size:  # cannot happen by construction; never ship an oversized part
+            raise InternalError(f"part {self.path.name} exceeds the part size")
+        return StagedPart(self.path, self._hw.size, self._hw.sha.hexdigest(), self._start, self._length)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _ComparingPart:
+    """Resuming: an interrupted pack staged this chunk already.  The source's bytes are compared with
+    the staged part's decompressed bytes instead of being compressed again; nothing is written."""
+
+    def __init__(self, staged: StagedPart) -> None:
+        self.staged = staged
+        self._fh = open(staged.tmp_path, "rb")  # noqa: SIM115 - closed in close() or abort()
+        self._reader = _HashingReader(self._fh)
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+        self._zr = dctx.stream_reader(self._reader, read_size=READ_BLOCK, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
+
+    def _changed(self) -> ConflictError:
+        return ConflictError(
+            f"the source no longer matches staged part {self.staged.tmp_path.name} of the interrupted pack",
+            hint="the image changed since the first attempt: pack again with --overwrite to start afresh",
+        )
+
+    def write(self, data: memoryview) -> None:
+        try:
+            staged = read_exact(self._zr, len(data))
+        except zstandard.ZstdError as e:
+            raise self._changed() from e
+        if staged != data:
+            raise self._changed()
+
+    def close(self) -> StagedPart:
+        try:
+            leftover = self._zr.read(1)
+            while self._reader.read(READ_BLOCK):
+                pass
+        except zstandard.ZstdError as e:
+            raise self._changed() from e
+        finally:
+            self._fh.close()
+        if leftover or self._reader.size != self.staged.size or self._reader.sha.hexdigest() != self.staged.sha256:  # type: ignore[union-attr]
+            raise self._changed()
+        return self.staged
+
+    def abort(self) -> None:
+        self._fh.close()
+
+
 class BlobWriter:
-    """Receives one blob's bytes in order and writes its parts under temporary names."""
+    """Receives one blob's bytes in order and writes its parts under temporary names.
+
+    ``reuse`` holds parts an interrupted pack staged for this blob (by index): those chunks are
+    checked against the source instead of compressed again.  ``on_part`` hears of each new part once
+    it is on disk (the bundle writer journals it).
+    """
 
     def __init__(
         self,
@@ -105,6 +186,8 @@ class BlobWriter:
         part_size: int,
         compressor: zstandard.ZstdCompressor,
         on_bytes: Callable[[int], None],
+        reuse: Mapping[int, StagedPart] | None = None,
+        on_part: Callable[[int, StagedPart], None] | None = None,
     ) -> None:
         self._staging = staging
         self._stem = stem
@@ -113,41 +196,47 @@ class BlobWriter:
         self._part_size = part_size
         self._cctx = compressor
         self._on_bytes = on_bytes
+        self._reuse = reuse or {}
+        self._on_part = on_part
         self._sha = hashlib.sha256()
         self._written = 0
         self._parts: list[StagedPart] = []
         self._head = b""
-        self._fh: BinaryIO | None = None
-        self._hw: _HashingWriter | None = None
-        self._zw: zstandard.ZstdCompressionWriter | None = None
+        self._sink: _CompressingPart | _ComparingPart | None = None
         self._part_start = 0
         self._part_len = 0
+        self.reused = 0
         if size == 0:
             self._open_part()
 
     def _open_part(self) -> None:
         index = len(self._parts)
-        path = self._staging / f"{self._stem}.{index:05d}.tmp"
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed in _close_part
-        self._hw = _HashingWriter(self._fh)
         self._part_start = self._written
         self._part_len = min(self._chunk, self._size - self._written)
-        self._zw = self._cctx.stream_writer(self._hw, size=self._part_len, closefd=False, write_return_read=True)  # type: ignore[arg-type]
-        self._tmp = path
+        staged = self._reuse.get(index)
+        if (
+            staged is not None
+            and staged.offset == self._part_start
+            and staged.length == self._part_len
+            and staged.tmp_path.is_file()
+            and staged.tmp_path.stat().st_size == staged.size
+        ):
+            self._sink = _ComparingPart(staged)
+        else:
+            path = self._staging / f"{self._stem}.{index:05d}.tmp"
+            self._sink = _CompressingPart(path, self._part_start, self._part_len, self._part_size, self._cctx)
 
     def _close_part(self) -> None:
-        if self._zw is None or self._hw is None or self._fh is None:
+        sink, self._sink = self._sink, None
+        if sink is None:
             return
-        self._zw.close()  # type: ignore[no-untyped-call]
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        if self._hw.size > self._part_size:  # cannot happen by construction; never ship an oversized part
-            raise InternalError(f"part {self._tmp.name} exceeds the part size")
-        self._parts.append(
-            StagedPart(self._tmp, self._hw.size, self._hw.sha.hexdigest(), self._part_start, self._written - self._part_start)
-        )
-        self._zw = self._hw = self._fh = None
+        part = sink.close()
+        index = len(self._parts)
+        self._parts.append(part)
+        if isinstance(sink, _ComparingPart):
+            self.reused += 1
+        elif self._on_part is not None:
+            self._on_part(index, part)
 
     def write(self, data: bytes) -> None:
         if self._written + len(data) > self._size:
@@ -157,11 +246,11 @@ class BlobWriter:
         self._sha.update(data)
         view = memoryview(data)
         while view:
-            if self._zw is None:
+            if self._sink is None:
                 self._open_part()
             room = self._part_start + self._part_len - self._written
             take = view[:room]
-            self._zw.write(take)  # type: ignore[union-attr]
+            self._sink.write(take)  # type: ignore[union-attr]
             self._written += len(take)
             view = view[len(take) :]
             if self._written == self._part_start + self._part_len:
@@ -171,17 +260,15 @@ class BlobWriter:
     def finish(self) -> StagedBlob:
         if self._written != self._size:
             raise InternalError("blob is shorter than its archive entry announced")
-        if self._zw is not None:
+        if self._sink is not None:
             self._close_part()
         return StagedBlob("sha256:" + self._sha.hexdigest(), self._size, tuple(self._parts), self._head)
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        for part in self._parts:
-            part.tmp_path.unlink(missing_ok=True)
-        if self._zw is not None:
-            self._tmp.unlink(missing_ok=True)
+        """Stop: an unfinished part is removed; finished ones stay for the caller (and a resume) to keep or drop."""
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
 
 
 class _HashingReader:
