@@ -148,3 +148,14 @@ def test_mutated_manifest_parses_or_raises_format_error(data: st.DataObject) -> 
     except FormatError:
         return
     jsonschema.validate(json.loads(m.to_bytes()), SCHEMA)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=2000)
+    | st.builds(lambda b, i: make_manifest().to_bytes()[:i] + b, st.binary(max_size=40), st.integers(0, 3000))
+)
+def test_any_bytes_parse_or_raise_format_error(data: bytes) -> None:
+    """Fuzz target for the manifest parser: raw bytes, and a good manifest cut and spliced at random."""
+    with contextlib.suppress(FormatError):
+        Manifest.from_bytes(data)
