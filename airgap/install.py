@@ -151,7 +151,8 @@ def install(
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
-    reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
+    for line in trust_result.notes():
+        reporter.note(line)
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
     state_path = options.state or default_state_path()

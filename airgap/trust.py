@@ -33,6 +33,19 @@ class TrustResult:
     expires: str | None = None
     expired: bool = False  # only ever True when expired bundles were explicitly allowed
 
+    def notes(self) -> list[str]:
+        """What a person should read about the signatures, one line each."""
+        lines = [f"signatures OK: {len(self.valid)} of {self.threshold} required, by {', '.join(fp[:16] for fp in self.valid)}"]
+        if self.unknown:
+            lines.append(
+                f"ignored {len(self.unknown)} signature(s) from keys not trusted here: {', '.join(fp[:16] for fp in self.unknown)}"
+            )
+        if self.invalid:
+            lines.append(f"warning: signature(s) of trusted key(s) {', '.join(fp[:16] for fp in self.invalid)} do not verify")
+        if self.expired:
+            lines.append(f"warning: the bundle expired at {self.expires} (allowed by --allow-expired)")
+        return lines
+
     def to_dict(self) -> dict[str, object]:
         return {
             "valid": list(self.valid),

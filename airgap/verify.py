@@ -182,7 +182,8 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
-    reporter.note(f"signature OK: {', '.join(fp[:16] for fp in trust_result.valid)}")
+    for line in trust_result.notes():
+        reporter.note(line)
     results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))
     report = VerifyReport(
         name=bundle.manifest.name,

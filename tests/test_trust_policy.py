@@ -127,3 +127,22 @@ def test_keygen_encrypts_with_env_passphrase_and_pack_uses_it(cli, samples, tmp_
     assert r.code == 2 and "is encrypted" in r.err
     r = cli("pack", src, "-o", str(tmp_path / "b"), "--key", str(tmp_path / "k.key"), "--passphrase-env", "SIGNING_PASS")
     assert r.code == 0, r.err
+
+
+def test_unknown_signers_are_reported_not_counted(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    assert cli("sign", str(out), "--key", str(other_keypair[0])).code == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "airgap", "verify", str(out), "--trust", str(keypair[1])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stranger = load_public(other_keypair[1]).fingerprint
+    assert f"ignored 1 signature(s) from keys not trusted here: {stranger[:16]}" in proc.stderr
+    assert "1 of 1 required" in proc.stderr

@@ -35,6 +35,9 @@ class TqdmReporter:
 
     def finish(self) -> None:
         if self._bar is not None:
+            if self._bar.total != self._bar.n:  # totals that were estimates (pack) end at what was moved
+                self._bar.total = self._bar.n
+                self._bar.refresh()
             self._bar.close()
             self._bar = None
 
