@@ -6,9 +6,10 @@ small compressible source files (like Open WebUI's Python tree), an incompressib
 GGUF weights) in a layer of its own, and a small config layer.  Everything is deterministic for a
 given seed, so the same arguments always give the same image ID.
 
-    scripts/sample_image.py OUT.tar --model-size 64MiB --app-size 16MiB [--format oci] [--load]
+    scripts/sample_image.py OUT.tar --model-size 64MiB --app-size 16MiB [--format oci] [--load [--direct]]
 
---load streams the archive into the Docker engine at DOCKER_HOST (the Engine API, no docker CLI).
+--load loads the archive into the Docker engine at DOCKER_HOST (the Engine API, no docker CLI); with
+--direct no archive is written: the layers stream straight into the engine (for images of tens of GB).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import hashlib
 import io
 import json
 import os
+import queue
 import random
 import shutil
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -76,6 +80,15 @@ dict list str int settings router database query result value item key data"""
 _WORDS = tuple(_VOCABULARY.split())
 
 
+# Random bytes mapped onto source-like characters: text that zstd -3 shrinks about 2x and never repeats.
+_ALPHABET = (
+    "e" * 12 + "t" * 9 + "a" * 8 + "o" * 8 + "i" * 7 + "n" * 7 + "s" * 6 + "r" * 6 + "h" * 5 + "l" * 4 + "d" * 4
+    + "c" * 3 + "u" * 3 + "m" * 3 + "f" * 2 + "p" * 2 + "g" * 2 + "w" * 2 + "y" * 2 + "bvk" + "_" * 4 + "()" * 2
+    + ".." + ":" + "==" + ",," + "\n" * 5 + "    "
+)  # fmt: skip
+_TEXT_TABLE = (_ALPHABET + " " * 256)[:256].encode("ascii")
+
+
 def _module_text(rng: random.Random, size: int) -> bytes:
     lines = []
     total = 0
@@ -89,7 +102,7 @@ def _module_text(rng: random.Random, size: int) -> bytes:
 
 
 class _HashWriter(io.RawIOBase):
-    def __init__(self, fh: io.BufferedWriter) -> None:
+    def __init__(self, fh: Any) -> None:
         self.fh = fh
         self.sha = hashlib.sha256()
         self.size = 0
@@ -100,7 +113,8 @@ class _HashWriter(io.RawIOBase):
     def write(self, b: bytes) -> int:  # type: ignore[override]
         self.sha.update(b)
         self.size += len(b)
-        self.fh.write(b)
+        if self.fh is not None:
+            self.fh.write(b)
         return len(b)
 
 
@@ -112,13 +126,68 @@ def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, mode: int = 0
     return info
 
 
-def _write_layer(path: Path, fill: Callable[[tarfile.TarFile], None]) -> tuple[str, int]:
-    with open(path, "wb") as raw:
-        hw = _HashWriter(raw)
-        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY) as tar:  # type: ignore[call-overload]
-            tar.copybufsize = COPY
-            fill(tar)
+def _write_layer(fh: Any, fill: Callable[[tarfile.TarFile], None]) -> tuple[str, int]:
+    """Write one layer tar to ``fh`` (anything with write(); None: only hash it); return digest and size."""
+    hw = _HashWriter(fh)
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT, bufsize=COPY) as tar:  # type: ignore[call-overload]
+        tar.copybufsize = COPY
+        fill(tar)
     return "sha256:" + hw.sha.hexdigest(), hw.size
+
+
+def _fillers(seed: str, model_size: int, app_size: int) -> list[tuple[str, Callable[[tarfile.TarFile], None]]]:
+    """The four layers, as functions that write them into a tar: deterministic, so they can run twice."""
+    rng = random.Random(seed)
+    modules = [_module_text(rng, rng.randint(2_000, 40_000)) for _ in range(64)]
+
+    def base(tar: tarfile.TarFile) -> None:
+        for d in ("etc", "usr", "usr/bin", "root", "app"):
+            tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
+        text = b'PRETTY_NAME="airgap sample"\nID=airgap-sample\n'
+        tar.addfile(_info("etc/os-release", len(text)), io.BytesIO(text))
+
+    def app(tar: tarfile.TarFile) -> None:
+        # each file: a shared module (repeats, like boilerplate) and as much text of its own (never repeats)
+        unique = RandomStream(f"{seed}-app", app_size)
+        total, i = 0, 0
+        while total < app_size:
+            module = modules[i % len(modules)]
+            body = (
+                f"# module {i} of the sample web app\n".encode()
+                + module
+                + unique.read(len(module) * 2 // 3).translate(_TEXT_TABLE)
+            )
+            body = body[: max(1, min(len(body), app_size - total))]
+            tar.addfile(_info(f"app/backend/pkg{i // 100:03d}/mod{i:05d}.py", len(body)), io.BytesIO(body))
+            total += len(body)
+            i += 1
+
+    def model(tar: tarfile.TarFile) -> None:
+        for d in ("root/.ollama", "root/.ollama/models", "root/.ollama/models/blobs"):
+            tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
+        name = "root/.ollama/models/blobs/sha256-" + hashlib.sha256(f"{seed}-model".encode()).hexdigest()
+        tar.addfile(_info(name, model_size), RandomStream(f"{seed}-model", model_size))  # type: ignore[arg-type]
+
+    def settings(tar: tarfile.TarFile) -> None:
+        text = json.dumps({"model": "qwen2.5-coder:32b-instruct-q5_K_M", "seed": seed}).encode()
+        tar.addfile(_info("app/config.json", len(text)), io.BytesIO(text))
+
+    return [("base", base), ("app", app), ("model", model), ("settings", settings)]
+
+
+def _config(diff_ids: list[str], arch: str) -> tuple[bytes, str]:
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "created": "2026-01-01T00:00:00Z",
+        "config": {"Env": ["OLLAMA_MODELS=/root/.ollama/models"], "Cmd": ["/usr/bin/start"], "WorkingDir": "/app"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [
+            {"created": "2026-01-01T00:00:00Z", "created_by": f"sample layer {n}"} for n in ("base", "app", "model", "settings")
+        ],
+    }
+    data = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _add_docker_index(tar: tarfile.TarFile, config_path: str, layer_paths: list[str], tag: str) -> None:
@@ -148,55 +217,16 @@ def build(
 ) -> Sample:
     """Write the sample image to ``out`` as a docker-archive in the layout of Docker <= 24 (fmt="docker") or of
     Docker >= 25 (fmt="docker-oci"), or as an oci-archive (fmt="oci")."""
-    rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
-
-        def base(tar: tarfile.TarFile) -> None:
-            for d in ("etc", "usr", "usr/bin", "root", "app"):
-                tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
-            text = b'PRETTY_NAME="airgap sample"\nID=airgap-sample\n'
-            tar.addfile(_info("etc/os-release", len(text)), io.BytesIO(text))
-
-        modules = [_module_text(rng, rng.randint(2_000, 40_000)) for _ in range(64)]
-
-        def app(tar: tarfile.TarFile) -> None:
-            total, i = 0, 0
-            while total < app_size:
-                body = f"# module {i} of the sample web app\n".encode() + modules[i % len(modules)]
-                body = body[: max(1, min(len(body), app_size - total))]
-                tar.addfile(_info(f"app/backend/pkg{i // 100:03d}/mod{i:05d}.py", len(body)), io.BytesIO(body))
-                total += len(body)
-                i += 1
-
-        def model(tar: tarfile.TarFile) -> None:
-            for d in ("root/.ollama", "root/.ollama/models", "root/.ollama/models/blobs"):
-                tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
-            name = "root/.ollama/models/blobs/sha256-" + hashlib.sha256(f"{seed}-model".encode()).hexdigest()
-            tar.addfile(_info(name, model_size), RandomStream(f"{seed}-model", model_size))  # type: ignore[arg-type]
-
-        def settings(tar: tarfile.TarFile) -> None:
-            text = json.dumps({"model": "qwen2.5-coder:32b-instruct-q5_K_M", "seed": seed}).encode()
-            tar.addfile(_info("app/config.json", len(text)), io.BytesIO(text))
-
+        fillers = _fillers(seed, model_size, app_size)
         layers = []
-        for name, fill in (("base", base), ("app", app), ("model", model), ("settings", settings)):
+        for name, fill in fillers:
             path = work / f"{name}.tar"
-            digest, size = _write_layer(path, fill)
+            with open(path, "wb") as fh:
+                digest, size = _write_layer(fh, fill)
             layers.append((path, digest, size))
-        config = {
-            "architecture": arch,
-            "os": "linux",
-            "created": "2026-01-01T00:00:00Z",
-            "config": {"Env": ["OLLAMA_MODELS=/root/.ollama/models"], "Cmd": ["/usr/bin/start"], "WorkingDir": "/app"},
-            "rootfs": {"type": "layers", "diff_ids": [d for _, d, _ in layers]},
-            "history": [
-                {"created": "2026-01-01T00:00:00Z", "created_by": f"sample layer {n}"}
-                for n in ("base", "app", "model", "settings")
-            ],
-        }
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        config_bytes, config_digest = _config([d for _, d, _ in layers], arch)
         tmp_out = out.with_name(f".{out.name}.tmp")
         with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as tar:
             tar.copybufsize = COPY
@@ -259,10 +289,68 @@ def load_into_engine(archive: Path) -> None:
     import docker
 
     client = docker.from_env(timeout=3600)
-    with open(archive, "rb") as fh:
-        for msg in client.api.load_image(fh, quiet=True):
-            if msg.get("error"):
-                raise SystemExit(f"docker load failed: {msg['error']}")
+    try:
+        with open(archive, "rb") as fh:
+            _check_load(client.api.load_image(fh, quiet=True))
+    finally:
+        client.close()
+
+
+def _check_load(messages: Any) -> None:
+    for msg in messages:
+        if msg.get("error"):
+            raise SystemExit(f"docker load failed: {msg['error']}")
+
+
+class _QueueWriter:
+    def __init__(self, q: queue.Queue[bytes | None]) -> None:
+        self.q = q
+
+    def write(self, b: bytes) -> int:
+        self.q.put(bytes(b))
+        return len(b)
+
+
+def _produce(fill: Callable[[tarfile.TarFile], None], q: queue.Queue[bytes | None], result: list[tuple[str, int]]) -> None:
+    result.append(_write_layer(_QueueWriter(q), fill))
+    q.put(None)
+
+
+def stream_into_engine(*, tag: str, model_size: int, app_size: int, seed: str = "airgap", arch: str = "amd64") -> Sample:
+    """Load the sample image into the engine at DOCKER_HOST with no archive on disk: the layers are made
+    once to learn their digests, then made again straight into the engine's image load."""
+    import docker
+
+    fillers = _fillers(seed, model_size, app_size)
+    facts = [_write_layer(None, fill) for _, fill in fillers]
+    config_bytes, config_digest = _config([d for d, _ in facts], arch)
+    index = json.dumps(
+        [{"Config": f"{config_digest[7:]}.json", "RepoTags": [tag], "Layers": [f"{d[7:]}/layer.tar" for d, _ in facts]}]
+    ).encode()
+
+    def archive() -> Iterator[bytes]:
+        for (_, fill), (digest, size) in zip(fillers, facts, strict=True):
+            yield _info(f"{digest[7:]}/layer.tar", size).tobuf(tarfile.PAX_FORMAT)
+            q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+            result: list[tuple[str, int]] = []
+            worker = threading.Thread(target=_produce, args=(fill, q, result), daemon=True)
+            worker.start()
+            while (chunk := q.get()) is not None:
+                yield chunk
+            worker.join()
+            if result != [(digest, size)]:
+                raise SystemExit("sample layer came out different the second time")
+            yield b"\0" * ((-size) % 512)
+        for name, data in ((f"{config_digest[7:]}.json", config_bytes), ("manifest.json", index)):
+            yield _info(name, len(data)).tobuf(tarfile.PAX_FORMAT) + data + b"\0" * ((-len(data)) % 512)
+        yield b"\0" * 1024
+
+    client = docker.from_env(timeout=6 * 3600)
+    try:
+        _check_load(client.api.load_image(archive(), quiet=True))
+    finally:
+        client.close()
+    return Sample(Path(), tag, config_digest, tuple(d for d, _ in facts), sum(size for _, size in facts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="amd64")
     p.add_argument("--format", choices=("docker", "docker-oci", "oci"), default="docker")
     p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
+    p.add_argument("--direct", action="store_true", help="with --load: write no archive, stream straight into the engine")
     args = p.parse_args(argv)
+    if args.direct:
+        sample = stream_into_engine(
+            tag=args.tag,
+            model_size=parse_size(args.model_size),
+            app_size=parse_size(args.app_size),
+            seed=args.seed,
+            arch=args.arch,
+        )
+        print(f"loaded {sample.tag} ({sample.size} bytes of layers) into the Docker engine: {sample.image_id}", file=sys.stderr)
+        return 0
     sample = build(
         args.out,
         tag=args.tag,
