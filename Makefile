@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+SIZE ?= 5GB
+ROUNDS ?= 3
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +24,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## airgap against docker save/load, zstd, split and sha256sum on a seed-shaped image: make bench SIZE=20GB
+bench: $(STAMP)
+	$(BIN)/python scripts/bench --size $(SIZE) --rounds $(ROUNDS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check airgap tests scripts
 	$(BIN)/ruff format --check airgap tests scripts
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .demo bench-out .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
