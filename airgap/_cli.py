@@ -104,6 +104,9 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
 @click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
 @click.option("--part-size", default="1GiB", show_default=True, help=_PART_SIZE_HELP)
 @click.option("--level", default=3, show_default=True, type=int, help="zstd level, 1-19 (up to 22 with more memory)")
+@click.option(
+    "--long", "long_distance", is_flag=True, help="zstd long-distance matching (128 MiB window; install needs that much memory)"
+)
 @click.option("--name", help="bundle name (default: the first image's repository)")
 @click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
 @click.option("--expires", help="bundle expires: 30d, 12h, 90m after creation, or a UTC time 2027-01-31T00:00:00Z")
@@ -119,6 +122,7 @@ def pack(
     passphrase_env: str | None,
     part_size: str,
     level: int,
+    long_distance: bool,
     name: str | None,
     sequence: int | None,
     expires: str | None,
@@ -139,6 +143,7 @@ def pack(
         passphrase=_key_passphrase(key_path, passphrase_env),
         part_size=parse_size(part_size),
         level=level,
+        long_distance=long_distance,
         overwrite=overwrite,
         name=name,
         sequence=sequence,

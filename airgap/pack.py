@@ -19,6 +19,7 @@ from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
+from airgap._internal.pipeline import PrefetchReader
 from airgap.errors import Error, UsageError
 from airgap.models import Compression, Image, Manifest, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
@@ -69,6 +70,7 @@ class PackOptions:
     sequence: int | None = None
     expires: str | None = None  # "30d", "12h", "90m" after creation, or a UTC time "2027-01-31T00:00:00Z"
     threads: int = os.cpu_count() or 1
+    long_distance: bool = False  # zstd --long (128 MiB window): smaller bundles of repetitive images, more memory
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callab
     if not options.sources:
         raise UsageError("no image to pack", hint="name at least one image or archive")
     raw_chunk_size(options.part_size)  # validates the part size before any work
-    compressor = make_compressor(options.level, options.threads)
+    compressor = make_compressor(options.level, options.threads, options.long_distance)
     private = keys.load_private(options.key_path, options.passphrase)
     started = time.monotonic()
     engine = connect() if any(s.kind == "docker" for s in options.sources) else None
@@ -219,8 +221,8 @@ def _pack(
         engine_refs = [s.ref for s in options.sources if s.kind == "docker"]
         if engine_refs and engine is not None:
             reporter.note(f"exporting {', '.join(engine_refs)} from the Docker engine")
-            with engine.export(engine_refs) as stream:
-                contents = read_archive(stream, "Docker engine export", writer)
+            with engine.export(engine_refs) as stream, PrefetchReader(stream) as ahead:
+                contents = read_archive(ahead, "Docker engine export", writer)
                 images += images_from_archive(contents, writer)
         for source in options.sources:
             if source.kind == "docker":
@@ -229,8 +231,8 @@ def _pack(
                 fh = open(source.ref, "rb")  # noqa: SIM115 - closed below
             except OSError as e:
                 raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
-            with fh:
-                contents = read_archive(fh, str(source), writer)
+            with fh, PrefetchReader(fh) as ahead:
+                contents = read_archive(ahead, str(source), writer)
                 images += images_from_archive(contents, writer, source.name)
         reporter.finish()
         images = _merge(images)

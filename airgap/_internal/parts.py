@@ -27,6 +27,7 @@ _FRAME_SLACK = 64  # frame header, checksum and block headers beyond ZSTD_COMPRE
 READ_BLOCK = 1 << 20
 JOB_SIZE = 4 << 20
 OVERLAP_LOG = 9
+LONG_WINDOW_LOG = 27  # the largest window any part may need to decompress
 
 
 def compress_bound(n: int) -> int:
@@ -49,15 +50,28 @@ def raw_chunk_size(part_size: int) -> int:
     return lo
 
 
-def make_compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
+def make_compressor(level: int, threads: int, long_distance: bool = False) -> zstandard.ZstdCompressor:
     if not 1 <= level <= 22:
         raise UsageError(f"compression level {level} is out of range", hint="use a zstd level from 1 to 22")
     # Multi-threaded mode even with one thread, so the output does not depend on the machine's core count.
     # 4 MiB jobs keep each worker's buffers small (the default costs ~40 MB per worker at level 3); a full
     # window of overlap between jobs (overlap_log 9) keeps the ratio at least as good as one zstd -3 stream.
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, threads=max(1, threads), job_size=JOB_SIZE, overlap_log=OVERLAP_LOG, write_checksum=True, write_content_size=True
-    )
+    if long_distance:
+        # zstd --long: a 128 MiB window finds repeats far apart (decompressing needs that much memory too);
+        # larger jobs with an eighth of the window as overlap, or every job would re-read 128 MiB of history
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=max(1, threads), enable_ldm=True, window_log=LONG_WINDOW_LOG, job_size=32 << 20,
+            overlap_log=6, write_checksum=True, write_content_size=True,
+        )  # fmt: skip
+    else:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            threads=max(1, threads),
+            job_size=JOB_SIZE,
+            overlap_log=OVERLAP_LOG,
+            write_checksum=True,
+            write_content_size=True,
+        )
     return zstandard.ZstdCompressor(compression_params=params)
 
 
@@ -136,7 +150,7 @@ class _ComparingPart:
         self.staged = staged
         self._fh = open(staged.tmp_path, "rb")  # noqa: SIM115 - closed in close() or abort()
         self._reader = _HashingReader(self._fh)
-        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
         self._zr = dctx.stream_reader(self._reader, read_size=READ_BLOCK, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
 
     def _changed(self) -> ConflictError:
@@ -294,7 +308,7 @@ def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK
     ``check_hash=False`` (a part verified before, see _internal/cache.py) skips only the sha256.
     """
     reader = _HashingReader(fh, check_hash)
-    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
     produced = 0
     pending: bytes | None = None
     try:

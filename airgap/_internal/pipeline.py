@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
+from airgap._internal.tarstream import Readable
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -51,3 +53,63 @@ def threaded(source: Iterator[T], depth: int = 4) -> Iterator[T]:
     finally:
         stop.set()
         worker.join(timeout=30)
+
+
+class PrefetchReader:
+    """Reads a stream ahead in a worker thread, ``depth`` blocks at most, so the producer on the other
+    side (the Docker engine writing its export into a socket, a disk) never waits while we compress."""
+
+    def __init__(self, source: Readable, block: int = 1 << 20, depth: int = 16) -> None:
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._chunk = b""
+        self._off = 0
+        self._eof = False
+        self._thread = threading.Thread(target=self._work, args=(source, block), name="airgap-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, source: Readable, block: int) -> None:
+        try:
+            while True:
+                data = source.read(block)
+                if not self._put(data) or not data:
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the reader and raised there
+            self._put(e)
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (fewer at a block boundary); b"" only at the end of the stream."""
+        while self._off >= len(self._chunk):
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._chunk, self._off = item, 0
+        end = len(self._chunk) if n < 0 else min(len(self._chunk), self._off + n)
+        data = self._chunk[self._off : end] if (self._off or end < len(self._chunk)) else self._chunk
+        self._off = end
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)  # a worker blocked in a read ends with the stream
+
+    def __enter__(self) -> PrefetchReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
