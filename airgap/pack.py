@@ -152,8 +152,9 @@ def _merge(images: list[Image]) -> list[Image]:
     return list(merged.values())
 
 
-def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> int:
-    total = 0
+def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> tuple[int, int]:
+    """Bytes the sources will stream: (from the engine, from archives)."""
+    from_engine = from_files = 0
     for source in sources:
         if source.kind == "docker" and engine is not None:
             found = engine.inspect(source.ref)
@@ -162,13 +163,13 @@ def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> int:
                     f"image {source.ref} is not in the Docker engine",
                     hint="check 'docker images', or name an archive with docker-archive:PATH",
                 )
-            total += int(found.get("Size") or 0)
+            from_engine += int(found.get("Size") or 0)
         else:
             try:
-                total += os.stat(source.ref).st_size
+                from_files += os.stat(source.ref).st_size
             except OSError as e:
                 raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
-    return total
+    return from_engine, from_files
 
 
 def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], Engine] = Engine.connect) -> PackResult:
@@ -195,7 +196,13 @@ def _pack(
     engine: Engine | None,
     started: float,
 ) -> PackResult:
-    estimate = _estimate(options.sources, engine)
+    engine_bytes, archive_bytes = _estimate(options.sources, engine)
+    estimate = engine_bytes + archive_bytes
+    if engine is not None:
+        root = engine.root_dir()
+        if root is not None:
+            # the engine's export copies the images into a temporary directory of its data root first
+            fsutil.require_space(root, engine_bytes + (64 << 20), "the Docker engine's export (a temporary copy of the image)")
     target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
     if target.exists():
         # worst case: incompressible data; zstd adds well under 1 %

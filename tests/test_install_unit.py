@@ -132,3 +132,25 @@ def test_explicit_platform_missing_is_usage_error() -> None:
     m = make_manifest()
     with pytest.raises(UsageError, match="no image for linux/amd64"):
         select_images(m.images, Platform("linux", "amd64"), explicit=True, note=lambda s: None)
+
+
+class FakeExportEngine(FakeEngine):
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        return {"Id": "sha256:" + "1" * 64, "Size": 10 << 30} if ref == "big/image:1" else None
+
+    def close(self) -> None:
+        pass
+
+
+def test_pack_from_engine_counts_the_engines_temporary_export(keypair, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airgap.pack import PackOptions, pack, parse_source
+
+    engine_root = tmp_path / "engine-root"
+    engine_root.mkdir()
+    monkeypatch.setattr(fsutil, "free_bytes", lambda path: 1 << 30 if Path(path) == engine_root else 1 << 40)
+    with pytest.raises(DiskSpaceError, match="Docker engine's export") as caught:
+        pack(
+            PackOptions((parse_source("big/image:1"),), tmp_path / "b", keypair[0]), connect=lambda: FakeExportEngine(engine_root)
+        )  # type: ignore[arg-type,return-value]
+    assert str(engine_root) in caught.value.message
+    assert not (tmp_path / "b").exists()
