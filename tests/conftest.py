@@ -123,3 +123,32 @@ def other_keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     d = tmp_path_factory.mktemp("otherkeys")
     key, pub, _ = keys.generate(d / "stranger", None)
     return key, pub
+
+
+@pytest.fixture
+def bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The small sample image packed with 1 MiB parts (its model layer spans several parts)."""
+    out = tmp_path / "b"
+    r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
+    assert r.code == 0, r.err
+    return out
+
+
+def openssl_verifies(public_key: Path, signed_file: Path, signature: Path) -> bool:
+    """The auditor's check of a raw Ed25519 signature, with openssl alone."""
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is not installed (.ci/run installs it)")
+    cmd = [
+        "openssl",
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(public_key),
+        "-rawin",
+        "-in",
+        str(signed_file),
+        "-sigfile",
+        str(signature),
+    ]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0

@@ -70,14 +70,6 @@ class FakeEngine:
         return []
 
 
-@pytest.fixture
-def bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path / "b"
-    r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
-    assert r.code == 0, r.err
-    return out
-
-
 def run(bundle: Path, engine: FakeEngine, pub: Path, **kw: Any) -> Any:
     return install(InstallOptions(bundle, (load_public(pub),), **kw), connect=lambda: engine)  # type: ignore[arg-type,return-value]
 

@@ -21,14 +21,6 @@ from tests.conftest import ROOT
 from tests.test_install_unit import FakeEngine
 
 
-@pytest.fixture
-def bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path / "b"
-    r = cli("pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
-    assert r.code == 0, r.err
-    return out
-
-
 def test_install_after_verify_hashes_no_part_again(cli, bundle: Path, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert cli("verify", str(bundle), "--trust", str(keypair[1])).code == 0
     result = install(InstallOptions(bundle, (load_public(keypair[1]),)), connect=lambda: FakeEngine(tmp_path))  # type: ignore[arg-type,return-value]

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import keys, trust
 from airgap.errors import FormatError, TrustError, UsageError
+from tests.conftest import openssl_verifies
 
 MANIFEST = b'{"schema_version": 1}\n'
 
@@ -88,26 +87,11 @@ def test_non_key_file_is_format_error(tmp_path: Path) -> None:
 
 @pytest.mark.tools
 def test_signature_checks_with_openssl(tmp_path: Path) -> None:
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is not installed (.ci/run installs it)")
     key_path, pub_path, _ = keys.generate(tmp_path / "k", None)
     manifest = tmp_path / "manifest.json"
     manifest.write_bytes(MANIFEST)
     _, sig = trust.sign(MANIFEST, keys.load_private(key_path, None))
     (tmp_path / "m.sig").write_bytes(sig)
-    cmd = [
-        "openssl",
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        str(pub_path),
-        "-rawin",
-        "-in",
-        str(manifest),
-        "-sigfile",
-        str(tmp_path / "m.sig"),
-    ]
-    assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    assert openssl_verifies(pub_path, manifest, tmp_path / "m.sig")
     manifest.write_bytes(MANIFEST + b" ")
-    assert subprocess.run(cmd, capture_output=True, check=False).returncode != 0
+    assert not openssl_verifies(pub_path, manifest, tmp_path / "m.sig")
