@@ -261,8 +261,16 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @_trust_options
-@click.option("--replace", is_flag=True, help="move existing tags to the bundle's images")
-@click.option("--platform", help="os/arch[/variant] to install (default: the engine's)")
+@click.option(
+    "--to",
+    "target",
+    metavar="TARGET",
+    help="registry://HOST[:PORT][/PREFIX], docker-archive:PATH or oci-archive:PATH (default: the Docker engine)",
+)
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP to a registry target (loopback registries always do)")
+@click.option("--chunk-size", default="128MiB", show_default=True, help="largest single upload request to a registry")
+@click.option("--replace", is_flag=True, help="move existing tags to the bundle's images (or overwrite the archive)")
+@click.option("--platform", help="os/arch[/variant] to install (default: the engine's; other targets: every image)")
 @click.option("--allow-expired", is_flag=True, help="install a bundle past its expiry date")
 @click.option("--allow-unexpected", is_flag=True, help="ignore files in the bundle that the manifest does not list")
 @click.option("--allow-downgrade", is_flag=True, help="install a bundle older than one of the same name installed before")
@@ -280,6 +288,9 @@ def install(
     bundle: Path,
     trust: tuple[Path, ...],
     threshold: int,
+    target: str | None,
+    plain_http: bool,
+    chunk_size: str,
     replace: bool,
     platform: str | None,
     allow_expired: bool,
@@ -288,8 +299,10 @@ def install(
     state: Path | None,
     as_json: bool,
 ) -> None:
-    """Verify a bundle and load its images into the Docker engine (DOCKER_HOST)."""
+    """Verify a bundle and load its images into the Docker engine (DOCKER_HOST), or push them into a
+    registry, or write them as an image archive (--to)."""
     from airgap import install as core
+    from airgap.units import parse_size
 
     options = core.InstallOptions(
         bundle,
@@ -301,13 +314,68 @@ def install(
         allow_unexpected=allow_unexpected,
         allow_downgrade=allow_downgrade,
         state=state,
+        target=target,
+        plain_http=plain_http,
+        chunk_size=parse_size(chunk_size),
     )
     result = core.install(options, _reporter(ctx))
     if as_json:
         _emit_json(result.to_dict())
         return
     for image in result.images:
-        click.echo(f"{image.action}: {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
+        where = f"  -> {image.location}" if image.location else ""
+        digest = f"  manifest {image.manifest_digest}" if image.manifest_digest else ""
+        click.echo(
+            f"{image.action}: {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}{where}{digest}"
+        )
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("target", metavar="oci://HOST[:PORT]/REPO:TAG")
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP (loopback registries always do)")
+@click.option("--chunk-size", default="128MiB", show_default=True, help="largest single upload request")
+@click.option("--replace", is_flag=True, help="move the tag if it names another artifact")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
+@click.pass_context
+def publish(
+    ctx: click.Context, bundle: Path, target: str, plain_http: bool, chunk_size: str, replace: bool, as_json: bool
+) -> None:
+    """Upload a bundle to an OCI registry as an artifact (credentials: docker login, or $AIRGAP_REGISTRY_USER/_PASSWORD)."""
+    from airgap import publish as core
+    from airgap.units import parse_size
+
+    result = core.publish(bundle, target, plain_http, replace, parse_size(chunk_size), _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    click.echo(
+        f"published {bundle} as {result.reference}  {result.manifest_digest}: {result.files} files, "
+        f"{human_bytes(result.bytes_sent)} sent of {human_bytes(result.bytes_total)}"
+    )
+
+
+@cli.command()
+@click.argument("source", metavar="oci://HOST[:PORT]/REPO:TAG")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="bundle directory to write")
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP (loopback registries always do)")
+@click.option("--overwrite", is_flag=True, help="replace a bundle already in the output directory")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
+@click.pass_context
+def pull(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overwrite: bool, as_json: bool) -> None:
+    """Download a published bundle; an interrupted pull resumes when run again.  Then run 'airgap verify'."""
+    from airgap import publish as core
+
+    result = core.pull(source, out_dir, plain_http, overwrite, _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    click.echo(
+        f"pulled {result.reference} into {out_dir}: {result.files} files, "
+        f"{human_bytes(result.bytes_sent)} downloaded of {human_bytes(result.bytes_total)}; now run 'airgap verify {out_dir}'"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,3 +82,9 @@ class DiskSpaceError(EnvironmentProblem):
 class ConflictError(Error):
     exit_code = ExitCode.CONFLICT
     default_hint = "pack takes --overwrite, install takes --replace, when that is what you mean"
+
+
+class RegistryError(EnvironmentProblem):
+    """An OCI registry is unreachable, refused our credentials, or answered outside the protocol."""
+
+    default_hint = "check the registry address, that it answers (curl http(s)://HOST/v2/), and your credentials"

@@ -21,6 +21,8 @@ from airgap._internal.bundle import LoadedBundle, iter_blob, load_trusted_bundle
 from airgap._internal.cache import VerifiedCache
 from airgap._internal.engine import Engine
 from airgap._internal.pipeline import threaded
+from airgap._internal.registry import DEFAULT_CHUNK
+from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
 from airgap._internal.state import InstallState, cache_path
 from airgap._internal.state import default_path as default_state_path
 from airgap.errors import ConflictError, DockerError, UsageError
@@ -41,6 +43,9 @@ class InstallOptions:
     allow_downgrade: bool = False
     allow_unexpected: bool = False
     state: Path | None = None  # rollback state file; None: the default path
+    target: str | None = None  # None: the Docker engine; registry://..., docker-archive:PATH, oci-archive:PATH
+    plain_http: bool = False  # registry target without TLS (loopback registries always are)
+    chunk_size: int = DEFAULT_CHUNK  # largest single upload request to a registry
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class InstalledImage:
     image_id: str
     ref_names: tuple[str, ...]
     platform: str
-    action: str  # "loaded" or "already present"
+    action: str  # "loaded", "already present", "pushed", "written"
+    location: str = ""  # registry reference or archive path (not for the engine)
+    manifest_digest: str = ""  # registry and oci-archive sinks
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,14 @@ class InstallResult:
             "bundle": str(self.bundle),
             "signatures": self.trust.to_dict(),
             "images": [
-                {"image_id": i.image_id, "ref_names": list(i.ref_names), "platform": i.platform, "action": i.action}
+                {
+                    "image_id": i.image_id,
+                    "ref_names": list(i.ref_names),
+                    "platform": i.platform,
+                    "action": i.action,
+                    **({"location": i.location} if i.location else {}),
+                    **({"manifest_digest": i.manifest_digest} if i.manifest_digest else {}),
+                }
                 for i in self.images
             ],
             "bytes_streamed": self.bytes_streamed,
@@ -143,6 +157,67 @@ def load_stream(
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
 
 
+def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> int:
+    """Refuse unlisted files, and missing, linked or truncated parts, before sending anything.  Returns the blob bytes."""
+    digests = {d.digest for image in images for d in (image.config, *image.layers)}
+    refuse_unexpected(bundle, allow_unexpected)
+    for part in bundle.manifest.parts:
+        if part.blob in digests:
+            open_part(bundle, part).close()
+    return sum(bundle.manifest.blob(d).size for d in digests)
+
+
+def _deliver(
+    options: InstallOptions,
+    target: Target,
+    bundle: LoadedBundle,
+    trust_result: TrustResult,
+    reporter: Reporter,
+    started: float,
+    cache: VerifiedCache,
+) -> InstallResult:
+    """Install into a registry or write an archive: every image, or those of --platform."""
+    images = list(bundle.manifest.images)
+    if options.platform:
+        images = select_images(bundle.manifest.images, parse_platform(options.platform), True, reporter.note)
+    total = _precheck(bundle, images, options.allow_unexpected)
+    streamed = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal streamed
+        streamed += n
+        reporter.advance(n)
+
+    counts: dict[str, int] = {}
+    reporter.start(str(target), total)
+    delivered: list[InstalledImage] = []
+    if target.kind == "registry":
+        pushed = push_to_registry(
+            bundle, images, target, options.replace, options.plain_http, options.chunk_size,
+            on_bytes, reporter.note, cache, counts,
+        )  # fmt: skip
+        for d in pushed:
+            delivered.append(
+                InstalledImage(
+                    d.image.image_id, d.image.ref_names, str(d.image.platform), "pushed", d.location, d.manifest_digest
+                )
+            )
+    else:
+        path = Path(target.value)
+        if target.kind == "docker-archive":
+            stream = load_stream(bundle, images, on_bytes, cache, counts)
+        else:
+            stream = oci_archive_stream(bundle, images, on_bytes, cache, counts)
+        fsutil.require_space(path.parent if path.parent.exists() else Path("."), total + (16 << 20), f"writing {path}")
+        write_archive(path, threaded(stream), options.replace)
+        delivered = [InstalledImage(i.image_id, i.ref_names, str(i.platform), "written", str(path)) for i in images]
+    reporter.finish()
+    return InstallResult(
+        options.bundle, trust_result, tuple(delivered), streamed, time.monotonic() - started,
+        counts.get("hashed", 0), counts.get("cached", 0),
+    )  # fmt: skip
+
+
 def install(
     options: InstallOptions,
     reporter: Reporter | None = None,
@@ -158,8 +233,13 @@ def install(
     state_path = options.state or default_state_path()
     state = InstallState(state_path)
     check_rollback(manifest.name, manifest.sequence, manifest_sha256, state.get(manifest.name), options.allow_downgrade)
-    with connect() as engine:
-        result = _install(options, bundle, trust_result, engine, reporter, started, VerifiedCache(cache_path(state_path)))
+    target = parse_target(options.target)
+    cache = VerifiedCache(cache_path(state_path))
+    if target.kind == "docker":
+        with connect() as engine:
+            result = _install(options, bundle, trust_result, engine, reporter, started, cache)
+    else:
+        result = _deliver(options, target, bundle, trust_result, reporter, started, cache)
     state.record(manifest.name, manifest.sequence, manifest_sha256, format_time(datetime.now(timezone.utc)))
     return result
 
@@ -194,12 +274,7 @@ def _install(
         done = tuple(InstalledImage(i.image_id, i.ref_names, str(i.platform), "already present") for i in images)
         return InstallResult(options.bundle, trust_result, done, 0, time.monotonic() - started)
 
-    digests = {d.digest for image in images for d in (image.config, *image.layers)}
-    refuse_unexpected(bundle, options.allow_unexpected)
-    for part in bundle.manifest.parts:
-        if part.blob in digests:
-            open_part(bundle, part).close()  # missing, linked or truncated parts fail before any upload
-    total = sum(bundle.manifest.blob(d).size for d in digests)
+    total = _precheck(bundle, images, options.allow_unexpected)
     root = engine.root_dir()
     if root is not None:
         # the engine unpacks the whole upload into its data root, then registers the layers there

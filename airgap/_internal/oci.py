@@ -1,0 +1,83 @@
+"""Image manifests and indexes for a bundle's images, as registries and OCI layouts hold them.
+
+The config blob and the layer blobs are the bundle's own, byte for byte, so the image ID (the config
+digest) never changes.  Images whose config is Docker's get a Docker schema 2 manifest (what
+``docker push`` writes); others an OCI manifest.  Zstd layers exist only in OCI manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from airgap._internal.layout import (
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_LAYER,
+    MT_OCI_CONFIG,
+    MT_OCI_LAYER,
+    MT_OCI_LAYER_GZIP,
+)
+from airgap._internal.registry import MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST
+from airgap.models import Descriptor, Image, Platform
+
+MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+_AS_DOCKER = {MT_OCI_LAYER: MT_DOCKER_LAYER, MT_DOCKER_LAYER: MT_DOCKER_LAYER, MT_OCI_LAYER_GZIP: MT_DOCKER_LAYER_GZIP}
+_AS_OCI = {MT_DOCKER_LAYER: MT_OCI_LAYER, MT_DOCKER_LAYER_GZIP: MT_OCI_LAYER_GZIP}
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _descriptor(desc: Descriptor, media_type: str) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": desc.digest, "size": desc.size}
+
+
+def uses_docker_schema(image: Image) -> bool:
+    return image.config.media_type == MT_DOCKER_CONFIG and all(layer.media_type in _AS_DOCKER for layer in image.layers)
+
+
+def image_manifest(image: Image, oci: bool = False) -> tuple[bytes, str]:
+    """The manifest bytes and media type for ``image`` (OCI when asked or when Docker's cannot say it)."""
+    if not oci and uses_docker_schema(image):
+        body = {
+            "schemaVersion": 2,
+            "mediaType": MT_DOCKER_MANIFEST,
+            "config": _descriptor(image.config, MT_DOCKER_CONFIG),
+            "layers": [_descriptor(layer, _AS_DOCKER[layer.media_type]) for layer in image.layers],
+        }
+        return _dump(body), MT_DOCKER_MANIFEST
+    body = {
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_MANIFEST,
+        "config": _descriptor(image.config, MT_OCI_CONFIG),
+        "layers": [_descriptor(layer, _AS_OCI.get(layer.media_type, layer.media_type)) for layer in image.layers],
+    }
+    return _dump(body), MT_OCI_MANIFEST
+
+
+def platform_dict(platform: Platform) -> dict[str, str]:
+    d = {"architecture": platform.architecture, "os": platform.os}
+    if platform.variant:
+        d["variant"] = platform.variant
+    return d
+
+
+def index_manifest(entries: list[tuple[bytes, str, Platform]], oci: bool = False) -> tuple[bytes, str]:
+    """An index (manifest list) over manifests given as (bytes, media type, platform)."""
+    docker = not oci and all(mt == MT_DOCKER_MANIFEST for _, mt, _ in entries)
+    media_type = MT_DOCKER_LIST if docker else MT_OCI_INDEX
+    body = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": [
+            {"mediaType": mt, "digest": digest_of(data), "size": len(data), "platform": platform_dict(platform)}
+            for data, mt, platform in entries
+        ],
+    }
+    return _dump(body), media_type
+
+
+def _dump(body: object) -> bytes:
+    return json.dumps(body, indent=3).encode()

@@ -1,0 +1,492 @@
+"""A small client for the OCI distribution API: blobs and manifests, streamed, with chunked uploads.
+
+Only what airgap needs: check, upload (POST + PATCH chunks + PUT with the digest) and download
+(with ``Range`` to resume) blobs; put and get manifests.  Authentication answers the registry's
+``WWW-Authenticate`` challenge, Basic or Bearer (token), with credentials from the environment or the
+Docker client's config (``auths`` entries and credential helpers) -- never from the command line.
+
+Plain HTTP is used for loopback registries (as Docker does) or when asked for; HTTPS otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+import requests
+
+from airgap.errors import ConflictError, IntegrityError, RegistryError, UsageError
+
+DEFAULT_CHUNK = 128 << 20  # one PATCH request at most; registries refuse very large single requests
+READ_BLOCK = 1 << 20
+MANIFEST_LIMIT = 4 << 20
+
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
+INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
+
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+USER_ENV = "AIRGAP_REGISTRY_USER"
+PASSWORD_ENV = "AIRGAP_REGISTRY_PASSWORD"  # noqa: S105 - the name of a variable, not a password
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """HOST[:PORT]/REPOSITORY[:TAG|@DIGEST]; ``reference`` is None when neither is given."""
+
+    host: str
+    repository: str
+    reference: str | None = None
+
+    def __str__(self) -> str:
+        ref = self.reference or ""
+        sep = "@" if ref.startswith("sha256:") else ":"
+        return f"{self.host}/{self.repository}{sep + ref if ref else ''}"
+
+    @property
+    def is_digest(self) -> bool:
+        return bool(self.reference and self.reference.startswith("sha256:"))
+
+
+def parse_ref(text: str, scheme: str, need_reference: bool = True) -> RegistryRef:
+    """Parse ``SCHEME://HOST[:PORT]/REPO[:TAG|@sha256:...]``."""
+    example = f"{scheme}://registry.example:5000/team/bundle:1.0"
+    prefix = f"{scheme}://"
+    if not text.startswith(prefix):
+        raise UsageError(f"{text!r} is not a {prefix} reference", hint=f"write it like {example}")
+    rest = text[len(prefix) :]
+    host, _, path = rest.partition("/")
+    reference: str | None = None
+    if "@" in path:
+        path, _, reference = path.partition("@")
+        if not _DIGEST_RE.match(reference):
+            raise UsageError(f"{text!r}: {reference[:80]!r} is not a sha256 digest", hint=f"write it like {example}")
+    elif ":" in path.rsplit("/", 1)[-1]:
+        path, _, reference = path.rpartition(":")
+        if not _TAG_RE.match(reference):
+            raise UsageError(f"{text!r}: {reference[:80]!r} is not a valid tag", hint=f"write it like {example}")
+    if not _HOST_RE.match(host) or not _REPO_RE.match(path):
+        raise UsageError(f"cannot read registry reference {text!r}", hint=f"write it like {example} (lower-case repository)")
+    if need_reference and reference is None:
+        raise UsageError(f"{text!r} names no tag or digest", hint=f"write it like {example}")
+    return RegistryRef(host, path, reference)
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def _docker_config() -> dict[str, Any]:
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    path = Path(base) / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the Docker client config {path}: {e}") from e
+    return data if isinstance(data, dict) else {}
+
+
+def _from_helper(helper: str, host: str) -> Credentials | None:
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        raise UsageError(
+            f"the Docker config names credential helper {helper!r}, but docker-credential-{helper} is not installed",
+            hint=f"install it, or set {USER_ENV} and {PASSWORD_ENV}",
+        )
+    done = subprocess.run([program, "get"], input=host.encode(), capture_output=True, check=False, timeout=60)
+    if done.returncode != 0:
+        return None  # the helper has nothing for this host
+    try:
+        answer = json.loads(done.stdout)
+        return Credentials(str(answer["Username"]), str(answer["Secret"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"credential helper docker-credential-{helper} gave an unreadable answer") from e
+
+
+def credentials_for(host: str) -> Credentials | None:
+    """$AIRGAP_REGISTRY_USER/$AIRGAP_REGISTRY_PASSWORD, else the Docker client's config for ``host``."""
+    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+    if user and password is not None:
+        return Credentials(user, password)
+    config = _docker_config()
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict) and isinstance(helpers.get(host), str):
+        return _from_helper(helpers[host], host)
+    auths = config.get("auths") or {}
+    if isinstance(auths, dict):
+        for key, entry in auths.items():
+            if urlparse(key if "://" in key else f"//{key}").netloc != host or not isinstance(entry, dict):
+                continue
+            if isinstance(entry.get("auth"), str) and entry["auth"]:
+                try:
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise UsageError(f"the Docker config's entry for {host} is not valid base64") from e
+                return Credentials(user, password)
+            if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+                return Credentials(entry["username"], entry["password"])
+    store = config.get("credsStore")
+    if isinstance(store, str) and store:
+        return _from_helper(store, host)
+    return None
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class _Body:
+    """A request body of known length read from an iterator of blocks (for one PATCH chunk)."""
+
+    def __init__(self, source: Iterator[bytes], pending: bytearray, length: int, sha: Any) -> None:
+        self._source = source
+        self._pending = pending
+        self.len = length
+        self._left = length
+        self._sha = sha
+
+    def __len__(self) -> int:
+        return self.len
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        if not self._pending:
+            self._pending.extend(next(self._source, b""))
+            if not self._pending:
+                raise IntegrityError("a blob ended before its declared size while uploading")
+        n = self._left if n < 0 else min(n, self._left)
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        self._left -= len(data)
+        self._sha.update(data)
+        return data
+
+
+class Registry:
+    """One registry host.  Every network or protocol failure becomes a RegistryError naming the host."""
+
+    def __init__(self, host: str, plain_http: bool = False, timeout: float = 300.0) -> None:
+        self.host = host
+        self.scheme = "http" if plain_http or is_loopback(host) else "https"
+        self.base = f"{self.scheme}://{host}"
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "airgap"
+        self._auth: dict[str, str] = {}  # scope -> Authorization header value
+        self._basic: str | None = None
+        self._creds_loaded = False
+        self._creds: Credentials | None = None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------------
+    def _credentials(self) -> Credentials | None:
+        if not self._creds_loaded:
+            self._creds = credentials_for(self.host)
+            self._creds_loaded = True
+        return self._creds
+
+    def _authorize(self, challenge: str, scope: str) -> None:
+        scheme, params = _challenge(challenge)
+        creds = self._credentials()
+        if scheme == "basic":
+            if creds is None:
+                raise RegistryError(
+                    f"registry {self.host} asks for a login",
+                    hint=f"run 'docker login {self.host}', or set {USER_ENV} and {PASSWORD_ENV}",
+                )
+            token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            self._auth[scope] = self._basic = f"Basic {token}"
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise RegistryError(f"registry {self.host} asks for an authentication airgap does not speak ({scheme})")
+        query = {"service": params.get("service", "")}
+        if scope:
+            query["scope"] = scope
+        auth = (creds.username, creds.password) if creds else None
+        try:
+            res = self._session.get(params["realm"], params=query, auth=auth, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise RegistryError(f"token service of {self.host} did not answer: {e}") from e
+        if res.status_code in (401, 403):
+            raise RegistryError(
+                f"registry {self.host} refused the credentials for {scope or 'access'}",
+                hint=f"check 'docker login {self.host}', or {USER_ENV} and {PASSWORD_ENV}",
+            )
+        bearer: object = None
+        with contextlib.suppress(ValueError, AttributeError):
+            body = res.json()
+            bearer = body.get("token") or body.get("access_token")
+        if not isinstance(bearer, str) or not bearer:
+            raise RegistryError(f"token service of {self.host} gave no token (HTTP {res.status_code})")
+        self._auth[scope] = f"Bearer {bearer}"
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        scope: str,
+        ok: tuple[int, ...],
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        params: dict[str, str] | None = None,
+        stream: bool = False,
+        what: str = "",
+    ) -> requests.Response:
+        """One request; answers one authentication challenge; maps failures to RegistryError."""
+        full = url if "://" in url else urljoin(self.base + "/", url.lstrip("/"))
+        for attempt in range(2):
+            hdrs = dict(headers or {})
+            auth = self._auth.get(scope) or self._basic
+            if auth and scope:
+                hdrs["Authorization"] = auth
+            try:
+                res = self._session.request(
+                    method, full, headers=hdrs, data=data, params=params, stream=stream, timeout=self.timeout
+                )
+            except requests.exceptions.SSLError as e:
+                raise RegistryError(
+                    f"TLS with registry {self.host} failed: {str(e)[:200]}",
+                    hint="trust its CA with REQUESTS_CA_BUNDLE=FILE, or pass --plain-http for a plain-HTTP registry",
+                ) from e
+            except requests.RequestException as e:
+                raise RegistryError(f"registry {self.host} did not answer {what or method}: {str(e)[:200]}") from e
+            if res.status_code == 401 and 401 not in ok and attempt == 0 and data is None:
+                challenge = res.headers.get("WWW-Authenticate", "")
+                res.close()
+                self._authorize(challenge, scope)
+                continue
+            if res.status_code in ok:
+                return res
+            detail = _error_detail(res)
+            res.close()
+            if res.status_code in (401, 403):
+                raise RegistryError(
+                    f"registry {self.host} refused {what or method} ({res.status_code}{detail})",
+                    hint=f"check 'docker login {self.host}', or {USER_ENV} and {PASSWORD_ENV}, and the account's rights",
+                )
+            raise RegistryError(f"registry {self.host} answered {res.status_code} to {what or method}{detail}")
+        raise RegistryError(f"registry {self.host} asked for authentication twice for {what or method}")
+
+    def ensure_auth(self, repository: str, push: bool) -> None:
+        """Answer the registry's challenge before a request whose body cannot be sent twice."""
+        scope = _scope(repository, push)
+        if scope in self._auth:
+            return
+        res = self.request("GET", "/v2/", "", ok=(200, 401), what="the API check")
+        res.close()
+        if res.status_code == 401:
+            self._authorize(res.headers.get("WWW-Authenticate", ""), scope)
+        else:
+            self._auth[scope] = self._auth.get("", "") or self._basic or ""
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def has_blob(self, repository: str, digest: str, push: bool = False) -> bool:
+        res = self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", _scope(repository, push), ok=(200, 404), what=f"blob {digest[:19]}"
+        )
+        res.close()
+        return res.status_code == 200
+
+    def upload_blob(self, repository: str, digest: str, size: int, blocks: Iterator[bytes], chunk: int = DEFAULT_CHUNK) -> None:
+        """Upload a blob in PATCH chunks of at most ``chunk`` bytes; the registry checks ``digest``."""
+        scope = _scope(repository, True)
+        self.ensure_auth(repository, True)
+        res = self.request("POST", f"/v2/{repository}/blobs/uploads/", scope, ok=(202,), what="starting an upload")
+        location = _location(res, self.base)
+        res.close()
+        sha = hashlib.sha256()
+        pending = bytearray()
+        sent = 0
+        while sent < size or size == 0:
+            n = min(chunk, size - sent)
+            if n == 0:
+                break
+            body = _Body(blocks, pending, n, sha)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{sent}-{sent + n - 1}",
+                "Content-Length": str(n),
+            }
+            res = self.request("PATCH", location, scope, ok=(202,), headers=headers, data=body, what=f"uploading {digest[:19]}")
+            location = _location(res, self.base)
+            res.close()
+            sent += n
+        if next(blocks, b"") or pending:
+            raise IntegrityError(f"blob {digest} is longer than its declared size {size}")
+        if "sha256:" + sha.hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} does not match its digest while uploading", hint="do not use this bundle")
+        sep = "&" if "?" in location else "?"
+        res = self.request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            scope,
+            ok=(201,),
+            headers={"Content-Length": "0"},
+            data=b"",
+            what=f"finishing upload of {digest[:19]}",
+        )
+        res.close()
+
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> tuple[requests.Response, int]:
+        """GET a blob from ``offset``: the response and the offset the registry actually starts at."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        res = self.request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            _scope(repository, False),
+            ok=(200, 206),
+            headers=headers,
+            stream=True,
+            what=f"blob {digest[:19]}",
+        )
+        res.raw.decode_content = False
+        return res, offset if res.status_code == 206 else 0
+
+    def read_blob(self, repository: str, digest: str, limit: int) -> bytes:
+        """A small blob (a config), checked against its digest."""
+        res, _ = self.open_blob(repository, digest)
+        with res:
+            data = _read_capped(res, limit, f"blob {digest[:19]}")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise IntegrityError(f"blob {digest} from {self.host}/{repository} does not match its digest")
+        return data
+
+    # -- manifests ------------------------------------------------------------------------------
+    def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str, str] | None:
+        """(bytes, media type, digest) or None when the registry has no such manifest."""
+        res = self.request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            _scope(repository, False),
+            ok=(200, 404),
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+            stream=True,
+            what=f"manifest {repository}:{reference}",
+        )
+        with res:
+            if res.status_code == 404:
+                return None
+            data = _read_capped(res, MANIFEST_LIMIT, f"manifest {repository}:{reference}")
+            media_type = res.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise IntegrityError(f"manifest {repository}@{reference[:19]} from {self.host} does not match its digest")
+        if media_type not in MANIFEST_TYPES:
+            with contextlib.suppress(ValueError, AttributeError):
+                media_type = str(json.loads(data).get("mediaType", media_type))
+        return data, media_type, digest
+
+    def manifest_digest(self, repository: str, reference: str) -> str | None:
+        found = self.get_manifest(repository, reference)
+        return None if found is None else found[2]
+
+    def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
+        self.ensure_auth(repository, True)
+        res = self.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            _scope(repository, True),
+            ok=(201,),
+            headers={"Content-Type": media_type},
+            data=data,
+            what=f"manifest {repository}:{reference}",
+        )
+        res.close()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        answered = res.headers.get("Docker-Content-Digest")
+        if answered and answered != digest:
+            raise IntegrityError(f"registry {self.host} stored manifest {repository}:{reference} as {answered}, not {digest}")
+        return digest
+
+    def check_tag(self, repository: str, tag: str, digest: str, replace: bool) -> None:
+        """Never move a tag silently: refuse when ``tag`` names another manifest, unless ``replace``."""
+        current = self.manifest_digest(repository, tag)
+        if current is not None and current != digest and not replace:
+            raise ConflictError(
+                f"{self.host}/{repository}:{tag} already names manifest {current[:19]}, this one is {digest[:19]}",
+                hint="pass --replace to move the tag",
+            )
+
+
+def _scope(repository: str, push: bool) -> str:
+    return f"repository:{repository}:{'pull,push' if push else 'pull'}"
+
+
+def _location(res: requests.Response, base: str) -> str:
+    location = res.headers.get("Location")
+    if not location:
+        raise RegistryError(f"registry at {base} started an upload without a Location")
+    return urljoin(base + "/", location)
+
+
+def _error_detail(res: requests.Response) -> str:
+    try:
+        errors = res.json().get("errors") or []
+        first = errors[0]
+        return f": {first.get('code', '')} {str(first.get('message', ''))[:160]}".rstrip()
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+
+
+def _read_capped(res: requests.Response, limit: int, what: str) -> bytes:
+    chunks = []
+    got = 0
+    try:
+        for chunk in res.iter_content(READ_BLOCK):
+            got += len(chunk)
+            if got > limit:
+                raise RegistryError(f"{what} is larger than {limit} bytes; refusing it")
+            chunks.append(chunk)
+    except requests.RequestException as e:
+        raise RegistryError(f"reading {what} was cut off: {str(e)[:200]}") from e
+    return b"".join(chunks)
