@@ -55,7 +55,9 @@ class InstalledImage:
     platform: str
     action: str  # "loaded", "already present", "pushed", "written"
     location: str = ""  # registry reference or archive path (not for the engine)
-    manifest_digest: str = ""  # registry and oci-archive sinks
+    manifest_digest: str = ""  # registry sink
+    blobs_sent: int = 0  # registry sink: uploaded now ...
+    blobs_present: int = 0  # ... or already in the registry, not sent again
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,11 @@ class InstallResult:
                     "platform": i.platform,
                     "action": i.action,
                     **({"location": i.location} if i.location else {}),
-                    **({"manifest_digest": i.manifest_digest} if i.manifest_digest else {}),
+                    **(
+                        {"manifest_digest": i.manifest_digest, "blobs_sent": i.blobs_sent, "blobs_present": i.blobs_present}
+                        if i.manifest_digest
+                        else {}
+                    ),
                 }
                 for i in self.images
             ],
@@ -199,7 +205,14 @@ def _deliver(
         for d in pushed:
             delivered.append(
                 InstalledImage(
-                    d.image.image_id, d.image.ref_names, str(d.image.platform), "pushed", d.location, d.manifest_digest
+                    d.image.image_id,
+                    d.image.ref_names,
+                    str(d.image.platform),
+                    "pushed",
+                    d.location,
+                    d.manifest_digest,
+                    d.blobs_sent,
+                    d.blobs_present,
                 )
             )
     else:

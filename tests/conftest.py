@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,30 +38,39 @@ def _private_install_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AIRGAP_STATE", str(tmp_path / "airgap-state" / "installed.json"))
 
 
+@contextmanager
+def _private_engine(prefix: str) -> Iterator[str]:
+    """Start a private dockerd (own data root and socket) for the block; yields its DOCKER_HOST."""
+    if not shutil.which("dockerd") or os.geteuid() != 0:
+        _unavailable("no Docker engine answers and a private dockerd cannot be started here")
+    engine_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    script = ROOT / "scripts" / "private-dockerd"
+    started = subprocess.run([str(script), "start", str(engine_dir)], capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        _unavailable(f"private dockerd did not start: {started.stderr.strip()[-500:]}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([str(script), "stop", str(engine_dir)], check=False)
+        shutil.rmtree(engine_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """DOCKER_HOST of a real engine: the one configured, or a private one started for the session."""
     if os.environ.get("DOCKER_HOST") and engine_answers():
         yield os.environ["DOCKER_HOST"]
         return
-    if not shutil.which("dockerd") or os.geteuid() != 0:
-        _unavailable("no Docker engine answers and a private dockerd cannot be started here")
-    engine_dir = Path(tempfile.mkdtemp(prefix="airgap-test-dockerd."))
-    script = ROOT / "scripts" / "private-dockerd"
-    started = subprocess.run([str(script), "start", str(engine_dir)], capture_output=True, text=True, check=False)
-    if started.returncode != 0:
-        _unavailable(f"private dockerd did not start: {started.stderr.strip()[-500:]}")
-    old = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = started.stdout.strip()
-    try:
-        yield os.environ["DOCKER_HOST"]
-    finally:
-        subprocess.run([str(script), "stop", str(engine_dir)], check=False)
-        shutil.rmtree(engine_dir, ignore_errors=True)
-        if old is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = old
+    with _private_engine("airgap-test-dockerd.") as host:
+        old = os.environ.get("DOCKER_HOST")
+        os.environ["DOCKER_HOST"] = host
+        try:
+            yield host
+        finally:
+            if old is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = old
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +162,54 @@ def openssl_verifies(public_key: Path, signed_file: Path, signature: Path) -> bo
         str(signature),
     ]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class PrivateRegistry:
+    host: str  # 127.0.0.1:PORT
+    log: Path  # its access log: one line per request
+
+    def requests_seen(self, method: str, path_part: str) -> int:
+        return sum(1 for line in self.log.read_text().splitlines() if f'"{method} ' in line and path_part in line)
+
+
+def _start_registry(tmp: Path, htpasswd: Path | None = None) -> Iterator[PrivateRegistry]:
+    if not shutil.which("docker-registry"):
+        _unavailable("docker-registry is not installed (.ci/run installs it)")
+    script = ROOT / "scripts" / "private-registry"
+    args = [str(script), "start", str(tmp)] + ([str(htpasswd)] if htpasswd else [])
+    started = subprocess.run(args, capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        _unavailable(f"private registry did not start: {started.stderr.strip()[-500:]}")
+    try:
+        yield PrivateRegistry(started.stdout.strip(), tmp / "registry.log")
+    finally:
+        subprocess.run([str(script), "stop", str(tmp)], check=False)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRegistry]:
+    """Debian's distribution registry on 127.0.0.1, plain HTTP, no auth."""
+    yield from _start_registry(tmp_path_factory.mktemp("registry"))
+
+
+REGISTRY_USER, REGISTRY_PASSWORD = "field-engineer", "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRegistry]:
+    """The same registry with basic auth (htpasswd, bcrypt) for REGISTRY_USER."""
+    import bcrypt
+
+    d = tmp_path_factory.mktemp("auth-registry")
+    htpasswd = d / "htpasswd"
+    hashed = bcrypt.hashpw(REGISTRY_PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    htpasswd.write_text(f"{REGISTRY_USER}:{hashed}\n")
+    yield from _start_registry(d / "srv", htpasswd)
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_host: str) -> Iterator[str]:
+    """DOCKER_HOST of a second private Docker engine (another site's host), for pulls from a registry."""
+    with _private_engine("airgap-test-dockerd2.") as host:
+        yield host

@@ -1,0 +1,376 @@
+"""Registries against real peers: Debian's distribution registry on 127.0.0.1 (plain and with basic
+auth), a second private Docker engine pulling what airgap pushed, skopeo and oras-py cross-checking."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+import sample_image
+
+from airgap._internal.registry import Registry, credentials_for, parse_ref
+from airgap._internal.sinks import _split_ref, parse_target
+from airgap.errors import UsageError
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry
+
+pytestmark = [pytest.mark.docker, pytest.mark.tools]
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+def _skopeo(*args: str) -> str:
+    if not shutil.which("skopeo"):
+        pytest.fail("skopeo is not installed (.ci/run installs it)")
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# --- parsing (no peers) ---------------------------------------------------------------------
+
+
+def test_registry_reference_parsing() -> None:
+    ref = parse_ref("oci://127.0.0.1:5000/team/bundle:1.0", "oci")
+    assert (ref.host, ref.repository, ref.reference) == ("127.0.0.1:5000", "team/bundle", "1.0")
+    digest = "sha256:" + "a" * 64
+    assert parse_ref(f"oci://reg.example/b@{digest}", "oci").reference == digest
+    for bad in ("oci://reg/Upper:1", "oci://reg/b:bad tag", "http://reg/b:1", "oci://reg/b@sha256:short", "oci://reg/b"):
+        with pytest.raises(UsageError):
+            parse_ref(bad, "oci")
+
+
+def test_install_targets_and_repository_mapping() -> None:
+    assert parse_target(None).kind == "docker"
+    assert parse_target("registry://127.0.0.1:5000/site/").value == "127.0.0.1:5000/site"
+    assert parse_target("oci-archive:/tmp/x.tar").value == "/tmp/x.tar"
+    with pytest.raises(UsageError):
+        parse_target("registry://127.0.0.1:5000/Bad Prefix")
+    with pytest.raises(UsageError):
+        parse_target("s3://bucket/x")
+    assert _split_ref("registry.example:5000/team/agent:1.0") == ("team/agent", "1.0")
+    assert _split_ref("team/agent:1.0") == ("team/agent", "1.0")
+
+
+def test_credentials_come_from_docker_config_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRGAP_REGISTRY_USER", raising=False)
+    monkeypatch.delenv("AIRGAP_REGISTRY_PASSWORD", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert credentials_for("reg.example:5000") is None
+    auth = base64.b64encode(b"alice:s3cret").decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"https://reg.example:5000": {"auth": auth}}}))
+    creds = credentials_for("reg.example:5000")
+    assert creds is not None and (creds.username, creds.password) == ("alice", "s3cret")
+    assert credentials_for("other.example") is None
+    monkeypatch.setenv("AIRGAP_REGISTRY_USER", "bob")
+    monkeypatch.setenv("AIRGAP_REGISTRY_PASSWORD", "pw")
+    creds = credentials_for("reg.example:5000")
+    assert creds is not None and creds.username == "bob"
+
+
+# --- install --to registry:// ---------------------------------------------------------------
+
+
+def test_pushed_image_pulled_by_another_docker_engine_has_the_same_image_id(
+    cli, bundle: Path, keypair, samples, registry: PrivateRegistry, second_engine: str
+) -> None:
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/site", "--json")
+    assert r.code == 0, r.err
+    pushed = json.loads(r.out)["images"][0]
+    assert pushed["location"] == f"{registry.host}/site/airgap-test/agent:1.0"
+    assert pushed["manifest_digest"].startswith("sha256:")
+    inspected = json.loads(_skopeo("inspect", "--tls-verify=false", f"docker://{pushed['location']}"))
+    assert inspected["Digest"] == pushed["manifest_digest"]
+
+    other = docker.DockerClient(base_url=second_engine, timeout=300)
+    try:
+        image = other.images.pull(f"{registry.host}/site/airgap-test/agent", tag="1.0")
+        assert image.id == samples["docker"].image_id
+    finally:
+        other.close()
+
+
+def test_second_push_sends_no_blob_the_registry_already_has(cli, bundle: Path, keypair, registry: PrivateRegistry) -> None:
+    target = f"registry://{registry.host}/again"
+    blobs = len(json.loads((bundle / "manifest.json").read_text())["blobs"])
+    first = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", target, "--json")
+    assert first.code == 0, first.err
+    image = json.loads(first.out)["images"][0]
+    assert image["blobs_sent"] + image["blobs_present"] == blobs
+    uploads_before = registry.requests_seen("POST", "/v2/again/")
+    second = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", target, "--json")
+    assert second.code == 0, second.err
+    image = json.loads(second.out)["images"][0]
+    assert (image["blobs_sent"], image["blobs_present"]) == (0, blobs)
+    assert registry.requests_seen("POST", "/v2/again/") == uploads_before
+    assert json.loads(second.out)["bytes_streamed"] == 0 or json.loads(second.out)["parts_hashed"] == 0
+
+
+def test_registry_tag_naming_another_image_is_not_moved(cli, samples, keypair, tmp_path: Path, registry: PrivateRegistry) -> None:
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    other_sample = sample_image.build(
+        tmp_path / "x.tar", tag="airgap-test/agent:1.0", model_size=1 << 20, app_size=1 << 18, seed="x"
+    )
+    for out, archive, seq in ((one, samples["docker"].path, "1"), (two, other_sample.path, "2")):
+        assert cli("pack", f"docker-archive:{archive}", "-o", str(out), "--key", str(keypair[0]), "--sequence", seq).code == 0
+    target = f"registry://{registry.host}/tags"
+    assert cli("install", str(one), "--trust", str(keypair[1]), "--to", target).code == 0
+    with Registry(registry.host) as reg:
+        before = reg.manifest_digest("tags/airgap-test/agent", "1.0")
+    r = cli("install", str(two), "--trust", str(keypair[1]), "--to", target)
+    assert r.code == 7, r.err
+    assert "tags/airgap-test/agent:1.0 already names manifest" in r.err and "--replace" in r.err
+    with Registry(registry.host) as reg:
+        assert reg.manifest_digest("tags/airgap-test/agent", "1.0") == before
+    assert cli("install", str(two), "--trust", str(keypair[1]), "--to", target, "--replace").code == 0
+    with Registry(registry.host) as reg:
+        assert reg.manifest_digest("tags/airgap-test/agent", "1.0") != before
+
+
+def test_flipped_byte_in_a_part_never_reaches_the_registry(cli, bundle: Path, keypair, registry: PrivateRegistry) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    biggest = max(manifest["parts"], key=lambda p: p["size"])
+    _flip_byte(bundle / biggest["path"], biggest["size"] // 2)
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/tampered")
+    assert r.code == 4, r.err
+    assert biggest["path"] in r.err
+    with Registry(registry.host) as reg:
+        assert reg.manifest_digest("tampered/airgap-test/agent", "1.0") is None
+        assert not reg.has_blob("tampered/airgap-test/agent", biggest["blob"])
+
+
+def test_large_layer_goes_up_in_chunks(cli, bundle: Path, keypair, registry: PrivateRegistry) -> None:
+    r = cli(
+        "install",
+        str(bundle),
+        "--trust",
+        str(keypair[1]),
+        "--to",
+        f"registry://{registry.host}/chunked",
+        "--chunk-size",
+        "512KiB",
+    )
+    assert r.code == 0, r.err
+    model = max(json.loads((bundle / "manifest.json").read_text())["blobs"], key=lambda b: b["size"])
+    assert model["size"] > 4 * (512 << 10)
+    # one PATCH per 512 KiB of every blob uploaded
+    assert registry.requests_seen("PATCH", "/v2/chunked/") >= model["size"] // (512 << 10)
+
+
+def test_two_platforms_under_one_tag_become_an_index(
+    cli, keypair, tmp_path: Path, registry: PrivateRegistry, second_engine: str
+) -> None:
+    amd = sample_image.build(tmp_path / "amd.tar", tag="airgap-test/multi:1.0", model_size=1 << 20, app_size=1 << 18, seed="m")
+    arm = sample_image.build(
+        tmp_path / "arm.tar", tag="airgap-test/multi:1.0", model_size=1 << 20, app_size=1 << 18, seed="m", arch="arm64"
+    )
+    out = tmp_path / "multi"
+    r = cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(out), "--key", str(keypair[0]))
+    assert r.code == 0, r.err
+    assert cli("install", str(out), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}").code == 0
+    raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/airgap-test/multi:1.0"))
+    assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
+    other = docker.DockerClient(base_url=second_engine, timeout=300)
+    try:
+        assert other.images.pull(f"{registry.host}/airgap-test/multi", tag="1.0").id == amd.image_id
+    finally:
+        other.close()
+
+
+# --- basic auth -----------------------------------------------------------------------------
+
+
+def test_registry_login_from_docker_config_never_from_the_command_line(
+    cli, bundle: Path, keypair, auth_registry: PrivateRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRGAP_REGISTRY_USER", raising=False)
+    monkeypatch.delenv("AIRGAP_REGISTRY_PASSWORD", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty"))
+    target = f"registry://{auth_registry.host}/secure"
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", target)
+    assert r.code == 6, r.err
+    assert f"docker login {auth_registry.host}" in r.err
+
+    config = tmp_path / "docker"
+    config.mkdir()
+    token = base64.b64encode(f"{REGISTRY_USER}:wrong".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", target)
+    assert r.code == 6 and "refused" in r.err, r.err
+
+    token = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", target, "--json")
+    assert r.code == 0, r.err
+    assert REGISTRY_PASSWORD not in r.out + r.err
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty"))
+    monkeypatch.setenv("AIRGAP_REGISTRY_USER", REGISTRY_USER)
+    monkeypatch.setenv("AIRGAP_REGISTRY_PASSWORD", REGISTRY_PASSWORD)
+    r = cli("publish", str(bundle), f"oci://{auth_registry.host}/bundles/agent:1")
+    assert r.code == 0, r.err
+    out = tmp_path / "pulled"
+    assert cli("pull", f"oci://{auth_registry.host}/bundles/agent:1", "-o", str(out)).code == 0
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+
+
+# --- publish / pull -------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_published_bundle_pulls_back_byte_identical_and_verifies(
+    cli, bundle: Path, keypair, registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    ref = f"oci://{registry.host}/bundles/roundtrip:1"
+    r = cli("publish", str(bundle), ref, "--chunk-size", "256KiB", "--json")
+    assert r.code == 0, r.err
+    published = json.loads(r.out)
+    parts = json.loads((bundle / "manifest.json").read_text())["parts"]
+    assert published["files"] == len(parts) + 2  # parts, manifest.json, one signature
+    assert registry.requests_seen("PATCH", "/v2/bundles/roundtrip/") > len(parts)  # several chunks per part
+    out = tmp_path / "pulled"
+    r = cli("pull", ref, "-o", str(out), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["manifest_digest"] == published["manifest_digest"]
+    assert _tree(out) == _tree(bundle)
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+
+
+def test_interrupted_pull_resumes_where_it_stopped(cli, bundle: Path, keypair, registry: PrivateRegistry, tmp_path: Path) -> None:
+    ref = f"oci://{registry.host}/bundles/resume:1"
+    assert cli("publish", str(bundle), ref).code == 0
+    parts = json.loads((bundle / "manifest.json").read_text())["parts"]
+    total = sum(p["size"] for p in parts) + (bundle / "manifest.json").stat().st_size + 64
+    # what a pull killed half way leaves: some parts in place, one half downloaded in the staging area
+    out = tmp_path / "pulled"
+    (out / "parts").mkdir(parents=True)
+    shutil.copy(bundle / parts[0]["path"], out / parts[0]["path"])
+    half = parts[1]["size"] // 2
+    (out / ".airgap-pull").mkdir()
+    (out / ".airgap-pull" / parts[1]["sha256"]).write_bytes((bundle / parts[1]["path"]).read_bytes()[:half])
+    r = cli("pull", ref, "-o", str(out), "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["bytes_total"] == total
+    assert result["bytes_transferred"] == total - parts[0]["size"] - half
+    assert _tree(out) == _tree(bundle)
+    assert not (out / ".airgap-pull").exists()
+
+
+def test_pull_of_a_blob_damaged_in_the_registry_is_refused(
+    cli, bundle: Path, keypair, tmp_path: Path, registry: PrivateRegistry
+) -> None:
+    ref = f"oci://{registry.host}/bundles/damaged:1"
+    assert cli("publish", str(bundle), ref).code == 0
+    part = json.loads((bundle / "manifest.json").read_text())["parts"][0]
+    data = registry.log.parent / "storage/docker/registry/v2/blobs/sha256" / part["sha256"][:2] / part["sha256"] / "data"
+    _flip_byte(data, 10)
+    try:
+        out = tmp_path / "pulled"
+        r = cli("pull", ref, "-o", str(out))
+        assert r.code == 4, r.err
+        assert part["path"] in r.err
+        assert not (out / "manifest.json").exists()
+    finally:
+        _flip_byte(data, 10)
+
+
+def test_artifact_with_a_path_outside_the_bundle_is_refused(cli, registry: PrivateRegistry, tmp_path: Path) -> None:
+    evil = b"#!/bin/sh\necho owned\n"
+    digest = "sha256:" + hashlib.sha256(evil).hexdigest()
+    with Registry(registry.host) as reg:
+        reg.upload_blob("bundles/evil", digest, len(evil), iter([evil]))
+        reg.upload_blob("bundles/evil", "sha256:" + hashlib.sha256(b"{}").hexdigest(), 2, iter([b"{}"]))
+        body = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.airgap.bundle.v1",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(),
+                "size": 2,
+            },
+            "layers": [
+                {
+                    "mediaType": "x/y",
+                    "digest": digest,
+                    "size": len(evil),
+                    "annotations": {"org.opencontainers.image.title": "../../evil.sh"},
+                }
+            ],
+        }
+        reg.put_manifest("bundles/evil", "1", json.dumps(body).encode(), "application/vnd.oci.image.manifest.v1+json")
+    out = tmp_path / "deep" / "pulled"
+    r = cli("pull", f"oci://{registry.host}/bundles/evil:1", "-o", str(out))
+    assert r.code == 3, r.err
+    assert "../../evil.sh" in r.err
+    assert not (tmp_path / "evil.sh").exists() and not (tmp_path / "deep" / "evil.sh").exists()
+
+
+def test_oras_py_pulls_a_published_bundle(cli, bundle: Path, registry: PrivateRegistry, tmp_path: Path) -> None:
+    import oras.client
+
+    assert cli("publish", str(bundle), f"oci://{registry.host}/bundles/oras:1").code == 0
+    out = tmp_path / "oras"
+    client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    client.pull(target=f"{registry.host}/bundles/oras:1", outdir=str(out))
+    assert _tree(out) == _tree(bundle)
+
+
+def test_publish_does_not_move_a_tag_silently(
+    cli, bundle: Path, samples, keypair, registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    ref = f"oci://{registry.host}/bundles/fixed:1"
+    assert cli("publish", str(bundle), ref).code == 0
+    other = tmp_path / "other"
+    assert cli("pack", f"docker-archive:{samples['docker2'].path}", "-o", str(other), "--key", str(keypair[0])).code == 0
+    r = cli("publish", str(other), ref)
+    assert r.code == 7, r.err
+    assert cli("publish", str(other), ref, "--replace").code == 0
+
+
+# --- archive sinks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+def test_archive_sinks_are_valid_for_skopeo_and_keep_the_image_id(
+    cli, bundle: Path, keypair, samples, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / f"image-{kind}.tar"
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"{kind}:{path}")
+    assert r.code == 0, r.err
+    config = subprocess.run(["skopeo", "inspect", "--raw", "--config", f"{kind}:{path}"], capture_output=True, check=True).stdout
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == samples["docker"].image_id
+    # and the archive packs again into the same image
+    again = tmp_path / "again"
+    r = cli("pack", f"{kind}:{path}", "-o", str(again), "--key", str(keypair[0]), "--json")
+    assert r.code == 0, r.err
+    packed = json.loads(r.out)["images"][0]
+    assert packed["image_id"] == samples["docker"].image_id
+    assert packed["ref_names"] == ["airgap-test/agent:1.0"]
+    # an existing archive is not overwritten silently
+    assert cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"{kind}:{path}").code == 7
+
+
+def test_docker_archive_sink_loads_into_docker(cli, bundle: Path, keypair, samples, tmp_path: Path, docker_client) -> None:
+    path = tmp_path / "image.tar"
+    assert cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"docker-archive:{path}").code == 0
+    with open(path, "rb") as fh:
+        loaded = docker_client.images.load(fh)
+    assert [i.id for i in loaded] == [samples["docker"].image_id]
