@@ -110,6 +110,11 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
 @click.option("--name", help="bundle name (default: the first image's repository)")
 @click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
 @click.option("--expires", help="bundle expires: 30d, 12h, 90m after creation, or a UTC time 2027-01-31T00:00:00Z")
+@click.option(
+    "--platform",
+    help="registry and OCI sources: os/arch[/variant], comma-separated, or 'all' (registry default: this host's)",
+)
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP to registry sources (loopback registries always do)")
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
@@ -126,12 +131,15 @@ def pack(
     name: str | None,
     sequence: int | None,
     expires: str | None,
+    platform: str | None,
+    plain_http: bool,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Pack IMAGES into a signed bundle.
 
-    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH or oci-archive:PATH[:REPO].
+    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH, oci-archive:PATH[:REPO],
+    or an image in a registry, oci://HOST[:PORT]/REPO:TAG (no Docker engine needed).
     """
     from airgap import pack as core
     from airgap.units import parse_size
@@ -148,6 +156,8 @@ def pack(
         name=name,
         sequence=sequence,
         expires=expires,
+        platform=platform,
+        plain_http=plain_http,
     )
     result = core.pack(options, _reporter(ctx))
     if as_json:

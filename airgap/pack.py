@@ -6,6 +6,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,9 +18,11 @@ from airgap import __version__, keys, trust
 from airgap._internal import fsutil
 from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
+from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
+from airgap._internal.registry import Registry, RegistryRef, parse_ref
 from airgap.errors import Error, UsageError
 from airgap.models import Compression, Image, Manifest, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
@@ -30,12 +33,12 @@ DEFAULT_LEVEL = 3
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "docker", "docker-archive", "oci-archive"
-    ref: str  # image reference (docker) or archive path
+    kind: str  # "docker", "docker-archive", "oci-archive", "registry"
+    ref: str  # image reference (docker, registry: oci://HOST/REPO:TAG) or archive path
     name: str | None = None  # oci-archive:PATH:NAME, the repository used for bare OCI ref names
 
     def __str__(self) -> str:
-        return self.ref if self.kind == "docker" else f"{self.kind}:{self.ref}"
+        return self.ref if self.kind in ("docker", "registry") else f"{self.kind}:{self.ref}"
 
 
 def parse_source(text: str) -> Source:
@@ -48,11 +51,16 @@ def parse_source(text: str) -> Source:
             if not path:
                 raise UsageError(f"source {text!r} names no file")
             return Source(kind, path, name)
+    if text.startswith(("oci://", "docker://")):
+        ref = "oci://" + text.split("://", 1)[1]
+        parse_ref(ref, "oci", need_reference=False)  # validates early
+        return Source("registry", ref)
     if text.startswith("docker-daemon:"):
         text = text[len("docker-daemon:") :]
     if not text or "://" in text:
         raise UsageError(
-            f"cannot read image source {text!r}", hint="name an image in the engine, docker-archive:PATH or oci-archive:PATH"
+            f"cannot read image source {text!r}",
+            hint="name an image in the engine, docker-archive:PATH, oci-archive:PATH or oci://HOST/REPO:TAG",
         )
     return Source("docker", text)
 
@@ -71,6 +79,8 @@ class PackOptions:
     expires: str | None = None  # "30d", "12h", "90m" after creation, or a UTC time "2027-01-31T00:00:00Z"
     threads: int = os.cpu_count() or 1
     long_distance: bool = False  # zstd --long (128 MiB window): smaller bundles of repetitive images, more memory
+    platform: str | None = None  # registry and OCI sources: "os/arch[,os/arch...]" or "all"; default: this host's
+    plain_http: bool = False  # registry sources without TLS (loopback registries always are)
 
 
 @dataclass(frozen=True)
@@ -153,9 +163,11 @@ def _merge(images: list[Image]) -> list[Image]:
 
 
 def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> tuple[int, int]:
-    """Bytes the sources will stream: (from the engine, from archives)."""
+    """Bytes the sources will stream: (from the engine, from archives).  Registry sources are sized apart."""
     from_engine = from_files = 0
     for source in sources:
+        if source.kind == "registry":
+            continue
         if source.kind == "docker" and engine is not None:
             found = engine.inspect(source.ref)
             if found is None:
@@ -197,7 +209,55 @@ def _pack(
     started: float,
 ) -> PackResult:
     engine_bytes, archive_bytes = _estimate(options.sources, engine)
-    estimate = engine_bytes + archive_bytes
+    with ExitStack() as stack:
+        remote = _resolve_registry_sources(options, stack, reporter)
+        return _pack_from(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
+
+
+def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: Reporter) -> list[tuple[Registry, ResolvedImage]]:
+    wanted = parse_platforms(options.platform)
+    explicit = options.platform is not None
+    if wanted is None and not explicit:
+        wanted = [host_default()]
+    remote = []
+    registries: dict[str, Registry] = {}
+    for source in options.sources:
+        if source.kind != "registry":
+            continue
+        ref = parse_ref(source.ref, "oci", need_reference=False)
+        if ref.reference is None:
+            ref = RegistryRef(ref.host, ref.repository, "latest")
+        if ref.host not in registries:
+            registries[ref.host] = stack.enter_context(Registry(ref.host, options.plain_http))
+        registry = registries[ref.host]
+        remote += [(registry, image) for image in resolve(registry, ref, wanted, explicit, reporter.note)]
+    return remote
+
+
+def _platform_filter(images: list[Image], platform: str | None, label: str) -> list[Image]:
+    """Archives keep every image unless --platform names some."""
+    wanted = parse_platforms(platform)
+    if wanted is None:
+        return images
+    kept = [i for i in images if any(platform_matches(i.platform, w) for w in wanted)]
+    if not kept:
+        have = ", ".join(sorted({str(i.platform) for i in images}))
+        raise UsageError(f"{label} has no image for --platform {platform} (it has {have})")
+    return kept
+
+
+def _pack_from(
+    options: PackOptions,
+    reporter: Reporter,
+    compressor: zstandard.ZstdCompressor,
+    private: Ed25519PrivateKey,
+    engine: Engine | None,
+    started: float,
+    engine_bytes: int,
+    archive_bytes: int,
+    remote: list[tuple[Registry, ResolvedImage]],
+) -> PackResult:
+    estimate = engine_bytes + archive_bytes + sum(image.size for _, image in remote)
     if engine is not None:
         root = engine.root_dir()
         if root is not None:
@@ -231,8 +291,12 @@ def _pack(
             with engine.export(engine_refs) as stream, PrefetchReader(stream) as ahead:
                 contents = read_archive(ahead, "Docker engine export", writer)
                 images += images_from_archive(contents, writer)
+        fetched: dict[str, int] = {}
+        for registry, resolved in remote:
+            reporter.note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
+            images.append(fetch(registry, resolved, writer, fetched))
         for source in options.sources:
-            if source.kind == "docker":
+            if source.kind in ("docker", "registry"):
                 continue
             try:
                 fh = open(source.ref, "rb")  # noqa: SIM115 - closed below
@@ -240,7 +304,8 @@ def _pack(
                 raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
             with fh, PrefetchReader(fh) as ahead:
                 contents = read_archive(ahead, str(source), writer)
-                images += images_from_archive(contents, writer, source.name)
+                found = images_from_archive(contents, writer, source.name)
+            images += _platform_filter(found, options.platform, str(source))
         reporter.finish()
         images = _merge(images)
         digests = [d.digest for image in images for d in (image.config, *image.layers)]

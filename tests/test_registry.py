@@ -374,3 +374,77 @@ def test_docker_archive_sink_loads_into_docker(cli, bundle: Path, keypair, sampl
     with open(path, "rb") as fh:
         loaded = docker_client.images.load(fh)
     assert [i.id for i in loaded] == [samples["docker"].image_id]
+
+
+# --- pack from a registry -------------------------------------------------------------------
+
+
+def test_pack_from_registry_with_gzip_layers_installs_with_the_same_image_id(
+    cli, samples, keypair, registry: PrivateRegistry, tmp_path: Path, docker_client
+) -> None:
+    # skopeo, not airgap, puts the image there: it compresses the layers with gzip on the way
+    dest = f"{registry.host}/skopeo/agent:2.0"
+    _skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{samples['docker2'].path}", f"docker://{dest}")
+    raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{dest}"))
+    assert all(layer["mediaType"].endswith("gzip") for layer in raw["layers"])
+    out = tmp_path / "from-registry"
+    r = cli("pack", f"oci://{dest}", "-o", str(out), "--key", str(keypair[0]), "--json")
+    assert r.code == 0, r.err
+    packed = json.loads(r.out)["images"][0]
+    assert packed["image_id"] == samples["docker2"].image_id
+    assert packed["ref_names"] == [dest]
+    try:
+        r = cli("install", str(out), "--trust", str(keypair[1]), "--json")
+        assert r.code == 0, r.err
+        assert docker_client.images.get(dest).id == samples["docker2"].image_id
+    finally:
+        docker_client.images.remove(dest, force=True)
+
+
+def test_pack_from_registry_chooses_platforms(cli, keypair, tmp_path: Path, registry: PrivateRegistry) -> None:
+    amd = sample_image.build(tmp_path / "amd.tar", tag="airgap-test/plat:1.0", model_size=1 << 18, app_size=1 << 16, seed="p")
+    arm = sample_image.build(
+        tmp_path / "arm.tar", tag="airgap-test/plat:1.0", model_size=1 << 18, app_size=1 << 16, seed="p", arch="arm64"
+    )
+    both = tmp_path / "both"
+    assert (
+        cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(both), "--key", str(keypair[0])).code
+        == 0
+    )
+    assert cli("install", str(both), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/plat").code == 0
+    source = f"oci://{registry.host}/plat/airgap-test/plat:1.0"
+
+    def packed(*extra: str) -> list[tuple[str, str]]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        r = cli("pack", source, "-o", str(out), "--key", str(keypair[0]), "--json", *extra)
+        assert r.code == 0, r.err
+        return sorted((i["platform"], i["image_id"]) for i in json.loads(r.out)["images"])
+
+    assert packed("--platform", "linux/arm64") == [("linux/arm64", arm.image_id)]
+    assert packed("--platform", "all") == [("linux/amd64", amd.image_id), ("linux/arm64", arm.image_id)]
+    assert packed("--platform", "linux/amd64,linux/arm64") == packed("--platform", "all")
+    r = cli("pack", source, "-o", str(tmp_path / "none"), "--key", str(keypair[0]), "--platform", "linux/s390x")
+    assert r.code == 2 and "linux/amd64, linux/arm64" in r.err, r.err
+
+
+def test_pack_from_registry_refuses_a_damaged_layer(cli, samples, keypair, registry: PrivateRegistry, tmp_path: Path) -> None:
+    dest = f"{registry.host}/damaged/agent:1.0"
+    _skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{samples['docker'].path}", f"docker://{dest}")
+    raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{dest}"))
+    biggest = max(raw["layers"], key=lambda layer: layer["size"])["digest"].removeprefix("sha256:")
+    data = registry.log.parent / "storage/docker/registry/v2/blobs/sha256" / biggest[:2] / biggest / "data"
+    _flip_byte(data, data.stat().st_size // 2)
+    try:
+        out = tmp_path / "out"
+        r = cli("pack", f"oci://{dest}", "-o", str(out), "--key", str(keypair[0]))
+        assert r.code == 4, r.err
+        assert biggest[:12] in r.err
+        assert not (out / "manifest.json").exists()
+    finally:
+        _flip_byte(data, data.stat().st_size // 2)
+
+
+def test_pack_from_a_tag_the_registry_does_not_have(cli, keypair, registry: PrivateRegistry, tmp_path: Path) -> None:
+    r = cli("pack", f"oci://{registry.host}/nothing/here:1", "-o", str(tmp_path / "o"), "--key", str(keypair[0]))
+    assert r.code == 2, r.err
+    assert "nothing/here:1 is not in the registry" in r.err

@@ -59,6 +59,7 @@ class BundleWriter:
         self._level = level
         self._staged: dict[str, StagedBlob] = {}
         self._counter = 0
+        self._stems_used: set[str] = set()
         self.staging = out_dir / STAGING_DIR
         self._journal_path = self.staging / JOURNAL
         self._journal: dict[str, dict[int, StagedPart]] = {}
@@ -125,6 +126,10 @@ class BundleWriter:
     # -- BlobStore ------------------------------------------------------------------------------
     def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob:
         stem = self._stem(name, size)
+        if stem in self._stems_used:  # the same member twice in one run: a name of its own, no resume
+            self._counter += 1
+            stem = f"{stem}-{self._counter}"
+        self._stems_used.add(stem)
         writer = BlobWriter(
             self.staging, stem, size, self.part_size, self._cctx, self._on_bytes,
             reuse=self._journal.get(stem), on_part=lambda index, part: self._journal_part(stem, index, part),

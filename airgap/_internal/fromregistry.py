@@ -1,0 +1,203 @@
+"""Image source: an OCI registry (``oci://HOST[:PORT]/REPO:TAG``), no Docker engine needed.
+
+The manifest (or index, then one manifest per chosen platform) is resolved first, so pack knows
+how many bytes will come; then each layer streams from the registry straight into the bundle's
+parts, its digest checked as it goes.  Blobs keep their registry form (gzip or zstd layers stay
+compressed), so the image ID, the config digest, does not change.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as host_platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import urllib3
+
+from airgap._internal.layout import (
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_LAYER,
+    MT_OCI_CONFIG,
+    MT_OCI_LAYER,
+    BlobStore,
+    _config_facts,
+    _normalize_layer_type,
+)
+from airgap._internal.pipeline import PrefetchReader
+from airgap._internal.registry import INDEX_TYPES, MT_DOCKER_MANIFEST, Registry, RegistryRef
+from airgap._internal.tarstream import EntryReader
+from airgap.errors import FormatError, IntegrityError, RegistryError, UsageError
+from airgap.models import Descriptor, Image, Platform
+
+CONFIG_LIMIT = 16 << 20
+_MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
+
+
+def host_default() -> Platform:
+    machine = host_platform.machine().lower()
+    return Platform("linux", _MACHINE.get(machine, machine), "v7" if machine == "armv7l" else None)
+
+
+def parse_platforms(text: str | None) -> list[Platform] | None:
+    """--platform: None (the default), "all", or a comma-separated list of os/arch[/variant]."""
+    if text is None or text.strip() == "all":
+        return None
+    wanted = []
+    for item in text.split(","):
+        fields = item.strip().split("/")
+        if len(fields) not in (2, 3) or not all(fields):
+            raise UsageError(f"cannot read platform {item!r}", hint="use os/arch[/variant], e.g. linux/amd64,linux/arm64, or all")
+        wanted.append(Platform(fields[0], fields[1], fields[2] if len(fields) == 3 else None))
+    return wanted
+
+
+def platform_matches(have: Platform, want: Platform) -> bool:
+    return have.os == want.os and have.architecture == want.architecture and (not want.variant or have.variant == want.variant)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    ref: RegistryRef
+    manifest_digest: str
+    config: dict[str, Any]  # the descriptor
+    layers: tuple[dict[str, Any], ...]
+    docker_schema: bool
+    platform: Platform | None  # from the index, when there was one
+
+    @property
+    def size(self) -> int:
+        return int(self.config["size"]) + sum(int(layer["size"]) for layer in self.layers)
+
+
+def _descriptor(d: Any, where: str) -> dict[str, Any]:
+    if (
+        not isinstance(d, dict)
+        or not isinstance(d.get("digest"), str)
+        or not d["digest"].startswith("sha256:")
+        or len(d["digest"]) != 71
+        or isinstance(d.get("size"), bool)
+        or not isinstance(d.get("size"), int)
+        or d["size"] < 0
+    ):
+        raise FormatError(f"{where}: malformed descriptor")
+    return d
+
+
+def resolve(
+    registry: Registry, ref: RegistryRef, wanted: list[Platform] | None, explicit: bool, note: Callable[[str], None]
+) -> list[ResolvedImage]:
+    """The image manifest(s) behind ``ref``: for an index, those of the wanted platforms."""
+    found = registry.get_manifest(ref.repository, ref.reference or "latest")
+    if found is None:
+        raise UsageError(f"{ref} is not in the registry", hint="check the repository and tag (skopeo list-tags docker://...)")
+    data, media_type, digest = found
+    body = _json(data, str(ref))
+    if media_type not in INDEX_TYPES and "manifests" not in body:
+        return [_image_manifest(body, media_type, digest, ref, None)]
+    entries = []
+    for i, desc in enumerate(body.get("manifests") or []):
+        desc = _descriptor(desc, f"{ref} index entry {i}")
+        p = desc.get("platform") or {}
+        if not isinstance(p, dict) or p.get("os") in (None, "unknown"):
+            continue  # attestations and other non-images
+        entries.append((desc, Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant") or None)))
+    available = ", ".join(str(p) for _, p in entries)
+    targets = wanted if wanted is not None else [p for _, p in entries]
+    chosen = []
+    for want in targets:
+        match = next(((d, p) for d, p in entries if platform_matches(p, want) and (d, p) not in chosen), None)
+        if match is None:
+            if wanted is not None and (explicit or len(targets) > 1):
+                raise UsageError(f"{ref} has no image for {want} (it has {available})", hint="choose with --platform")
+            continue
+        chosen.append(match)
+    if not chosen:
+        raise UsageError(
+            f"{ref} has no image for {', '.join(map(str, targets))} (it has {available})", hint="choose with --platform"
+        )
+    if wanted is not None and not explicit and len(entries) > len(chosen):
+        note(f"note: {ref} also has {available}; packing {', '.join(str(p) for _, p in chosen)} (--platform all takes every one)")
+    images = []
+    for desc, p in chosen:
+        sub = registry.get_manifest(ref.repository, desc["digest"])
+        if sub is None:
+            raise FormatError(f"{ref}: the index names manifest {desc['digest'][:19]}, which the registry does not hold")
+        sub_data, sub_type, sub_digest = sub
+        images.append(_image_manifest(_json(sub_data, str(ref)), sub_type, sub_digest, ref, p))
+    return images
+
+
+def _json(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError as e:
+        raise FormatError(f"{where}: the manifest is not JSON") from e
+    if not isinstance(body, dict):
+        raise FormatError(f"{where}: the manifest is not a JSON object")
+    return body
+
+
+def _image_manifest(body: dict[str, Any], media_type: str, digest: str, ref: RegistryRef, p: Platform | None) -> ResolvedImage:
+    where = f"{ref} manifest {digest[:19]}"
+    if not isinstance(body.get("layers"), list):
+        raise FormatError(f"{where} is not an image manifest (schema 1 manifests are not supported)")
+    config = _descriptor(body.get("config"), where)
+    layers = tuple(_descriptor(layer, where) for layer in body["layers"])
+    docker = media_type == MT_DOCKER_MANIFEST or config.get("mediaType") == MT_DOCKER_CONFIG
+    return ResolvedImage(ref, digest, config, layers, docker, p)
+
+
+class _ResponseStream:
+    """A blob response body as a readable stream; transport failures become RegistryError."""
+
+    def __init__(self, res: requests.Response, label: str) -> None:
+        self._raw = res.raw
+        self._label = label
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return bytes(self._raw.read(n))
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(f"download of {self._label} was cut off: {str(e)[:160]}", hint="run the same pack again") from e
+
+
+def fetch(registry: Registry, image: ResolvedImage, store: BlobStore, stored: dict[str, int]) -> Image:
+    """Stream the config and layers of ``image`` into ``store``; check every digest.
+
+    ``stored`` (digest -> size) lists blobs already in the store, shared by the images of one pack:
+    a layer two platforms share is fetched once."""
+    ref = image.ref
+    config_digest = image.config["digest"]
+    config_bytes = registry.read_blob(ref.repository, config_digest, CONFIG_LIMIT)
+    stored_config = store.store_bytes(config_bytes)
+    diff_ids, platform = _config_facts(_json(config_bytes, f"{ref} config"), f"{ref} config")
+    if len(diff_ids) != len(image.layers):
+        raise FormatError(f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(image.layers)}")
+    layers = []
+    for i, desc in enumerate(image.layers):
+        digest, size = desc["digest"], int(desc["size"])
+        label = f"layer {digest[:19]} of {ref}"
+        if stored.get(digest) != size:
+            res, _ = registry.open_blob(ref.repository, digest)
+            with res, PrefetchReader(_ResponseStream(res, label)) as ahead:
+                blob = store.store_stream(size, EntryReader(ahead, size, label), f"{ref}\0{digest}")
+                if ahead.read(1):
+                    raise IntegrityError(f"{label} is longer than the manifest says ({size} bytes)")
+            if blob.digest != digest:
+                raise IntegrityError(f"{label} does not match its digest", hint="the registry holds damaged data")
+            stored[digest] = size
+        media_type = _normalize_layer_type(str(desc.get("mediaType", "")))
+        if media_type in (MT_DOCKER_LAYER, MT_OCI_LAYER) and digest != diff_ids[i]:
+            raise FormatError(f"{label} is uncompressed but does not match diff_id {diff_ids[i][:19]}")
+        layers.append(Descriptor(digest, size, media_type))
+    tag = ref.reference if ref.reference and not ref.is_digest else None
+    return Image(
+        ref_names=(f"{ref.host}/{ref.repository}:{tag}",) if tag else (),
+        config=Descriptor(stored_config.digest, stored_config.size, MT_DOCKER_CONFIG if image.docker_schema else MT_OCI_CONFIG),
+        layers=tuple(layers),
+        diff_ids=diff_ids,
+        platform=platform,
+    )
