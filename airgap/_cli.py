@@ -251,7 +251,9 @@ def verify(
     if as_json:
         _emit_json(report.to_dict())
         return
-    click.echo(f"OK: signature by {', '.join(report.trust.valid)}; {len(report.parts)} parts verified in {report.seconds:.1f}s")
+    parts = sum(1 for p in report.parts if p.kind == "part")
+    files = f" and {len(report.parts) - parts} files" if len(report.parts) > parts else ""
+    click.echo(f"OK: signature by {', '.join(report.trust.valid)}; {parts} parts{files} verified in {report.seconds:.1f}s")
 
 
 @cli.command()

@@ -9,7 +9,6 @@ which unpacks the whole upload before registering anything, loads nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from airgap._internal import fsutil, tarstream
 from airgap._internal.bundle import LoadedBundle, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
 from airgap._internal.cache import VerifiedCache
 from airgap._internal.engine import Engine
+from airgap._internal.oci import docker_save_layout
 from airgap._internal.pipeline import threaded
 from airgap._internal.registry import DEFAULT_CHUNK
 from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
@@ -134,32 +134,13 @@ def load_stream(
     counts: dict[str, int] | None = None,
 ) -> Iterator[bytes]:
     """A docker-save archive of ``images``, built from verified parts; manifest.json comes last."""
-    entries = []
-    seen: set[str] = set()
-    for image in images:
-        for layer in image.layers:
-            if layer.digest not in seen:
-                seen.add(layer.digest)
-                entries.append((f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.digest, layer.size))
-    for image in images:
-        if image.config.digest not in seen:
-            seen.add(image.config.digest)
-            entries.append((f"{image.config.digest.removeprefix('sha256:')}.json", image.config.digest, image.config.size))
+    entries, body = docker_save_layout(images)
     for name, digest, size in entries:
         yield tarstream.header(name, size)
         for data in iter_blob(bundle, digest, cache=cache, counts=counts):
             on_bytes(len(data))
             yield data
         yield tarstream.padding(size)
-    index = [
-        {
-            "Config": f"{image.config.digest.removeprefix('sha256:')}.json",
-            "RepoTags": list(image.ref_names) or None,
-            "Layers": [f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers],
-        }
-        for image in images
-    ]
-    body = json.dumps(index, separators=(",", ":")).encode()
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
 
 

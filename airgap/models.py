@@ -230,6 +230,30 @@ class Part:
         return part
 
 
+_FILE_PATH_RE = re.compile(r"^installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*$")
+INSTALLER_DIR = "installer"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """A signed file that travels with the bundle besides its parts (the POSIX installer, a wheelhouse)."""
+
+    path: str
+    size: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> BundleFile:
+        d = _obj(d, where, {"path", "size", "sha256"})
+        path = _str(d["path"], f"{where}.path", _FILE_PATH_RE)
+        if len(path) > 300:
+            raise FormatError(f"manifest: {where}.path is too long")
+        return cls(path=path, size=_int(d["size"], f"{where}.size"), sha256=_str(d["sha256"], f"{where}.sha256", _HEX64_RE))
+
+
 @dataclass(frozen=True)
 class Blob:
     digest: str
@@ -276,6 +300,7 @@ class Manifest:
     parts: tuple[Part, ...]
     expires: str | None = None
     base: str | None = None
+    files: tuple[BundleFile, ...] = ()
     schema_version: int = SCHEMA_VERSION
     media_type: str = MANIFEST_MEDIA_TYPE
     _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -318,6 +343,10 @@ class Manifest:
             expected_index[part.blob] = part.index + 1
             if part.size > self.part_size:
                 raise FormatError(f"manifest: part {part.path} is larger than the bundle's part size")
+        for f in self.files:
+            if f.path in paths:
+                raise FormatError(f"manifest: file {f.path} is listed twice")
+            paths.add(f.path)
         for digest, size in sizes.items():
             if digest not in expected_offset:
                 raise FormatError(f"manifest: blob {digest} has no part")
@@ -354,6 +383,7 @@ class Manifest:
             "images": [i.to_dict() for i in self.images],
             "blobs": [b.to_dict() for b in self.blobs],
             "parts": [p.to_dict() for p in self.parts],
+            **({"files": [f.to_dict() for f in self.files]} if self.files else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -384,6 +414,7 @@ class Manifest:
                 "blobs",
                 "parts",
             },
+            frozenset({"files"}),
         )
         if d["media_type"] != MANIFEST_MEDIA_TYPE:
             raise FormatError("manifest: media_type is not an airgap bundle manifest")
@@ -404,6 +435,7 @@ class Manifest:
             images=tuple(Image.from_dict(x, f"images[{i}]") for i, x in enumerate(_list(d["images"], "images"))),
             blobs=tuple(Blob.from_dict(x, f"blobs[{i}]") for i, x in enumerate(_list(d["blobs"], "blobs"))),
             parts=tuple(Part.from_dict(x, f"parts[{i}]") for i, x in enumerate(_list(d["parts"], "parts"))),
+            files=tuple(BundleFile.from_dict(x, f"files[{i}]") for i, x in enumerate(_list(d.get("files", []), "files"))),
         )
 
     @classmethod

@@ -19,12 +19,13 @@ from airgap._internal import fsutil
 from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
+from airgap._internal.installer import installer_files
 from airgap._internal.layout import images_from_archive, read_archive
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
 from airgap.errors import Error, UsageError
-from airgap.models import Compression, Image, Manifest, format_time, parse_time
+from airgap.models import Compression, Image, Manifest, Part, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
 DEFAULT_PART_SIZE = 1 << 30
@@ -310,6 +311,10 @@ def _pack_from(
         images = _merge(images)
         digests = [d.digest for image in images for d in (image.config, *image.layers)]
         blobs, parts = writer.commit_parts(digests)
+        parts_by_blob: dict[str, list[Part]] = {}
+        for part in parts:
+            parts_by_blob.setdefault(part.blob, []).append(part)
+        files = writer.write_files(installer_files(images, lambda digest: parts_by_blob[digest]))
         manifest = Manifest(
             name=options.name or _default_name(images),
             sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
@@ -321,6 +326,7 @@ def _pack_from(
             images=tuple(images),
             blobs=tuple(blobs),
             parts=tuple(parts),
+            files=tuple(files),
         )
         fingerprint, signature = trust.sign(manifest.to_bytes(), private)
         writer.write_manifest(manifest, {fingerprint: signature})

@@ -38,11 +38,15 @@ MT_FILE = {
     "manifest": "application/vnd.airgap.bundle.manifest.v1+json",
     "signature": "application/vnd.airgap.signature.v1",
     "part": "application/vnd.airgap.part.v1+zstd",
+    "file": "application/vnd.airgap.file.v1",
 }
 TITLE = "org.opencontainers.image.title"
 PULL_STAGING = ".airgap-pull"
 BLOCK = 1 << 20
-_SAFE_PATH = re.compile(r"^(?:manifest\.json|signatures/[0-9a-f]{64}\.sig|parts/[0-9a-f]{64}\.[0-9]{5}\.zst)$")
+_SAFE_PATH = re.compile(
+    r"^(?:manifest\.json|signatures/[0-9a-f]{64}\.sig|parts/[0-9a-f]{64}\.[0-9]{5}\.zst"
+    r"|installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*)$"
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ def publish(
     for part in bundle.manifest.parts:
         open_part(bundle, part).close()  # present, regular, of the right size: before any upload
         files.append((part.path, MT_FILE["part"], f"sha256:{part.sha256}", part.size))
+    for side in bundle.manifest.files:
+        open_part(bundle, side).close()
+        files.append((side.path, MT_FILE["file"], f"sha256:{side.sha256}", side.size))
     artifact = _artifact_manifest(bundle.manifest, files)
     total = sum(size for *_, size in files)
     sent = 0
@@ -115,7 +122,7 @@ def publish(
             elif path.startswith("signatures/"):
                 blocks = iter([bundle.signatures[path.split("/")[1].removesuffix(".sig")]])
             else:
-                blocks = _file_blocks(bundle_dir / path, f"part {path}")
+                blocks = _file_blocks(bundle_dir / path, path)
             try:
                 registry.upload_blob(ref.repository, digest, size, _advancing(blocks, reporter), chunk)
             except IntegrityError as e:
@@ -223,7 +230,10 @@ def pull(
                 continue
             fetched += _fetch(registry, ref, digest, size, staging / digest.removeprefix("sha256:"), path, reporter)
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / digest.removeprefix("sha256:"), final)
+            fetched_path = staging / digest.removeprefix("sha256:")
+            if path.endswith(".sh"):
+                fetched_path.chmod(0o755)
+            os.replace(fetched_path, final)
         fsutil.fsync_dir(out_dir)
         shutil.rmtree(staging, ignore_errors=True)
     reporter.finish()

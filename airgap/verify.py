@@ -20,7 +20,7 @@ from airgap._internal.state import cache_path
 from airgap._internal.state import default_path as default_state_path
 from airgap.errors import EnvironmentProblem, Error, IntegrityError
 from airgap.keys import PublicKey
-from airgap.models import Part, format_time
+from airgap.models import BundleFile, Part, format_time
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import TrustResult
 
@@ -42,7 +42,7 @@ class PartResult:
     path: str
     ok: bool
     problem: str | None = None
-    kind: str = "part"  # or "file": a file in the bundle that the manifest does not list
+    kind: str = "part"  # or "file": a listed side file (installer), or one the manifest does not list
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ class VerifyReport:
             },
         ]
         for p in self.parts:
-            detail = "size and sha256 match the manifest" if p.ok else f"part {p.problem}"
-            checks.append({"check": f"part {p.path}", "result": "pass" if p.ok else "fail", "detail": detail})
+            detail = "size and sha256 match the manifest" if p.ok else f"{p.kind} {p.problem}"
+            checks.append({"check": f"{p.kind} {p.path}", "result": "pass" if p.ok else "fail", "detail": detail})
         for extra in self.unexpected_files:
             result, detail = (
                 ("warning", "not part of the signed bundle; allowed")
@@ -113,8 +113,10 @@ class VerifyReport:
             "checks": self.checks(),
             "manifest_sha256": self.manifest_sha256,
             "signatures": self.trust.to_dict(),
-            "parts": [{"path": p.path, "ok": p.ok, "problem": p.problem} for p in self.parts],
-            "parts_checked": len(self.parts),
+            "parts": [{"path": p.path, "ok": p.ok, "problem": p.problem} for p in self.parts if p.kind == "part"],
+            "files": [{"path": p.path, "ok": p.ok, "problem": p.problem} for p in self.parts if p.kind == "file"],
+            "parts_checked": sum(1 for p in self.parts if p.kind == "part"),
+            "files_checked": sum(1 for p in self.parts if p.kind == "file"),
             "parts_bad": len(self.bad_parts),
             "unexpected_files": list(self.unexpected_files),
             "tool_version": __version__,
@@ -137,16 +139,20 @@ class PartsFailed(IntegrityError):
 
 
 def check_part(
-    bundle: LoadedBundle, part: Part, advance: Callable[[int], None] | None = None, cache: VerifiedCache | None = None
+    bundle: LoadedBundle,
+    part: Part | BundleFile,
+    advance: Callable[[int], None] | None = None,
+    cache: VerifiedCache | None = None,
 ) -> PartResult:
-    """Hash one part file against the manifest (always: verify never trusts the cache, it only fills it)."""
-    label = f"part {part.path}"
+    """Hash one part (or listed file) against the manifest (always: verify never trusts the cache, it only fills it)."""
+    kind = "part" if isinstance(part, Part) else "file"
+    label = f"{kind} {part.path}"
     try:
         fh = open_part(bundle, part)
     except IntegrityError as e:
-        return PartResult(part.path, False, e.message.removeprefix(label + " "))
+        return PartResult(part.path, False, e.message.removeprefix(label + " "), kind)
     with fh:
-        key = file_key(fh.fileno(), bundle.part_file(part), part)
+        key = file_key(fh.fileno(), bundle.part_file(part), part) if isinstance(part, Part) else ""
         sha = hashlib.sha256()
         buf = bytearray(HASH_BLOCK)
         view = memoryview(buf)
@@ -161,19 +167,20 @@ def check_part(
         except OSError as e:
             raise EnvironmentProblem(f"cannot read {label}: {e.strerror}", hint="the medium may be failing") from e
     if sha.hexdigest() != part.sha256:
-        return PartResult(part.path, False, "does not match its sha256 in the manifest (damaged or replaced)")
-    if cache is not None:
+        return PartResult(part.path, False, "does not match its sha256 in the manifest (damaged or replaced)", kind)
+    if cache is not None and key:
         cache.add(key)
-    return PartResult(part.path, True)
+    return PartResult(part.path, True, kind=kind)
 
 
 def check_parts(
     bundle: LoadedBundle, jobs: int, reporter: Reporter, label: str, cache: VerifiedCache | None = None
 ) -> tuple[PartResult, ...]:
     """Hash every part against the manifest, ``jobs`` at a time (hashlib releases the GIL)."""
-    reporter.start(label, bundle.manifest.total_part_bytes)
+    items: list[Part | BundleFile] = [*bundle.manifest.parts, *bundle.manifest.files]
+    reporter.start(label, sum(item.size for item in items))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = tuple(pool.map(lambda p: check_part(bundle, p, reporter.advance, cache), bundle.manifest.parts))
+        results = tuple(pool.map(lambda p: check_part(bundle, p, reporter.advance, cache), items))
     reporter.finish()
     return results
 

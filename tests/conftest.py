@@ -213,3 +213,16 @@ def second_engine(docker_host: str) -> Iterator[str]:
     """DOCKER_HOST of a second private Docker engine (another site's host), for pulls from a registry."""
     with _private_engine("airgap-test-dockerd2.") as host:
         yield host
+
+
+def two_platform_pack(cli, keypair, tmp_path: Path, tag: str) -> tuple[Path, sample_image.Sample, sample_image.Sample]:  # type: ignore[no-untyped-def]
+    """One tag built for linux/amd64 and linux/arm64 (shared base layers), packed into one bundle."""
+    seed = tag.replace("/", "-")
+    amd = sample_image.build(tmp_path / f"{seed}-amd64.tar", tag=tag, model_size=1 << 18, app_size=1 << 16, seed=seed)
+    arm = sample_image.build(
+        tmp_path / f"{seed}-arm64.tar", tag=tag, model_size=1 << 18, app_size=1 << 16, seed=seed, arch="arm64"
+    )
+    out = tmp_path / f"{seed}-bundle"
+    r = cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(out), "--key", str(keypair[0]))
+    assert r.code == 0, r.err
+    return out, amd, arm

@@ -17,7 +17,7 @@ import sample_image
 from airgap._internal.registry import Registry, credentials_for, parse_ref
 from airgap._internal.sinks import _split_ref, parse_target
 from airgap.errors import UsageError
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry, two_platform_pack
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
 
@@ -172,13 +172,7 @@ def test_large_layer_goes_up_in_chunks(cli, bundle: Path, keypair, registry: Pri
 def test_two_platforms_under_one_tag_become_an_index(
     cli, keypair, tmp_path: Path, registry: PrivateRegistry, second_engine: str
 ) -> None:
-    amd = sample_image.build(tmp_path / "amd.tar", tag="airgap-test/multi:1.0", model_size=1 << 20, app_size=1 << 18, seed="m")
-    arm = sample_image.build(
-        tmp_path / "arm.tar", tag="airgap-test/multi:1.0", model_size=1 << 20, app_size=1 << 18, seed="m", arch="arm64"
-    )
-    out = tmp_path / "multi"
-    r = cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(out), "--key", str(keypair[0]))
-    assert r.code == 0, r.err
+    out, amd, _arm = two_platform_pack(cli, keypair, tmp_path, "airgap-test/multi:1.0")
     assert cli("install", str(out), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}").code == 0
     raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/airgap-test/multi:1.0"))
     assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
@@ -241,8 +235,9 @@ def test_published_bundle_pulls_back_byte_identical_and_verifies(
     r = cli("publish", str(bundle), ref, "--chunk-size", "256KiB", "--json")
     assert r.code == 0, r.err
     published = json.loads(r.out)
-    parts = json.loads((bundle / "manifest.json").read_text())["parts"]
-    assert published["files"] == len(parts) + 2  # parts, manifest.json, one signature
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    parts = manifest["parts"]
+    assert published["files"] == len(parts) + len(manifest["files"]) + 2  # parts, installer, manifest.json, one signature
     assert registry.requests_seen("PATCH", "/v2/bundles/roundtrip/") > len(parts)  # several chunks per part
     out = tmp_path / "pulled"
     r = cli("pull", ref, "-o", str(out), "--json")
@@ -255,8 +250,9 @@ def test_published_bundle_pulls_back_byte_identical_and_verifies(
 def test_interrupted_pull_resumes_where_it_stopped(cli, bundle: Path, keypair, registry: PrivateRegistry, tmp_path: Path) -> None:
     ref = f"oci://{registry.host}/bundles/resume:1"
     assert cli("publish", str(bundle), ref).code == 0
-    parts = json.loads((bundle / "manifest.json").read_text())["parts"]
-    total = sum(p["size"] for p in parts) + (bundle / "manifest.json").stat().st_size + 64
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    parts = manifest["parts"]
+    total = sum(p["size"] for p in parts + manifest["files"]) + (bundle / "manifest.json").stat().st_size + 64
     # what a pull killed half way leaves: some parts in place, one half downloaded in the staging area
     out = tmp_path / "pulled"
     (out / "parts").mkdir(parents=True)
@@ -402,15 +398,7 @@ def test_pack_from_registry_with_gzip_layers_installs_with_the_same_image_id(
 
 
 def test_pack_from_registry_chooses_platforms(cli, keypair, tmp_path: Path, registry: PrivateRegistry) -> None:
-    amd = sample_image.build(tmp_path / "amd.tar", tag="airgap-test/plat:1.0", model_size=1 << 18, app_size=1 << 16, seed="p")
-    arm = sample_image.build(
-        tmp_path / "arm.tar", tag="airgap-test/plat:1.0", model_size=1 << 18, app_size=1 << 16, seed="p", arch="arm64"
-    )
-    both = tmp_path / "both"
-    assert (
-        cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(both), "--key", str(keypair[0])).code
-        == 0
-    )
+    both, amd, arm = two_platform_pack(cli, keypair, tmp_path, "airgap-test/plat:1.0")
     assert cli("install", str(both), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/plat").code == 0
     source = f"oci://{registry.host}/plat/airgap-test/plat:1.0"
 

@@ -30,7 +30,7 @@ from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part
 from airgap._internal.tarstream import EntryReader
 from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
 from airgap.keys import PublicKey
-from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, Manifest, Part, part_path
+from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
 from airgap.trust import TrustResult, check_trust
 
 STAGING_DIR = ".airgap-staging"
@@ -194,6 +194,16 @@ class BundleWriter:
         fsutil.fsync_dir(parts_dir)
         return blobs, parts
 
+    def write_files(self, files: dict[str, bytes]) -> list[BundleFile]:
+        """Write signed side files (the installer) atomically; return their manifest entries."""
+        written = []
+        for path, data in sorted(files.items()):
+            target = self.out_dir / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsutil.atomic_write(target, data, 0o755 if path.endswith(".sh") else 0o644)
+            written.append(BundleFile(path, len(data), hashlib.sha256(data).hexdigest()))
+        return written
+
     def write_manifest(self, manifest: Manifest, signatures: dict[str, bytes]) -> bytes:
         data = manifest.to_bytes()
         sig_dir = self.out_dir / SIGNATURES_DIR
@@ -224,7 +234,7 @@ class LoadedBundle:
     manifest: Manifest
     signatures: dict[str, bytes]
 
-    def part_file(self, part: Part) -> Path:
+    def part_file(self, part: Part | BundleFile) -> Path:
         return self.path / part.path
 
 
@@ -323,9 +333,9 @@ def iter_blob(
         )
 
 
-def open_part(bundle: LoadedBundle, part: Part) -> BinaryIO:
-    """Open a part for reading: present, a regular file (no symlink), of the size the manifest says."""
-    label = f"part {part.path}"
+def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
+    """Open a part (or listed file) for reading: present, a regular file (no symlink), of the size the manifest says."""
+    label = f"{'part' if isinstance(part, Part) else 'file'} {part.path}"
     fh = fsutil.open_regular(bundle.part_file(part), label)
     size = os.fstat(fh.fileno()).st_size
     if size != part.size:
@@ -338,7 +348,7 @@ def open_part(bundle: LoadedBundle, part: Part) -> BinaryIO:
 
 
 def unexpected_files(bundle: LoadedBundle) -> list[str]:
-    listed = {p.path for p in bundle.manifest.parts}
+    listed = {p.path for p in bundle.manifest.parts} | {f.path for f in bundle.manifest.files}
     extra = []
     for root, dirs, files in os.walk(bundle.path):
         rel_root = os.path.relpath(root, bundle.path)

@@ -81,3 +81,28 @@ def index_manifest(entries: list[tuple[bytes, str, Platform]], oci: bool = False
 
 def _dump(body: object) -> bytes:
     return json.dumps(body, indent=3).encode()
+
+
+def docker_save_layout(images: list[Image]) -> tuple[list[tuple[str, str, int]], bytes]:
+    """What ``docker load`` reads: (member name, blob digest, size) for every layer and config, each once,
+    and the bytes of its ``manifest.json`` index, which goes last."""
+    entries: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    for image in images:
+        for layer in image.layers:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                entries.append((f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.digest, layer.size))
+    for image in images:
+        if image.config.digest not in seen:
+            seen.add(image.config.digest)
+            entries.append((f"{image.config.digest.removeprefix('sha256:')}.json", image.config.digest, image.config.size))
+    index = [
+        {
+            "Config": f"{image.config.digest.removeprefix('sha256:')}.json",
+            "RepoTags": list(image.ref_names) or None,
+            "Layers": [f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers],
+        }
+        for image in images
+    ]
+    return entries, json.dumps(index, separators=(",", ":")).encode()

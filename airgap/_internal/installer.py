@@ -1,0 +1,58 @@
+"""The POSIX installer that travels in every bundle: ``installer/install.sh`` and, per platform, a
+load plan with the tar headers it needs, so plain ``sh``, ``zstd`` and ``dd`` can stream the same
+docker-save archive that ``airgap install`` builds.  All of them are listed, with their sha256, in the
+signed manifest's ``files``.
+
+Plan lines (``installer/docker-OS-ARCH[-VARIANT].plan``)::
+
+    image <image-id> [<ref> ...]   an image the plan loads, and its names
+    block <index> <count>          copy 512-byte blocks of the .blocks file (tar headers, manifest.json)
+    part <path>                    decompress one part (zstd -dc)
+    zero <n>                       n zero bytes (tar padding)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+
+from airgap._internal import tarstream
+from airgap._internal.oci import docker_save_layout
+from airgap.models import INSTALLER_DIR, Image, Part
+
+SCRIPT_PATH = f"{INSTALLER_DIR}/install.sh"
+
+
+def script() -> bytes:
+    return resources.files("airgap._internal").joinpath("install.sh").read_bytes()
+
+
+def plan_name(image: Image) -> str:
+    p = image.platform
+    return f"{INSTALLER_DIR}/docker-" + "-".join(x for x in (p.os, p.architecture, p.variant) if x)
+
+
+def installer_files(images: list[Image], parts_of: Callable[[str], list[Part]]) -> dict[str, bytes]:
+    """install.sh and one plan (+ blocks) per platform of the bundle's images."""
+    by_platform: dict[str, list[Image]] = {}
+    for image in images:
+        by_platform.setdefault(plan_name(image), []).append(image)
+    files = {SCRIPT_PATH: script()}
+    for name, group in sorted(by_platform.items()):
+        entries, index = docker_save_layout(group)
+        blocks = bytearray()
+        lines = [f"# airgap docker-load plan v1 for {group[0].platform}"]
+        lines += [f"image {image.image_id} {' '.join(image.ref_names)}".rstrip() for image in group]
+        for member, digest, size in entries:
+            lines.append(f"block {len(blocks) // tarstream.BLOCK} 1")
+            blocks += tarstream.header(member, size)
+            lines += [f"part {part.path}" for part in parts_of(digest)]
+            pad = len(tarstream.padding(size))
+            if pad:
+                lines.append(f"zero {pad}")
+        tail = tarstream.header("manifest.json", len(index)) + index + tarstream.padding(len(index)) + tarstream.END_OF_ARCHIVE
+        lines.append(f"block {len(blocks) // tarstream.BLOCK} {len(tail) // tarstream.BLOCK}")
+        blocks += tail
+        files[f"{name}.plan"] = ("\n".join(lines) + "\n").encode()
+        files[f"{name}.blocks"] = bytes(blocks)
+    return files
