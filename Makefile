@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SIZE ?= 5GB
 ROUNDS ?= 3
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench --size $(SIZE) --rounds $(ROUNDS)
 
+## airgap and its dependencies as wheels (CPython 3.10-3.13, x86_64 and aarch64) for pack --wheelhouse
+wheelhouse: $(STAMP)
+	$(BIN)/python -c 'import pathlib, sys; from airgap._internal import wheelhouse; print(len(wheelhouse.build(pathlib.Path(sys.argv[1]))), "wheels in", sys.argv[1])' dist/wheelhouse
+
 lint: $(STAMP)
 	$(BIN)/ruff check airgap tests scripts
 	$(BIN)/ruff format --check airgap tests scripts
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo bench-out .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .demo bench-out dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

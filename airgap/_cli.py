@@ -115,6 +115,16 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
     help="registry and OCI sources: os/arch[/variant], comma-separated, or 'all' (registry default: this host's)",
 )
 @click.option("--plain-http", is_flag=True, help="talk plain HTTP to registry sources (loopback registries always do)")
+@click.option(
+    "--with-installer",
+    is_flag=True,
+    help="also add airgap and its dependencies as wheels (installer/wheels) for an offline 'pip install'",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="with --with-installer: take the wheels from this directory instead of downloading them with pip",
+)
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
@@ -133,6 +143,8 @@ def pack(
     expires: str | None,
     platform: str | None,
     plain_http: bool,
+    with_installer: bool,
+    wheelhouse: Path | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -158,6 +170,8 @@ def pack(
         expires=expires,
         platform=platform,
         plain_http=plain_http,
+        with_installer=with_installer or wheelhouse is not None,
+        wheelhouse=wheelhouse,
     )
     result = core.pack(options, _reporter(ctx))
     if as_json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -15,7 +16,7 @@ import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
-from airgap._internal import fsutil
+from airgap._internal import fsutil, wheelhouse
 from airgap._internal.bundle import BundleWriter
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
@@ -82,6 +83,8 @@ class PackOptions:
     long_distance: bool = False  # zstd --long (128 MiB window): smaller bundles of repetitive images, more memory
     platform: str | None = None  # registry and OCI sources: "os/arch[,os/arch...]" or "all"; default: this host's
     plain_http: bool = False  # registry sources without TLS (loopback registries always are)
+    with_installer: bool = False  # add a wheelhouse (installer/wheels) so the offline host can pip-install airgap
+    wheelhouse: Path | None = None  # ... taken from this directory instead of built with pip
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,16 @@ def _pack_from(
         parts_by_blob: dict[str, list[Part]] = {}
         for part in parts:
             parts_by_blob.setdefault(part.blob, []).append(part)
-        files = writer.write_files(installer_files(images, lambda digest: parts_by_blob[digest]))
+        side: dict[str, bytes | Path] = dict(installer_files(images, lambda digest: parts_by_blob[digest]))
+        with tempfile.TemporaryDirectory(prefix=".airgap-wheels-", dir=options.out_dir) as tmp:
+            if options.with_installer:
+                if options.wheelhouse is None:
+                    reporter.note(
+                        "building the wheelhouse (airgap and its dependencies for CPython 3.10-3.13, x86_64 and aarch64)"
+                    )
+                wheel_files = wheelhouse.wheels(options.wheelhouse) if options.wheelhouse else wheelhouse.build(Path(tmp))
+                side.update({f"{wheelhouse.WHEELS_DIR}/{w.name}": w for w in wheel_files})
+            files = writer.write_files(side)
         manifest = Manifest(
             name=options.name or _default_name(images),
             sequence=options.sequence if options.sequence is not None else int(created.timestamp()),

@@ -194,14 +194,30 @@ class BundleWriter:
         fsutil.fsync_dir(parts_dir)
         return blobs, parts
 
-    def write_files(self, files: dict[str, bytes]) -> list[BundleFile]:
-        """Write signed side files (the installer) atomically; return their manifest entries."""
+    def write_files(self, files: dict[str, bytes | Path]) -> list[BundleFile]:
+        """Write signed side files (the installer, wheels) atomically; return their manifest entries."""
         written = []
-        for path, data in sorted(files.items()):
+        for path, content in sorted(files.items()):
             target = self.out_dir / path
             target.parent.mkdir(parents=True, exist_ok=True)
-            fsutil.atomic_write(target, data, 0o755 if path.endswith(".sh") else 0o644)
-            written.append(BundleFile(path, len(data), hashlib.sha256(data).hexdigest()))
+            mode = 0o755 if path.endswith(".sh") else 0o644
+            if isinstance(content, bytes):
+                fsutil.atomic_write(target, content, mode)
+                written.append(BundleFile(path, len(content), hashlib.sha256(content).hexdigest()))
+                continue
+            sha = hashlib.sha256()
+            size = 0
+            tmp = target.with_name(f".{target.name}.tmp")
+            with open(content, "rb") as src, open(tmp, "wb") as dst:
+                while block := src.read(COPY_BLOCK):
+                    sha.update(block)
+                    dst.write(block)
+                    size += len(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+            written.append(BundleFile(path, size, sha.hexdigest()))
         return written
 
     def write_manifest(self, manifest: Manifest, signatures: dict[str, bytes]) -> bytes:
