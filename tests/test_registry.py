@@ -436,3 +436,80 @@ def test_pack_from_a_tag_the_registry_does_not_have(cli, keypair, registry: Priv
     r = cli("pack", f"oci://{registry.host}/nothing/here:1", "-o", str(tmp_path / "o"), "--key", str(keypair[0]))
     assert r.code == 2, r.err
     assert "nothing/here:1 is not in the registry" in r.err
+
+
+class _CuttingProxy:
+    """A loopback HTTP proxy to the registry that cuts the connection after ``cut`` bytes of the first
+    blob body it serves: a network that drops in the middle of a download."""
+
+    def __init__(self, upstream: str, cut: int) -> None:
+        import http.server
+        import threading
+
+        import requests
+
+        proxy = self
+        self.cut = cut
+        self.cuts = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range", "authorization")}
+                res = requests.get(f"http://{upstream}{self.path}", headers=headers, stream=True, timeout=60)
+                self.send_response(res.status_code)
+                for k, v in res.headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.end_headers()
+                limit = proxy.cut if "/blobs/" in self.path and proxy.cuts == 0 else None
+                sent = 0
+                for chunk in res.raw.stream(65536, decode_content=False):
+                    if limit is not None and sent + len(chunk) >= limit:
+                        self.wfile.write(chunk[: limit - sent])
+                        self.wfile.flush()
+                        proxy.cuts += 1
+                        self.close_connection = True
+                        return
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pull_cut_off_by_the_network_resumes_on_the_next_run(
+    cli, samples, keypair, registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    big = sample_image.build(tmp_path / "big.tar", tag="airgap-test/big:1.0", model_size=24 << 20, app_size=1 << 18, seed="cut")
+    bundle = tmp_path / "big"
+    assert (
+        cli("pack", f"docker-archive:{big.path}", "-o", str(bundle), "--key", str(keypair[0]), "--part-size", "16MiB").code == 0
+    )
+    assert cli("publish", str(bundle), f"oci://{registry.host}/bundles/cut:1").code == 0
+    first_blob_cut = 5 << 20
+    proxy = _CuttingProxy(registry.host, first_blob_cut)
+    out = tmp_path / "pulled"
+    try:
+        r = cli("pull", f"oci://{proxy.host}/bundles/cut:1", "-o", str(out))
+    finally:
+        proxy.close()
+    assert r.code == 6, r.err
+    assert "was cut off" in r.err and "run the same pull again" in r.err
+    assert not (out / "manifest.json").exists()
+    partial = [p for p in (out / ".airgap-pull").iterdir() if p.stat().st_size > 0]
+    assert partial and max(p.stat().st_size for p in partial) >= first_blob_cut - (1 << 20)
+    r = cli("pull", f"oci://{registry.host}/bundles/cut:1", "-o", str(out), "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["bytes_transferred"] <= result["bytes_total"] - first_blob_cut + (1 << 20)
+    assert _tree(out) == _tree(bundle)
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
