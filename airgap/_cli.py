@@ -295,6 +295,13 @@ def inspect(bundle: Path, as_json: bool) -> None:
 )
 @click.option("--plain-http", is_flag=True, help="talk plain HTTP to a registry target (loopback registries always do)")
 @click.option("--chunk-size", default="128MiB", show_default=True, help="largest single upload request to a registry")
+@click.option(
+    "--via",
+    type=click.Choice(["load", "registry"]),
+    default="load",
+    show_default=True,
+    help="Docker engine: stream an image upload (load), or serve the bundle on 127.0.0.1 for the engine to pull",
+)
 @click.option("--replace", is_flag=True, help="move existing tags to the bundle's images (or overwrite the archive)")
 @click.option("--platform", help="os/arch[/variant] to install (default: the engine's; other targets: every image)")
 @click.option("--allow-expired", is_flag=True, help="install a bundle past its expiry date")
@@ -317,6 +324,7 @@ def install(
     target: str | None,
     plain_http: bool,
     chunk_size: str,
+    via: str,
     replace: bool,
     platform: str | None,
     allow_expired: bool,
@@ -343,6 +351,7 @@ def install(
         target=target,
         plain_http=plain_http,
         chunk_size=parse_size(chunk_size),
+        via=via,
     )
     result = core.install(options, _reporter(ctx))
     if as_json:

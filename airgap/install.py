@@ -22,6 +22,7 @@ from airgap._internal.engine import Engine
 from airgap._internal.oci import docker_save_layout
 from airgap._internal.pipeline import threaded
 from airgap._internal.registry import DEFAULT_CHUNK
+from airgap._internal.serve import BundleRegistry
 from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
 from airgap._internal.state import InstallState, cache_path
 from airgap._internal.state import default_path as default_state_path
@@ -46,6 +47,7 @@ class InstallOptions:
     target: str | None = None  # None: the Docker engine; registry://..., docker-archive:PATH, oci-archive:PATH
     plain_http: bool = False  # registry target without TLS (loopback registries always are)
     chunk_size: int = DEFAULT_CHUNK  # largest single upload request to a registry
+    via: str = "load"  # Docker engine: "load" (stream an image upload) or "registry" (the engine pulls from loopback)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,41 @@ def load_stream(
             yield data
         yield tarstream.padding(size)
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
+
+
+def _pull_from_loopback(
+    engine: Engine,
+    bundle: LoadedBundle,
+    images: list[Image],
+    cache: VerifiedCache,
+    counts: dict[str, int],
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Serve the bundle on 127.0.0.1 and let the engine pull it; then name the images and drop the loopback names."""
+    if not engine.is_local():
+        raise UsageError("--via registry needs a Docker engine on this host", hint="use the default, --via load")
+    with BundleRegistry(bundle, images, cache, counts, on_bytes) as served:
+        try:
+            for image in images:
+                try:
+                    engine.pull(served.ref(image))
+                except DockerError as e:
+                    failed = served.first_error()
+                    if failed is not None:
+                        raise failed from e
+                    raise
+            failed = served.first_error()
+            if failed is not None:
+                raise failed
+            for image in images:
+                for ref in image.ref_names:
+                    engine.tag(image.image_id, ref)
+        finally:
+            for image in images:
+                engine.untag(served.ref(image))
+                for digest_ref in (engine.inspect(image.image_id) or {}).get("RepoDigests") or []:
+                    if str(digest_ref).startswith(served.repository + "@"):
+                        engine.untag(str(digest_ref))
 
 
 def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> int:
@@ -285,7 +322,10 @@ def _install(
 
     reporter.start("install", total)
     counts: dict[str, int] = {}
-    engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts)))
+    if options.via == "registry":
+        _pull_from_loopback(engine, bundle, images, cache, counts, on_bytes)
+    else:
+        engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts)))
     reporter.finish()
 
     loaded = []

@@ -30,10 +30,11 @@ def test_bench_runs_and_reports_every_figure(docker_host: str, tmp_path: Path) -
         "airgap_verify",
         "docker_load",
         "airgap_install",
+        "airgap_install_pull",
         "manual_install",
     }
     assert set(figures["median_seconds"]) == steps
-    assert set(figures["peak_rss_kib"]) == {"airgap_pack", "airgap_verify", "airgap_install"}
+    assert set(figures["peak_rss_kib"]) == {"airgap_pack", "airgap_verify", "airgap_install", "airgap_install_pull"}
     assert all(v > 0 for v in figures["ratios"].values())
     assert 0.9 < figures["ratios"]["bundle_bytes / zstd3_bytes"] < 1.1
     assert "pack / save_null" in proc.stdout

@@ -149,6 +149,31 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail("image load failed", e) from e
 
+    def pull(self, ref: str) -> None:
+        """POST /images/create: pull ``ref`` (repository:tag); errors from the progress stream raise DockerError."""
+        repo, _, tag = ref.rpartition(":")
+        try:
+            for msg in self.api.pull(repo, tag=tag, stream=True, decode=True):
+                if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
+                    detail = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
+                    raise DockerError(f"Docker engine: pulling {ref} failed: {str(detail)[:300]}", hint=_HINT)
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"pulling {ref} failed", e) from e
+
+    def untag(self, ref: str) -> None:
+        """Remove one name (tag or digest reference) without touching the image or its other names."""
+        try:
+            self.api.remove_image(ref, noprune=True)
+        except docker.errors.ImageNotFound:
+            return
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"removing the name {ref} failed", e) from e
+
+    def is_local(self) -> bool:
+        """Whether the engine shares this host's loopback (a unix socket or a loopback TCP address)."""
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return host.startswith(("unix://", "tcp://127.", "tcp://localhost"))
+
 
 def engine_answers() -> bool:
     """Whether an engine answers at DOCKER_HOST (or the default socket)."""
