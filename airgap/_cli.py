@@ -17,7 +17,7 @@ from airgap._internal.reporters import for_terminal
 from airgap.errors import Error, ExitCode, UsageError
 from airgap.progress import Reporter
 
-_PART_SIZE_HELP = "largest part file, e.g. 4GiB, 700MB (default 1GiB)"
+_PART_SIZE_HELP = "largest part file, e.g. 4GiB, 700MB, or a medium: fat32 (4GiB-1), dvd, dvd-dl, bd25, bd50"
 
 
 def _passphrase(env_name: str | None) -> bytes | None:
@@ -103,6 +103,11 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
 @click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
 @click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
 @click.option("--part-size", default="1GiB", show_default=True, help=_PART_SIZE_HELP)
+@click.option(
+    "--media-dir-size",
+    metavar="SIZE",
+    help="split the bundle into vol-NN folders, one per medium of this size (e.g. dvd, bd25, 32GB), each with a listing",
+)
 @click.option("--level", default=3, show_default=True, type=int, help="zstd level, 1-19 (up to 22 with more memory)")
 @click.option(
     "--long", "long_distance", is_flag=True, help="zstd long-distance matching (128 MiB window; install needs that much memory)"
@@ -136,6 +141,7 @@ def pack(
     key_path: Path,
     passphrase_env: str | None,
     part_size: str,
+    media_dir_size: str | None,
     level: int,
     long_distance: bool,
     name: str | None,
@@ -154,14 +160,15 @@ def pack(
     or an image in a registry, oci://HOST[:PORT]/REPO:TAG (no Docker engine needed).
     """
     from airgap import pack as core
-    from airgap.units import parse_size
+    from airgap.units import parse_media_size
 
     options = core.PackOptions(
         sources=tuple(core.parse_source(s) for s in images),
         out_dir=out_dir,
         key_path=key_path,
         passphrase=_key_passphrase(key_path, passphrase_env),
-        part_size=parse_size(part_size),
+        part_size=parse_media_size(part_size),
+        media_dir_size=parse_media_size(media_dir_size) if media_dir_size else None,
         level=level,
         long_distance=long_distance,
         overwrite=overwrite,
@@ -206,6 +213,13 @@ def sign_command(ctx: click.Context, bundle: Path, key_path: Path, passphrase_en
 
 def _trust_options(f: Any) -> Any:
     f = click.option(
+        "--from",
+        "search",
+        multiple=True,
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        help="another directory holding parts (a mounted volume of a split bundle); repeatable",
+    )(f)
+    f = click.option(
         "--threshold", default=1, show_default=True, type=int, help="valid signatures from distinct trusted keys required"
     )(f)
     return click.option(
@@ -235,6 +249,7 @@ def verify(
     bundle: Path,
     trust: tuple[Path, ...],
     threshold: int,
+    search: tuple[Path, ...],
     jobs: int,
     allow_expired: bool,
     allow_unexpected: bool,
@@ -248,7 +263,9 @@ def verify(
 
     if receipt_key is not None and receipt is None:
         raise UsageError("--receipt-key needs --receipt FILE")
-    options = core.VerifyOptions(bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired, allow_unexpected)
+    options = core.VerifyOptions(
+        bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired, allow_unexpected, search
+    )
     signer = keys.load_private(receipt_key, _key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
     try:
         if receipt is not None:
@@ -321,6 +338,7 @@ def install(
     bundle: Path,
     trust: tuple[Path, ...],
     threshold: int,
+    search: tuple[Path, ...],
     target: str | None,
     plain_http: bool,
     chunk_size: str,
@@ -352,6 +370,7 @@ def install(
         plain_http=plain_http,
         chunk_size=parse_size(chunk_size),
         via=via,
+        search=search,
     )
     result = core.install(options, _reporter(ctx))
     if as_json:

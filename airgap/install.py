@@ -47,6 +47,7 @@ class InstallOptions:
     target: str | None = None  # None: the Docker engine; registry://..., docker-archive:PATH, oci-archive:PATH
     plain_http: bool = False  # registry target without TLS (loopback registries always are)
     chunk_size: int = DEFAULT_CHUNK  # largest single upload request to a registry
+    search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
     via: str = "load"  # Docker engine: "load" (stream an image upload) or "registry" (the engine pulls from loopback)
 
 
@@ -256,7 +257,9 @@ def install(
 ) -> InstallResult:
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
+    bundle, trust_result = load_trusted_bundle(
+        options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
+    )
     for line in trust_result.notes():
         reporter.note(line)
     manifest = bundle.manifest

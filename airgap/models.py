@@ -230,7 +230,10 @@ class Part:
         return part
 
 
-_FILE_PATH_RE = re.compile(r"^installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*$")
+_FILE_PATH_RE = re.compile(
+    r"^(?:installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt)$"
+)
+_VOLUME_RE = re.compile(r"^vol-[0-9]{2,3}$")
 INSTALLER_DIR = "installer"
 
 
@@ -252,6 +255,24 @@ class BundleFile:
         if len(path) > 300:
             raise FormatError(f"manifest: {where}.path is too long")
         return cls(path=path, size=_int(d["size"], f"{where}.size"), sha256=_str(d["sha256"], f"{where}.sha256", _HEX64_RE))
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One medium of a bundle split with --media-dir-size: the parts and files it carries.
+    manifest.json and the signatures are on the first volume."""
+
+    name: str
+    paths: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "paths": list(self.paths)}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Volume:
+        d = _obj(d, where, {"name", "paths"})
+        paths = tuple(_str(x, f"{where}.paths[{i}]") for i, x in enumerate(_list(d["paths"], f"{where}.paths")))
+        return cls(name=_str(d["name"], f"{where}.name", _VOLUME_RE), paths=paths)
 
 
 @dataclass(frozen=True)
@@ -301,16 +322,19 @@ class Manifest:
     expires: str | None = None
     base: str | None = None
     files: tuple[BundleFile, ...] = ()
+    volumes: tuple[Volume, ...] = ()
     schema_version: int = SCHEMA_VERSION
     media_type: str = MANIFEST_MEDIA_TYPE
     _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
     _parts_index: dict[str, list[Part]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _volume_index: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._check()
         self._blob_index.update({b.digest: b for b in self.blobs})
         for part in self.parts:
             self._parts_index.setdefault(part.blob, []).append(part)
+        self._volume_index.update({path: v.name for v in self.volumes for path in v.paths})
 
     # -- semantic checks shared by writer and reader --------------------------------------------
     def _check(self) -> None:
@@ -347,6 +371,20 @@ class Manifest:
             if f.path in paths:
                 raise FormatError(f"manifest: file {f.path} is listed twice")
             paths.add(f.path)
+        if self.volumes:
+            placed: set[str] = set()
+            names = [v.name for v in self.volumes]
+            if len(set(names)) != len(names):
+                raise FormatError("manifest: a volume is listed twice")
+            for volume in self.volumes:
+                for path in volume.paths:
+                    if path not in paths or path in placed:
+                        raise FormatError(
+                            f"manifest: volume {volume.name} lists {path[:120]!r}, not a part or file of the bundle once"
+                        )
+                    placed.add(path)
+            if placed != paths:
+                raise FormatError("manifest: some parts are on no volume")
         for digest, size in sizes.items():
             if digest not in expected_offset:
                 raise FormatError(f"manifest: blob {digest} has no part")
@@ -357,6 +395,9 @@ class Manifest:
                 raise FormatError(f"manifest: {label} is not a UTC time like 2026-01-31T12:00:00Z")
 
     # -- queries --------------------------------------------------------------------------------
+    def volume_of(self, path: str) -> str | None:
+        return self._volume_index.get(path)
+
     def blob(self, digest: str) -> Blob:
         return self._blob_index[digest]
 
@@ -384,6 +425,7 @@ class Manifest:
             "blobs": [b.to_dict() for b in self.blobs],
             "parts": [p.to_dict() for p in self.parts],
             **({"files": [f.to_dict() for f in self.files]} if self.files else {}),
+            **({"volumes": [v.to_dict() for v in self.volumes]} if self.volumes else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -414,7 +456,7 @@ class Manifest:
                 "blobs",
                 "parts",
             },
-            frozenset({"files"}),
+            frozenset({"files", "volumes"}),
         )
         if d["media_type"] != MANIFEST_MEDIA_TYPE:
             raise FormatError("manifest: media_type is not an airgap bundle manifest")
@@ -436,6 +478,7 @@ class Manifest:
             blobs=tuple(Blob.from_dict(x, f"blobs[{i}]") for i, x in enumerate(_list(d["blobs"], "blobs"))),
             parts=tuple(Part.from_dict(x, f"parts[{i}]") for i, x in enumerate(_list(d["parts"], "parts"))),
             files=tuple(BundleFile.from_dict(x, f"files[{i}]") for i, x in enumerate(_list(d.get("files", []), "files"))),
+            volumes=tuple(Volume.from_dict(x, f"volumes[{i}]") for i, x in enumerate(_list(d.get("volumes", []), "volumes"))),
         )
 
     @classmethod

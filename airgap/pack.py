@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,11 +22,12 @@ from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
 from airgap._internal.layout import images_from_archive, read_archive
+from airgap._internal.media import listing, listing_name, plan_volumes, volume_name
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
 from airgap.errors import Error, UsageError
-from airgap.models import Compression, Image, Manifest, Part, format_time, parse_time
+from airgap.models import Compression, Image, Manifest, Part, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
 DEFAULT_PART_SIZE = 1 << 30
@@ -85,6 +86,7 @@ class PackOptions:
     plain_http: bool = False  # registry sources without TLS (loopback registries always are)
     with_installer: bool = False  # add a wheelhouse (installer/wheels) so the offline host can pip-install airgap
     wheelhouse: Path | None = None  # ... taken from this directory instead of built with pip
+    media_dir_size: int | None = None  # split the bundle into vol-NN folders, each fitting a medium this large
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,25 @@ def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: 
     return remote
 
 
+def _split_into_volumes(manifest: Manifest, writer: BundleWriter, capacity: int) -> Manifest:
+    """Assign every part and file to a volume, write each volume's listing, and return the manifest saying so."""
+    items = [(f.path, f.size) for f in manifest.files] + [(p.path, p.size) for p in manifest.parts]
+    # room on the first volume for manifest.json (it grows by the volume lists) and a few signatures
+    first_reserve = 2 * len(manifest.to_bytes()) + 100 * len(items) + (64 << 10)
+    groups = plan_volumes(items, capacity, first_reserve)
+    count = len(groups)
+    listings = {
+        listing_name(i, count): listing(manifest.name, manifest.sequence, i, count, group)
+        for i, group in enumerate(groups, start=1)
+    }
+    written = {f.path: f for f in writer.write_files(dict(listings.items()))}
+    volumes = tuple(
+        Volume(volume_name(i, count), (listing_name(i, count), *(path for path, _ in group)))
+        for i, group in enumerate(groups, start=1)
+    )
+    return replace(manifest, files=(*manifest.files, *written.values()), volumes=volumes)
+
+
 def _platform_filter(images: list[Image], platform: str | None, label: str) -> list[Image]:
     """Archives keep every image unless --platform names some."""
     wanted = parse_platforms(platform)
@@ -340,6 +361,8 @@ def _pack_from(
             parts=tuple(parts),
             files=tuple(files),
         )
+        if options.media_dir_size:
+            manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
         fingerprint, signature = trust.sign(manifest.to_bytes(), private)
         writer.write_manifest(manifest, {fingerprint: signature})
     except BaseException as e:

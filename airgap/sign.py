@@ -45,7 +45,7 @@ def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
     if bad:
         raise PartsFailed(bad)
     fingerprint, signature = trust.sign(bundle.manifest_bytes, private)
-    sig_dir = options.bundle / SIGNATURES_DIR
+    sig_dir = bundle.path / SIGNATURES_DIR
     try:
         sig_dir.mkdir(exist_ok=True)
     except OSError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ class VerifyOptions:
     jobs: int = os.cpu_count() or 1
     allow_expired: bool = False
     allow_unexpected: bool = False  # files in the bundle that the manifest does not list: warn instead of fail
+    search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,11 @@ class PartsFailed(IntegrityError):
     def __init__(self, bad: list[PartResult], report: VerifyReport | None = None) -> None:
         first = bad[0]
         more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-        super().__init__(
-            f"{first.kind} {first.path} {first.problem}{more}",
-            hint="copy the named part(s) again from the original medium, then verify again",
-        )
+        missing_volumes = sorted({m.group(1) for b in bad if (m := re.search(r"is missing \(on (vol-\d+)\)$", b.problem or ""))})
+        hint = "copy the named part(s) again from the original medium, then verify again"
+        if missing_volumes:
+            hint = f"mount the media labelled {', '.join(missing_volumes)} and pass each directory with --from"
+        super().__init__(f"{first.kind} {first.path} {first.problem}{more}", hint=hint)
         self.bad = bad
         self.report = report
 
@@ -167,7 +170,9 @@ def check_part(
         except OSError as e:
             raise EnvironmentProblem(f"cannot read {label}: {e.strerror}", hint="the medium may be failing") from e
     if sha.hexdigest() != part.sha256:
-        return PartResult(part.path, False, "does not match its sha256 in the manifest (damaged or replaced)", kind)
+        volume = bundle.manifest.volume_of(part.path)
+        where = f" (on {volume})" if volume else ""
+        return PartResult(part.path, False, f"does not match its sha256 in the manifest (damaged or replaced){where}", kind)
     if cache is not None and key:
         cache.add(key)
     return PartResult(part.path, True, kind=kind)
@@ -188,7 +193,9 @@ def check_parts(
 def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle, trust_result = load_trusted_bundle(options.bundle, options.trusted, options.threshold, options.allow_expired)
+    bundle, trust_result = load_trusted_bundle(
+        options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
+    )
     for line in trust_result.notes():
         reporter.note(line)
     results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))

@@ -30,14 +30,19 @@ from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part
 from airgap._internal.tarstream import EntryReader
 from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
 from airgap.keys import PublicKey
-from airgap.models import MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
+from airgap.models import INSTALLER_DIR, MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
 from airgap.trust import TrustResult, check_trust
 
 STAGING_DIR = ".airgap-staging"
+VOLUME_GLOB = "vol-[0-9][0-9]*"
 JOURNAL = "journal.jsonl"
 MAX_MANIFEST_BYTES = 64 << 20
 COPY_BLOCK = 4 << 20
 _SIG_RE = re.compile(r"^([0-9a-f]{64})\.sig$")
+
+
+def _is_volume_name(name: str) -> bool:
+    return bool(re.fullmatch(r"vol-[0-9]{2,3}|volume-[0-9]{2,3}\.txt", name))
 
 
 class BundleWriter:
@@ -77,16 +82,21 @@ class BundleWriter:
             interrupted = (
                 MANIFEST_NAME not in names
                 and (self._journal_path).is_file()
-                and names <= {STAGING_DIR, PARTS_DIR, SIGNATURES_DIR}
+                and all(n in {STAGING_DIR, PARTS_DIR, SIGNATURES_DIR, INSTALLER_DIR} or _is_volume_name(n) for n in names)
             )
             if not overwrite and not interrupted:
                 raise ConflictError(f"output directory {out} is not empty", hint="choose an empty directory or pass --overwrite")
-            # the manifest goes first, so an interrupted overwrite never leaves a bundle that looks complete
+            # manifests go first, so an interrupted overwrite never leaves a bundle that looks complete
             (out / MANIFEST_NAME).unlink(missing_ok=True)
-            for name in (
-                (SIGNATURES_DIR, PARTS_DIR) if interrupted and not overwrite else (SIGNATURES_DIR, PARTS_DIR, STAGING_DIR)
-            ):
-                shutil.rmtree(out / name, ignore_errors=True)
+            for volume in out.glob(VOLUME_GLOB):
+                (volume / MANIFEST_NAME).unlink(missing_ok=True)
+            for entry in out.iterdir():
+                if entry.name == STAGING_DIR and interrupted and not overwrite:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
             if interrupted and not overwrite:
                 self._load_journal()
         try:
@@ -221,12 +231,25 @@ class BundleWriter:
         return written
 
     def write_manifest(self, manifest: Manifest, signatures: dict[str, bytes]) -> bytes:
+        """Write the signatures, then manifest.json: last, so the bundle looks complete only once it is.
+        A bundle split into volumes has them on its first volume, each part and file moved to its volume first."""
         data = manifest.to_bytes()
-        sig_dir = self.out_dir / SIGNATURES_DIR
+        home = self.out_dir
+        if manifest.volumes:
+            for volume in manifest.volumes:
+                for path in volume.paths:
+                    target = self.out_dir / volume.name / path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.out_dir / path, target)
+                fsutil.fsync_dir(self.out_dir / volume.name)
+            for leftover in (PARTS_DIR, INSTALLER_DIR):
+                shutil.rmtree(self.out_dir / leftover, ignore_errors=True)
+            home = self.out_dir / manifest.volumes[0].name
+        sig_dir = home / SIGNATURES_DIR
         sig_dir.mkdir(exist_ok=True)
         for fp, sig in signatures.items():
             fsutil.atomic_write(sig_dir / f"{fp}.sig", sig)
-        fsutil.atomic_write(self.out_dir / MANIFEST_NAME, data)
+        fsutil.atomic_write(home / MANIFEST_NAME, data)
         return data
 
     def cleanup(self) -> None:
@@ -245,13 +268,36 @@ class BundleWriter:
 
 @dataclass(frozen=True)
 class LoadedBundle:
-    path: Path
+    path: Path  # the directory holding manifest.json
     manifest_bytes: bytes
     manifest: Manifest
     signatures: dict[str, bytes]
+    search: tuple[Path, ...] = ()  # more directories holding parts (other volumes, --from)
 
     def part_file(self, part: Part | BundleFile) -> Path:
-        return self.path / part.path
+        """Where a part is: in the bundle directory, else in the first search directory that has it."""
+        first = self.path / part.path
+        if os.path.lexists(first):
+            return first
+        for directory in self.search:
+            candidate = directory / part.path
+            if os.path.lexists(candidate):
+                return candidate
+        return first
+
+
+def locate(bundle: Path, extra: Sequence[Path] = ()) -> tuple[Path, tuple[Path, ...]]:
+    """The directory holding manifest.json, and where else to look for parts.
+
+    A bundle packed with --media-dir-size is a directory of vol-NN folders: the one holding
+    manifest.json comes first, the others are searched, then ``extra`` (--from).
+    """
+    if not (bundle / MANIFEST_NAME).exists() and bundle.is_dir():
+        volumes = sorted(p for p in bundle.glob(VOLUME_GLOB) if p.is_dir())
+        primary = [v for v in volumes if (v / MANIFEST_NAME).exists()]
+        if primary:
+            return primary[0], tuple(v for v in volumes if v != primary[0]) + tuple(extra)
+    return bundle, tuple(extra)
 
 
 def read_manifest_bytes(bundle: Path) -> bytes:
@@ -293,27 +339,29 @@ def _naming_manifest(bundle: Path, e: FormatError) -> FormatError:
     return FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint)
 
 
-def load_bundle(bundle: Path) -> LoadedBundle:
+def load_bundle(bundle: Path, extra: Sequence[Path] = ()) -> LoadedBundle:
     """Read and parse a bundle's manifest without checking who signed it (inspect, sign)."""
+    bundle, search = locate(bundle, extra)
     data = read_manifest_bytes(bundle)
     try:
         manifest = Manifest.from_bytes(data)
     except FormatError as e:
         raise _naming_manifest(bundle, e) from e
-    return LoadedBundle(bundle, data, manifest, read_signatures(bundle))
+    return LoadedBundle(bundle, data, manifest, read_signatures(bundle), search)
 
 
 def load_trusted_bundle(
-    bundle: Path, trusted: Sequence[PublicKey], threshold: int, allow_expired: bool
+    bundle: Path, trusted: Sequence[PublicKey], threshold: int, allow_expired: bool, extra: Sequence[Path] = ()
 ) -> tuple[LoadedBundle, TrustResult]:
     """Read a bundle's manifest and signatures; authenticate before parsing (see trust.check_trust)."""
+    bundle, search = locate(bundle, extra)
     data = read_manifest_bytes(bundle)
     signatures = read_signatures(bundle)
     try:
         manifest, result = check_trust(data, signatures, trusted, threshold, allow_expired, datetime.now(timezone.utc))
     except FormatError as e:
         raise _naming_manifest(bundle, e) from e
-    return LoadedBundle(bundle, data, manifest, signatures), result
+    return LoadedBundle(bundle, data, manifest, signatures, search), result
 
 
 def iter_blob(
@@ -352,12 +400,21 @@ def iter_blob(
 def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
     """Open a part (or listed file) for reading: present, a regular file (no symlink), of the size the manifest says."""
     label = f"{'part' if isinstance(part, Part) else 'file'} {part.path}"
-    fh = fsutil.open_regular(bundle.part_file(part), label)
+    volume = bundle.manifest.volume_of(part.path)
+    on = f" (on {volume})" if volume else ""
+    try:
+        fh = fsutil.open_regular(bundle.part_file(part), label)
+    except IntegrityError as e:
+        if volume is not None:
+            e.message += on
+            if e.message.startswith(f"{label} is missing"):
+                e.hint = f"mount the medium labelled {volume} and pass its directory with --from"
+        raise
     size = os.fstat(fh.fileno()).st_size
     if size != part.size:
         fh.close()
         raise IntegrityError(
-            f"{label} is {size} bytes, the manifest says {part.size} (truncated or damaged)",
+            f"{label} is {size} bytes, the manifest says {part.size} (truncated or damaged){on}",
             hint="copy the part again from the original medium",
         )
     return fh

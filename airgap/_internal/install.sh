@@ -2,9 +2,11 @@
 # Install an airgap bundle without Python: check the signature with openssl, every part and file with
 # sha256sum, then stream the parts through zstd into 'docker load'.  POSIX sh (dash, busybox ash).
 #
-#   sh installer/install.sh --trust SIGNER.pub [--replace] [--allow-expired] [--platform OS/ARCH] [BUNDLE]
+#   sh installer/install.sh --trust SIGNER.pub [--replace] [--allow-expired] [--platform OS/ARCH]
+#                           [--from DIR ...] [BUNDLE]
 #
-# BUNDLE defaults to the bundle this script sits in.  Needs docker, openssl (1.1.1 or 3.x), sha256sum,
+# BUNDLE defaults to the bundle this script sits in; --from adds directories holding more parts (the
+# other volumes of a bundle split over several media).  Needs docker, openssl (1.1.1 or 3.x), sha256sum,
 # zstd, awk and dd.  Exit codes are airgap's: 0 ok, 2 usage, 3 not a bundle, 4 damaged or missing part,
 # 5 signature or expiry, 6 Docker or tools missing, 7 a tag would move.
 #
@@ -13,7 +15,7 @@
 set -u
 
 usage() {
-  echo "usage: install.sh --trust SIGNER.pub [--replace] [--allow-expired] [--platform OS/ARCH] [BUNDLE]" >&2
+  echo "usage: install.sh --trust SIGNER.pub [--replace] [--allow-expired] [--platform OS/ARCH] [--from DIR ...] [BUNDLE]" >&2
   exit 2
 }
 
@@ -29,6 +31,7 @@ replace=0
 allow_expired=0
 platform=
 bundle=
+from=
 while [ $# -gt 0 ]; do
   case $1 in
   --trust) [ $# -ge 2 ] || usage; trust=$2; shift 2 ;;
@@ -37,7 +40,10 @@ while [ $# -gt 0 ]; do
   --allow-expired) allow_expired=1; shift ;;
   --platform) [ $# -ge 2 ] || usage; platform=$2; shift 2 ;;
   --platform=*) platform=${1#--platform=}; shift ;;
-  -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+  --from) [ $# -ge 2 ] || usage; [ -d "$2" ] || die 2 "--from $2 is not a directory"
+    from="$from$(cd "$2" && pwd)
+"; shift 2 ;;
+  -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
   -*) usage ;;
   *) [ -z "$bundle" ] || usage; bundle=$1; shift ;;
   esac
@@ -49,6 +55,7 @@ if [ -z "$bundle" ]; then
   bundle=$(cd "$(dirname "$0")/.." && pwd) || die 2 "cannot find the bundle around $0"
 fi
 cd "$bundle" 2>/dev/null || die 2 "bundle $bundle is not a directory" "pass the bundle directory"
+bundle=$(pwd)
 
 for tool in docker openssl sha256sum zstd awk dd; do
   command -v "$tool" >/dev/null 2>&1 || die 6 "$tool is not installed" "install it (Debian: docker.io, openssl, coreutils, zstd, mawk)"
@@ -82,10 +89,29 @@ fi
 
 # 3. every part and file against its sha256 in the manifest
 awk -F'"' '$2 == "path" { p = $4 } $2 == "sha256" && p != "" { print $4 "  " p; p = "" }' manifest.json >"$tmp/sums"
-bad=$(grep -Ev '^[0-9a-f]{64}  (parts/[0-9a-f]{64}\.[0-9]{5}\.zst|installer/[A-Za-z0-9_+-][A-Za-z0-9._+/-]*)$' "$tmp/sums" | head -n 1)
+bad=$(grep -Ev '^[0-9a-f]{64}  (parts/[0-9a-f]{64}\.[0-9]{5}\.zst|installer/[A-Za-z0-9_+-][A-Za-z0-9._+/-]*|volume-[0-9]{2,3}\.txt)$' "$tmp/sums" | head -n 1)
 [ -z "$bad" ] || die 3 "manifest.json lists a path airgap never writes: ${bad#*  }" "do not use this bundle"
 grep -Eq '(  |/)\.\.(/|$)' "$tmp/sums" && die 3 "manifest.json lists a path outside the bundle" "do not use this bundle"
 [ -s "$tmp/sums" ] || die 3 "manifest.json lists no part"
+if [ -n "$from" ]; then
+  # a view of the bundle with every part found in the bundle or a --from directory
+  mkdir "$tmp/view" || die 6 "cannot create a temporary directory"
+  nl='
+'
+  while read -r _ path; do
+    found=
+    set -f
+    IFS=$nl
+    for dir in $bundle$nl$from; do
+      if [ -f "$dir/$path" ]; then found=$dir/$path; break; fi
+    done
+    unset IFS
+    set +f
+    [ -n "$found" ] || continue
+    mkdir -p "$tmp/view/$(dirname "$path")" && ln -s "$found" "$tmp/view/$path" || die 6 "cannot link $path"
+  done <"$tmp/sums"
+  cd "$tmp/view" || die 6 "cannot enter $tmp/view"
+fi
 total=$(wc -l <"$tmp/sums")
 echo "checking $total parts and files against the signed manifest..." >&2
 sha256sum -c "$tmp/sums" >"$tmp/check" 2>/dev/null
@@ -134,7 +160,7 @@ emit() {
   while read -r op a b; do
     case $op in
     block) dd if="$blocks" bs=512 skip="$a" count="$b" 2>/dev/null || return 1 ;;
-    part) zstd -dcq -- "$a" || return 1 ;;
+    part) zstd -dcq <"$a" || return 1 ;;
     zero) dd if=/dev/zero bs="$a" count=1 2>/dev/null || return 1 ;;
     image | "#"*) ;;
     *) return 1 ;;
