@@ -23,13 +23,15 @@ def test_media_presets() -> None:
     assert parse_media_size("700MB") == 700_000_000
 
 
+def _pack_split(cli, samples, keypair, out: Path, part_size: str, medium: str):  # type: ignore[no-untyped-def]
+    archive = f"docker-archive:{samples['docker'].path}"
+    return cli("pack", archive, "-o", str(out), "--key", str(keypair[0]), "--part-size", part_size, "--media-dir-size", medium)
+
+
 @pytest.fixture
 def split_bundle(cli, samples, keypair, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     out = tmp_path / "split"
-    r = cli(
-        "pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]),
-        "--part-size", "1MiB", "--media-dir-size", "3MiB",
-    )  # fmt: skip
+    r = _pack_split(cli, samples, keypair, out, "1MiB", "3MiB")
     assert r.code == 0, r.err
     return out
 
@@ -84,10 +86,7 @@ def test_damaged_part_is_reported_with_its_volume(cli, split_bundle: Path, keypa
 
 def test_medium_smaller_than_a_part_is_refused(cli, samples, keypair, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    r = cli(
-        "pack", f"docker-archive:{samples['docker'].path}", "-o", str(out), "--key", str(keypair[0]),
-        "--part-size", "2MiB", "--media-dir-size", "2MiB",
-    )  # fmt: skip
+    r = _pack_split(cli, samples, keypair, out, "2MiB", "2MiB")
     assert r.code == 2, r.err
     assert "does not fit on a medium" in r.err or "leaves no room" in r.err
     assert not any(out.rglob("manifest.json"))
