@@ -130,6 +130,11 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
     type=click.Path(path_type=Path, file_okay=False),
     help="with --with-installer: take the wheels from this directory instead of downloading them with pip",
 )
+@click.option(
+    "--since",
+    type=click.Path(path_type=Path, exists=True),
+    help="a delta: leave out the layers an older bundle already has (its directory or manifest.json)",
+)
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
@@ -151,6 +156,7 @@ def pack(
     plain_http: bool,
     with_installer: bool,
     wheelhouse: Path | None,
+    since: Path | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -179,6 +185,7 @@ def pack(
         plain_http=plain_http,
         with_installer=with_installer or wheelhouse is not None,
         wheelhouse=wheelhouse,
+        since=since,
     )
     result = core.pack(options, _reporter(ctx))
     if as_json:
@@ -313,6 +320,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--plain-http", is_flag=True, help="talk plain HTTP to a registry target (loopback registries always do)")
 @click.option("--chunk-size", default="128MiB", show_default=True, help="largest single upload request to a registry")
 @click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="a delta's base bundle: supplies the layers the delta leaves out, when the target lacks them",
+)
+@click.option(
     "--via",
     type=click.Choice(["load", "registry"]),
     default="load",
@@ -342,6 +354,7 @@ def install(
     target: str | None,
     plain_http: bool,
     chunk_size: str,
+    base: Path | None,
     via: str,
     replace: bool,
     platform: str | None,
@@ -371,6 +384,7 @@ def install(
         chunk_size=parse_size(chunk_size),
         via=via,
         search=search,
+        base=base,
     )
     result = core.install(options, _reporter(ctx))
     if as_json:
@@ -430,6 +444,21 @@ def pull(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overw
         f"pulled {result.reference} into {out_dir}: {result.files} files, "
         f"{human_bytes(result.bytes_sent)} downloaded of {human_bytes(result.bytes_total)}; now run 'airgap verify {out_dir}'"
     )
+
+
+@cli.command(name="diff")
+@click.argument("a", type=click.Path(path_type=Path, exists=True))
+@click.argument("b", type=click.Path(path_type=Path, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print the differences as JSON")
+def diff_command(a: Path, b: Path, as_json: bool) -> None:
+    """Show which images, layers and bytes differ between bundles A and B (their directories or manifest.json)."""
+    from airgap import diff as core
+
+    result = core.diff(a, b)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.render())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

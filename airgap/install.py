@@ -11,22 +11,22 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
-from airgap._internal.bundle import LoadedBundle, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
+from airgap._internal.bundle import LoadedBundle, attach_base, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
 from airgap._internal.cache import VerifiedCache
-from airgap._internal.engine import Engine
+from airgap._internal.engine import Engine, chain_id
 from airgap._internal.oci import docker_save_layout
-from airgap._internal.pipeline import threaded
+from airgap._internal.pipeline import PrefetchReader, threaded
 from airgap._internal.registry import DEFAULT_CHUNK
 from airgap._internal.serve import BundleRegistry
 from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
 from airgap._internal.state import InstallState, cache_path
 from airgap._internal.state import default_path as default_state_path
-from airgap.errors import ConflictError, DockerError, UsageError
+from airgap.errors import ConflictError, DockerError, IntegrityError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import Image, Platform, format_time
 from airgap.progress import NullReporter, Reporter
@@ -48,6 +48,7 @@ class InstallOptions:
     plain_http: bool = False  # registry target without TLS (loopback registries always are)
     chunk_size: int = DEFAULT_CHUNK  # largest single upload request to a registry
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
+    base: Path | None = None  # a delta's base bundle, for layers the target does not hold
     via: str = "load"  # Docker engine: "load" (stream an image upload) or "registry" (the engine pulls from loopback)
 
 
@@ -72,6 +73,8 @@ class InstallResult:
     seconds: float
     parts_hashed: int = 0
     parts_cached: int = 0  # verified before (by verify or an interrupted install) and not hashed again
+    layers_present: int = 0  # layers the engine already held: not read from the bundle at all
+    layers_from_engine: int = 0  # a delta's base layers the engine holds under another chain: exported and checked
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -95,6 +98,8 @@ class InstallResult:
             "bytes_streamed": self.bytes_streamed,
             "parts_hashed": self.parts_hashed,
             "parts_cached": self.parts_cached,
+            "layers_present": self.layers_present,
+            "layers_from_engine": self.layers_from_engine,
             "seconds": round(self.seconds, 3),
         }
 
@@ -135,16 +140,90 @@ def load_stream(
     on_bytes: Callable[[int], None],
     cache: VerifiedCache | None = None,
     counts: dict[str, int] | None = None,
+    held: frozenset[str] = frozenset(),
+    exported: ExportPlan | None = None,
+    engine: Engine | None = None,
 ) -> Iterator[bytes]:
-    """A docker-save archive of ``images``, built from verified parts; manifest.json comes last."""
-    entries, body = docker_save_layout(images)
+    """A docker-save archive of ``images``, built from verified parts; manifest.json comes last.
+
+    Layers in ``held`` are left out: the engine has them (their chains) and does not open their files.
+    Layers in ``exported`` come from the engine's export of other images, matched by their digest."""
+    elsewhere: dict[str, str] = {}
+    if exported is not None and exported.layers and engine is not None:
+        yield from _exported_layers(engine, exported, elsewhere, on_bytes)
+    entries, body = docker_save_layout(images, elsewhere)
     for name, digest, size in entries:
+        if digest in held:
+            continue
         yield tarstream.header(name, size)
         for data in iter_blob(bundle, digest, cache=cache, counts=counts):
             on_bytes(len(data))
             yield data
         yield tarstream.padding(size)
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Layers a delta leaves out that the engine holds under other chains: they are exported from these images."""
+
+    images: tuple[str, ...] = ()
+    layers: dict[str, str] = field(default_factory=dict)  # layer digest -> its diff ID
+    size: int = 0
+
+
+def _layers_from_engine(engine: Engine, bundle: LoadedBundle, images: list[Image], held: frozenset[str]) -> ExportPlan:
+    wanted: dict[str, str] = {}
+    size = 0
+    for image in images:
+        for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+            carried = bundle.manifest.has_blob(layer.digest) or (
+                bundle.base is not None and bundle.base.manifest.has_blob(layer.digest)
+            )
+            if not carried and layer.digest not in held and layer.digest not in wanted:
+                wanted[layer.digest] = diff_id
+                size += layer.size
+    if not wanted:
+        return ExportPlan()
+    sources, missing = engine.images_holding(set(wanted.values()))
+    if missing:
+        return ExportPlan()  # _precheck names what is missing
+    return ExportPlan(tuple(sources), wanted, size)
+
+
+def _exported_layers(engine: Engine, plan: ExportPlan, names: dict[str, str], on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+    """Stream the layer files of the engine's export of ``plan.images`` into the upload, each under a name of
+    its own; record in ``names`` which member holds which wanted layer (by its sha256, its diff ID)."""
+    by_diff = {diff: digest for digest, diff in plan.layers.items()}
+    n = 0
+    for image_id in plan.images:
+        with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
+            for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
+                named = entry.name.removeprefix("blobs/sha256/")
+                is_layer = entry.name.endswith("/layer.tar") or entry.name.startswith("blobs/sha256/")
+                unwanted = named != entry.name and f"sha256:{named}" not in by_diff  # OCI layout: the name is the digest
+                if entry.kind != "file" or not is_layer or unwanted or all(d in names for d in plan.layers):
+                    reader.drain()
+                    continue
+                n += 1
+                member = f"from-engine-{n}/layer.tar"
+                yield tarstream.header(member, entry.size)
+                sha = hashlib.sha256()
+                while reader.remaining:
+                    data = reader.read(min(1 << 20, reader.remaining))
+                    sha.update(data)
+                    on_bytes(len(data))
+                    yield data
+                yield tarstream.padding(entry.size)
+                digest = by_diff.get("sha256:" + sha.hexdigest())
+                if digest is not None:
+                    names[digest] = member
+    lacking = [d for d in plan.layers if d not in names]
+    if lacking:
+        raise IntegrityError(
+            f"the engine's export did not hold layer {plan.layers[lacking[0]][:19]} of the delta's base",
+            hint="pass the base bundle with --base OLD_BUNDLE",
+        )
 
 
 def _pull_from_loopback(
@@ -182,14 +261,40 @@ def _pull_from_loopback(
                         engine.untag(str(digest_ref))
 
 
-def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> int:
-    """Refuse unlisted files, and missing, linked or truncated parts, before sending anything.  Returns the blob bytes."""
-    digests = {d.digest for image in images for d in (image.config, *image.layers)}
+def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool, skip: frozenset[str] = frozenset()) -> int:
+    """Refuse unlisted files, and missing, linked or truncated parts, before sending anything.  Returns the blob bytes.
+
+    ``skip``: layers the target already holds (they are not read).  Layers of a delta's base bundle are
+    checked in that bundle."""
+    digests = {d.digest for image in images for d in (image.config, *image.layers)} - skip
     refuse_unexpected(bundle, allow_unexpected)
-    for part in bundle.manifest.parts:
-        if part.blob in digests:
-            open_part(bundle, part).close()
-    return sum(bundle.manifest.blob(d).size for d in digests)
+    total = 0
+    for digest in digests:
+        source = bundle
+        if not bundle.manifest.has_blob(digest):
+            if bundle.base is None or not bundle.base.manifest.has_blob(digest):
+                raise UsageError(
+                    f"layer {digest[:19]} is not in this delta bundle, and the target does not hold it",
+                    hint="pass the base bundle with --base OLD_BUNDLE (or install the base bundle first)",
+                )
+            source = bundle.base
+        for part in source.manifest.parts_of(digest):
+            open_part(source, part).close()
+        total += source.manifest.blob(digest).size
+    return total
+
+
+def _held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:
+    """Layers the engine already has, chain and all, for every image that uses them: docker load skips them."""
+    chains = engine.layer_chains()
+    held: set[str] = set()
+    needed: set[str] = set()
+    for image in images:
+        chain = None
+        for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+            chain = chain_id(chain, diff_id)
+            (held if chain in chains else needed).add(layer.digest)
+    return frozenset(held - needed)
 
 
 def _deliver(
@@ -205,7 +310,10 @@ def _deliver(
     images = list(bundle.manifest.images)
     if options.platform:
         images = select_images(bundle.manifest.images, parse_platform(options.platform), True, reporter.note)
-    total = _precheck(bundle, images, options.allow_unexpected)
+    # a delta's layers without --base: a registry may hold them already (checked blob by blob)
+    external = frozenset(d.digest for d in bundle.manifest.external_layers())
+    skip = external if target.kind == "registry" and bundle.base is None else frozenset()
+    total = _precheck(bundle, images, options.allow_unexpected, skip)
     streamed = 0
 
     def on_bytes(n: int) -> None:
@@ -262,6 +370,9 @@ def install(
     )
     for line in trust_result.notes():
         reporter.note(line)
+    if options.base is not None:
+        base, _ = load_trusted_bundle(options.base, options.trusted, options.threshold, True)
+        bundle = attach_base(bundle, base)
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
     state_path = options.state or default_state_path()
@@ -308,7 +419,17 @@ def _install(
         done = tuple(InstalledImage(i.image_id, i.ref_names, str(i.platform), "already present") for i in images)
         return InstallResult(options.bundle, trust_result, done, 0, time.monotonic() - started)
 
-    total = _precheck(bundle, images, options.allow_unexpected)
+    held = _held_layers(engine, images) if options.via == "load" else frozenset()
+    exported = _layers_from_engine(engine, bundle, images, held) if options.via == "load" else ExportPlan()
+    total = _precheck(bundle, images, options.allow_unexpected, held | frozenset(exported.layers))
+    total += exported.size
+    if held:
+        reporter.note(f"{len(held)} layer(s) already in the engine: not read from the bundle")
+    if exported.layers:
+        reporter.note(
+            f"{len(exported.layers)} layer(s) of the delta's base taken from the engine's own copy "
+            f"(exported from {len(exported.images)} image(s), each checked against its digest)"
+        )
     root = engine.root_dir()
     if root is not None:
         # the engine unpacks the whole upload into its data root, then registers the layers there
@@ -328,7 +449,7 @@ def _install(
     if options.via == "registry":
         _pull_from_loopback(engine, bundle, images, cache, counts, on_bytes)
     else:
-        engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts)))
+        engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts, held, exported, engine)))
     reporter.finish()
 
     loaded = []
@@ -347,4 +468,6 @@ def _install(
         time.monotonic() - started,
         counts.get("hashed", 0),
         counts.get("cached", 0),
+        len(held),
+        len(exported.layers),
     )

@@ -349,6 +349,8 @@ class Manifest:
         for image in self.images:
             for desc in (image.config, *image.layers):
                 if desc.digest not in sizes:
+                    if self.base is not None and desc in image.layers:
+                        continue  # a delta: the layer comes from the base bundle
                     raise FormatError(f"manifest: image blob {desc.digest} is not among the bundle's blobs")
                 if sizes[desc.digest] != desc.size:
                     raise FormatError(f"manifest: blob {desc.digest} has two different sizes")
@@ -395,6 +397,18 @@ class Manifest:
                 raise FormatError(f"manifest: {label} is not a UTC time like 2026-01-31T12:00:00Z")
 
     # -- queries --------------------------------------------------------------------------------
+    def external_layers(self) -> list[Descriptor]:
+        """Layers a delta bundle does not carry: they come from its base bundle (or are in the target already)."""
+        seen: dict[str, Descriptor] = {}
+        for image in self.images:
+            for layer in image.layers:
+                if layer.digest not in self._blob_index:
+                    seen.setdefault(layer.digest, layer)
+        return list(seen.values())
+
+    def has_blob(self, digest: str) -> bool:
+        return digest in self._blob_index
+
     def volume_of(self, path: str) -> str | None:
         return self._volume_index.get(path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil, wheelhouse
-from airgap._internal.bundle import BundleWriter
+from airgap._internal.bundle import BundleWriter, locate, read_manifest_bytes
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
@@ -26,7 +27,7 @@ from airgap._internal.media import listing, listing_name, plan_volumes, volume_n
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
-from airgap.errors import Error, UsageError
+from airgap.errors import Error, FormatError, IntegrityError, UsageError
 from airgap.models import Compression, Image, Manifest, Part, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
@@ -87,6 +88,7 @@ class PackOptions:
     with_installer: bool = False  # add a wheelhouse (installer/wheels) so the offline host can pip-install airgap
     wheelhouse: Path | None = None  # ... taken from this directory instead of built with pip
     media_dir_size: int | None = None  # split the bundle into vol-NN folders, each fitting a medium this large
+    since: Path | None = None  # a delta: leave out the layers of this older bundle (its directory or manifest.json)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,25 @@ def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: 
     return remote
 
 
+def _base_of(since: Path) -> tuple[str, set[str]]:
+    """The manifest digest of the bundle a delta builds on, and every layer its images have."""
+    if since.is_dir():
+        data = read_manifest_bytes(locate(since)[0])
+    else:
+        try:
+            with fsutil.open_regular(since, str(since)) as fh:
+                data = fh.read(64 << 20)
+        except IntegrityError as e:
+            raise UsageError(
+                f"--since {since}: {e.message}", hint="name the older bundle's directory or its manifest.json"
+            ) from e
+    try:
+        old = Manifest.from_bytes(data)
+    except FormatError as e:
+        raise FormatError(f"--since {since}: {e.message}", hint="name the older bundle's directory or its manifest.json") from e
+    return "sha256:" + hashlib.sha256(data).hexdigest(), {layer.digest for image in old.images for layer in image.layers}
+
+
 def _split_into_volumes(manifest: Manifest, writer: BundleWriter, capacity: int) -> Manifest:
     """Assign every part and file to a volume, write each volume's listing, and return the manifest saying so."""
     items = [(f.path, f.size) for f in manifest.files] + [(p.path, p.size) for p in manifest.parts]
@@ -334,11 +355,21 @@ def _pack_from(
         reporter.finish()
         images = _merge(images)
         digests = [d.digest for image in images for d in (image.config, *image.layers)]
+        base = None
+        if options.since is not None:
+            base, old_layers = _base_of(options.since)
+            configs = {image.config.digest for image in images}
+            digests = [d for d in digests if d not in old_layers or d in configs]
+            wanted = {layer.digest for image in images for layer in image.layers}
+            reporter.note(
+                f"delta since {options.since}: {len(wanted - old_layers)} new layer(s); "
+                f"{len(wanted & old_layers)} left to the base bundle"
+            )
         blobs, parts = writer.commit_parts(digests)
         parts_by_blob: dict[str, list[Part]] = {}
         for part in parts:
             parts_by_blob.setdefault(part.blob, []).append(part)
-        side: dict[str, bytes | Path] = dict(installer_files(images, lambda digest: parts_by_blob[digest]))
+        side: dict[str, bytes | Path] = dict(installer_files(images, parts_by_blob.get))
         with tempfile.TemporaryDirectory(prefix=".airgap-wheels-", dir=options.out_dir) as tmp:
             if options.with_installer:
                 if options.wheelhouse is None:
@@ -360,6 +391,7 @@ def _pack_from(
             blobs=tuple(blobs),
             parts=tuple(parts),
             files=tuple(files),
+            base=base,
         )
         if options.media_dir_size:
             manifest = _split_into_volumes(manifest, writer, options.media_dir_size)

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +28,7 @@ from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data
 from airgap._internal.tarstream import EntryReader
-from airgap.errors import ConflictError, FormatError, IntegrityError, UsageError
+from airgap.errors import ConflictError, FormatError, IntegrityError, TrustError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import INSTALLER_DIR, MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
 from airgap.trust import TrustResult, check_trust
@@ -273,6 +273,7 @@ class LoadedBundle:
     manifest: Manifest
     signatures: dict[str, bytes]
     search: tuple[Path, ...] = ()  # more directories holding parts (other volumes, --from)
+    base: LoadedBundle | None = None  # a delta's base bundle (install --base): where its external layers come from
 
     def part_file(self, part: Part | BundleFile) -> Path:
         """Where a part is: in the bundle directory, else in the first search directory that has it."""
@@ -376,6 +377,14 @@ def iter_blob(
     Parts found in ``cache`` are not hashed again (the blob digest still covers them); parts hashed
     here are added to it.  ``counts`` tallies "hashed" and "cached" parts.
     """
+    if not bundle.manifest.has_blob(digest):
+        if bundle.base is None:
+            raise UsageError(
+                f"blob {digest} is in the base bundle of this delta, not in the delta",
+                hint="pass the base bundle with --base OLD_BUNDLE",
+            )
+        yield from iter_blob(bundle.base, digest, block, cache, counts)
+        return
     sha = hashlib.sha256()
     total = 0
     tally = counts if counts is not None else {}
@@ -395,6 +404,20 @@ def iter_blob(
             f"blob {digest} rebuilt from its parts does not match its digest",
             hint="the manifest was built from different data; do not use this bundle",
         )
+
+
+def attach_base(bundle: LoadedBundle, base: LoadedBundle) -> LoadedBundle:
+    """A delta with its base bundle: the base must be the very bundle the delta names (by manifest digest)."""
+    digest = "sha256:" + hashlib.sha256(base.manifest_bytes).hexdigest()
+    if bundle.manifest.base is None:
+        raise UsageError(f"bundle {bundle.path} is not a delta; it needs no --base")
+    if digest != bundle.manifest.base:
+        raise TrustError(
+            f"--base {base.path} is not the bundle this delta was made against (its manifest is {digest[:19]}, "
+            f"the delta names {bundle.manifest.base[:19]})",
+            hint="pass the exact bundle given to 'pack --since'",
+        )
+    return replace(bundle, base=base)
 
 
 def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:

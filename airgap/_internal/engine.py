@@ -5,6 +5,7 @@ Every docker or transport exception is converted here into :class:`~airgap.error
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -149,6 +150,39 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail("image load failed", e) from e
 
+    def layer_chains(self) -> set[str]:
+        """The chain IDs of every layer the engine's images use: 'docker load' skips a layer whose chain it has."""
+        chains: set[str] = set()
+        try:
+            for summary in self.api.images(all=True):
+                layers = ((self.inspect(str(summary["Id"])) or {}).get("RootFS") or {}).get("Layers") or []
+                chain = None
+                for diff_id in layers:
+                    chain = chain_id(chain, str(diff_id))
+                    chains.add(chain)
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail("listing images failed", e) from e
+        return chains
+
+    def images_holding(self, diff_ids: set[str]) -> tuple[list[str], set[str]]:
+        """Images whose layers cover ``diff_ids`` (a few, greedily), and the diff IDs no image has."""
+        layers_of: dict[str, set[str]] = {}
+        try:
+            for summary in self.api.images(all=True):
+                image_id = str(summary["Id"])
+                layers = ((self.inspect(image_id) or {}).get("RootFS") or {}).get("Layers") or []
+                layers_of[image_id] = {str(d) for d in layers} & diff_ids
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail("listing images failed", e) from e
+        wanted, chosen = set(diff_ids), []
+        while wanted:
+            best = max(layers_of, key=lambda i: len(layers_of[i] & wanted), default=None)
+            if best is None or not layers_of[best] & wanted:
+                break
+            chosen.append(best)
+            wanted -= layers_of[best]
+        return chosen, wanted
+
     def pull(self, ref: str) -> None:
         """POST /images/create: pull ``ref`` (repository:tag); errors from the progress stream raise DockerError."""
         repo, _, tag = ref.rpartition(":")
@@ -173,6 +207,13 @@ class Engine:
         """Whether the engine shares this host's loopback (a unix socket or a loopback TCP address)."""
         host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         return host.startswith(("unix://", "tcp://127.", "tcp://localhost"))
+
+
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """A layer's chain ID: its diff ID on top of its parent's chain (the image spec's definition)."""
+    if parent is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
 def engine_answers() -> bool:

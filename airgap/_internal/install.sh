@@ -162,16 +162,23 @@ emit() {
     block) dd if="$blocks" bs=512 skip="$a" count="$b" 2>/dev/null || return 1 ;;
     part) zstd -dcq <"$a" || return 1 ;;
     zero) dd if=/dev/zero bs="$a" count=1 2>/dev/null || return 1 ;;
-    image | "#"*) ;;
+    image | base | "#"*) ;;
     *) return 1 ;;
     esac
   done <"$plan"
 }
+needs=$(grep -c '^base ' "$plan")
+if [ "$needs" -gt 0 ]; then
+  echo "note: this is a delta bundle: the engine must already hold $needs layer(s) of its base bundle (install that first)" >&2
+fi
 echo "loading into Docker..." >&2
 { emit || : >"$tmp/emit-failed"; } | docker load >"$tmp/load" 2>&1
 loaded=$?
 if [ -f "$tmp/emit-failed" ]; then
   die 4 "reading the parts failed while loading; the engine got an incomplete archive and loaded nothing" "run the installer again"
+fi
+if [ "$loaded" != 0 ] && [ "$needs" -gt 0 ] && grep -q 'no such file' "$tmp/load"; then
+  die 2 "docker load failed: the engine lacks layers of this delta's base bundle" "install the base bundle first, or use 'airgap install --base'"
 fi
 [ "$loaded" = 0 ] || die 6 "docker load failed: $(tail -n 1 "$tmp/load")" "check the Docker engine and its free disk space"
 

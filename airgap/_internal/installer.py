@@ -6,6 +6,7 @@ signed manifest's ``files``.
 Plan lines (``installer/docker-OS-ARCH[-VARIANT].plan``)::
 
     image <image-id> [<ref> ...]   an image the plan loads, and its names
+    base <digest>                  a layer a delta bundle does not carry: the engine must hold it already
     block <index> <count>          copy 512-byte blocks of the .blocks file (tar headers, manifest.json)
     part <path>                    decompress one part (zstd -dc)
     zero <n>                       n zero bytes (tar padding)
@@ -32,7 +33,7 @@ def plan_name(image: Image) -> str:
     return f"{INSTALLER_DIR}/docker-" + "-".join(x for x in (p.os, p.architecture, p.variant) if x)
 
 
-def installer_files(images: list[Image], parts_of: Callable[[str], list[Part]]) -> dict[str, bytes]:
+def installer_files(images: list[Image], parts_of: Callable[[str], list[Part] | None]) -> dict[str, bytes]:
     """install.sh and one plan (+ blocks) per platform of the bundle's images."""
     by_platform: dict[str, list[Image]] = {}
     for image in images:
@@ -44,9 +45,13 @@ def installer_files(images: list[Image], parts_of: Callable[[str], list[Part]]) 
         lines = [f"# airgap docker-load plan v1 for {group[0].platform}"]
         lines += [f"image {image.image_id} {' '.join(image.ref_names)}".rstrip() for image in group]
         for member, digest, size in entries:
+            carried = parts_of(digest)
+            if carried is None:  # docker load skips a layer whose chain it has; without it, it fails
+                lines.append(f"base {digest}")
+                continue
             lines.append(f"block {len(blocks) // tarstream.BLOCK} 1")
             blocks += tarstream.header(member, size)
-            lines += [f"part {part.path}" for part in parts_of(digest)]
+            lines += [f"part {part.path}" for part in carried]
             pad = len(tarstream.padding(size))
             if pad:
                 lines.append(f"zero {pad}")

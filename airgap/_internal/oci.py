@@ -83,14 +83,16 @@ def _dump(body: object) -> bytes:
     return json.dumps(body, indent=3).encode()
 
 
-def docker_save_layout(images: list[Image]) -> tuple[list[tuple[str, str, int]], bytes]:
+def docker_save_layout(images: list[Image], elsewhere: dict[str, str] | None = None) -> tuple[list[tuple[str, str, int]], bytes]:
     """What ``docker load`` reads: (member name, blob digest, size) for every layer and config, each once,
-    and the bytes of its ``manifest.json`` index, which goes last."""
+    and the bytes of its ``manifest.json`` index, which goes last.  ``elsewhere`` maps layer digests to
+    members the archive holds under other names (layers taken from the engine): no entry is made for them."""
+    elsewhere = elsewhere or {}
     entries: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for image in images:
         for layer in image.layers:
-            if layer.digest not in seen:
+            if layer.digest not in seen and layer.digest not in elsewhere:
                 seen.add(layer.digest)
                 entries.append((f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.digest, layer.size))
     for image in images:
@@ -101,7 +103,9 @@ def docker_save_layout(images: list[Image]) -> tuple[list[tuple[str, str, int]],
         {
             "Config": f"{image.config.digest.removeprefix('sha256:')}.json",
             "RepoTags": list(image.ref_names) or None,
-            "Layers": [f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers],
+            "Layers": [
+                elsewhere.get(layer.digest) or f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers
+            ],
         }
         for image in images
     ]
