@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from airgap._internal.cache import VerifiedCache
 from airgap._internal.engine import Engine, chain_id
 from airgap._internal.oci import docker_save_layout
 from airgap._internal.pipeline import PrefetchReader, threaded
+from airgap._internal.rebuild import decode
 from airgap._internal.registry import DEFAULT_CHUNK
 from airgap._internal.serve import BundleRegistry
 from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
@@ -156,9 +158,14 @@ def load_stream(
         if digest in held:
             continue
         yield tarstream.header(name, size)
-        for data in iter_blob(bundle, digest, cache=cache, counts=counts):
-            on_bytes(len(data))
-            yield data
+        if exported is not None and engine is not None and digest in exported.rebuild_from:
+            blocks = _rebuilt_from_engine(engine, bundle, digest, exported.rebuild_from[digest], cache, counts)
+        else:
+            blocks = iter_blob(bundle, digest, cache=cache, counts=counts)
+        with closing(blocks):
+            for data in blocks:
+                on_bytes(len(data))
+                yield data
         yield tarstream.padding(size)
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
 
@@ -170,25 +177,69 @@ class ExportPlan:
     images: tuple[str, ...] = ()
     layers: dict[str, str] = field(default_factory=dict)  # layer digest -> its diff ID
     size: int = 0
+    rebuild_from: dict[str, str] = field(default_factory=dict)  # rebuilt layer -> engine image holding its source
 
 
 def _layers_from_engine(engine: Engine, bundle: LoadedBundle, images: list[Image], held: frozenset[str]) -> ExportPlan:
+    """What a delta leaves out and the engine holds under other chains: whole layers, and sources of recipes."""
     wanted: dict[str, str] = {}
+    sources: dict[str, str] = {}  # rebuilt layer -> source diff ID
     size = 0
+    base = bundle.base
     for image in images:
         for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            carried = bundle.manifest.has_blob(layer.digest) or (
-                bundle.base is not None and bundle.base.manifest.has_blob(layer.digest)
-            )
-            if not carried and layer.digest not in held and layer.digest not in wanted:
+            if layer.digest in held or bundle.manifest.has_blob(layer.digest):
+                continue
+            if base is not None and base.manifest.has_blob(layer.digest):
+                continue
+            r = bundle.manifest.rebuild_of(layer.digest)
+            if r is not None:
+                if base is None or not base.manifest.has_blob(r.source):
+                    sources[layer.digest] = r.source
+            elif layer.digest not in wanted:
                 wanted[layer.digest] = diff_id
                 size += layer.size
-    if not wanted:
+    if not wanted and not sources:
         return ExportPlan()
-    sources, missing = engine.images_holding(set(wanted.values()))
+    holders, missing = engine.images_holding(set(wanted.values()))
     if missing:
-        return ExportPlan()  # _precheck names what is missing
-    return ExportPlan(tuple(sources), wanted, size)
+        wanted, holders = {}, []  # _precheck names what is missing
+    rebuild_from = {}
+    for layer_digest, source in sources.items():
+        found, _ = engine.images_holding({source})
+        if found:
+            rebuild_from[layer_digest] = found[0]
+    return ExportPlan(tuple(holders), wanted, size, rebuild_from)
+
+
+def _rebuilt_from_engine(
+    engine: Engine, bundle: LoadedBundle, digest: str, image_id: str, cache: VerifiedCache | None, counts: dict[str, int] | None
+) -> Generator[bytes, None, None]:
+    """A rebuilt layer: its recipe from the bundle, the old layer from the engine's export of ``image_id``.
+
+    The old layer is the export's layer file of the size the manifest gives (Docker <= 24 names layer
+    files by an ID of its own); whatever is picked, the rebuilt layer must match its digest."""
+    r = bundle.manifest.rebuild_of(digest)
+    if r is None:
+        raise UsageError(f"layer {digest[:19]} is not rebuilt in this bundle")
+    with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
+        for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
+            named = entry.name == f"blobs/sha256/{r.source.removeprefix('sha256:')}"
+            if entry.kind == "file" and (named or (entry.name.endswith("/layer.tar") and entry.size == r.source_size)):
+                source = _entry_blocks(reader)
+                with closing(iter_blob(bundle, r.recipe, cache=cache, counts=counts)) as recipe:
+                    yield from decode(recipe, source, digest, r.size, f"layer {digest[:19]}")
+                return  # the rest of the export is not needed: closing it stops the engine's export
+            reader.drain()
+    raise IntegrityError(
+        f"the engine's export of {image_id[:19]} did not hold layer {r.source[:19]}, the source of layer {digest[:19]}",
+        hint="pass the base bundle with --base OLD_BUNDLE",
+    )
+
+
+def _entry_blocks(reader: tarstream.EntryReader) -> Iterator[bytes]:
+    while reader.remaining:
+        yield reader.read(min(1 << 20, reader.remaining))
 
 
 def _exported_layers(engine: Engine, plan: ExportPlan, names: dict[str, str], on_bytes: Callable[[int], None]) -> Iterator[bytes]:
@@ -264,24 +315,39 @@ def _pull_from_loopback(
 def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool, skip: frozenset[str] = frozenset()) -> int:
     """Refuse unlisted files, and missing, linked or truncated parts, before sending anything.  Returns the blob bytes.
 
-    ``skip``: layers the target already holds (they are not read).  Layers of a delta's base bundle are
-    checked in that bundle."""
-    digests = {d.digest for image in images for d in (image.config, *image.layers)} - skip
+    ``skip``: layers the target already holds or that come from the engine (they are not read here).
+    Layers of a delta's base bundle are checked in that bundle; rebuilt layers by their recipe and source."""
     refuse_unexpected(bundle, allow_unexpected)
     total = 0
-    for digest in digests:
-        source = bundle
-        if not bundle.manifest.has_blob(digest):
-            if bundle.base is None or not bundle.base.manifest.has_blob(digest):
-                raise UsageError(
-                    f"layer {digest[:19]} is not in this delta bundle, and the target does not hold it",
-                    hint="pass the base bundle with --base OLD_BUNDLE (or install the base bundle first)",
-                )
-            source = bundle.base
-        for part in source.manifest.parts_of(digest):
-            open_part(source, part).close()
-        total += source.manifest.blob(digest).size
+    for digest in {d.digest for image in images for d in (image.config, *image.layers)} - skip:
+        for source, blob in _where(bundle, digest):
+            for part in source.manifest.parts_of(blob):
+                open_part(source, part).close()
+        rebuilt = bundle.manifest.rebuild_of(digest) if not bundle.manifest.has_blob(digest) else None
+        total += rebuilt.size if rebuilt is not None else _owner(bundle, digest).manifest.blob(digest).size
     return total
+
+
+def _owner(bundle: LoadedBundle, digest: str) -> LoadedBundle:
+    if bundle.manifest.has_blob(digest):
+        return bundle
+    if bundle.base is not None and (bundle.base.manifest.has_blob(digest) or bundle.base.manifest.rebuild_of(digest)):
+        return bundle.base
+    raise UsageError(
+        f"layer {digest[:19]} is not in this delta bundle, and the target does not hold it",
+        hint="pass the base bundle with --base OLD_BUNDLE (or install the base bundle first)",
+    )
+
+
+def _where(bundle: LoadedBundle, digest: str) -> list[tuple[LoadedBundle, str]]:
+    """The (bundle, blob) pairs whose parts make up ``digest``."""
+    rebuilt = bundle.manifest.rebuild_of(digest) if not bundle.manifest.has_blob(digest) else None
+    if rebuilt is not None:
+        return [(bundle, rebuilt.recipe), *_where(_owner(bundle, rebuilt.source), rebuilt.source)]
+    owner = _owner(bundle, digest)
+    if owner is bundle:
+        return [(bundle, digest)]
+    return _where(owner, digest)
 
 
 def _held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:
@@ -421,10 +487,22 @@ def _install(
 
     held = _held_layers(engine, images) if options.via == "load" else frozenset()
     exported = _layers_from_engine(engine, bundle, images, held) if options.via == "load" else ExportPlan()
-    total = _precheck(bundle, images, options.allow_unexpected, held | frozenset(exported.layers))
+    from_engine = held | frozenset(exported.layers) | frozenset(exported.rebuild_from)
+    total = _precheck(bundle, images, options.allow_unexpected, from_engine)
     total += exported.size
+    for layer_digest in exported.rebuild_from:
+        rebuilt = bundle.manifest.rebuild_of(layer_digest)
+        if rebuilt is not None:
+            for part in bundle.manifest.parts_of(rebuilt.recipe):
+                open_part(bundle, part).close()
+            total += rebuilt.size
     if held:
         reporter.note(f"{len(held)} layer(s) already in the engine: not read from the bundle")
+    if exported.rebuild_from:
+        reporter.note(
+            f"{len(exported.rebuild_from)} layer(s) rebuilt from their recipe and the engine's own copy of the old layer "
+            "(exported; the result is checked against the layer digest)"
+        )
     if exported.layers:
         reporter.note(
             f"{len(exported.layers)} layer(s) of the delta's base taken from the engine's own copy "

@@ -276,6 +276,37 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Rebuild:
+    """A layer a delta does not carry as bytes but as a recipe over a layer of its base bundle."""
+
+    layer: str  # digest of the rebuilt layer (an image layer; not among the blobs)
+    size: int
+    recipe: str  # blob digest of the recipe (among the blobs)
+    source: str  # digest of the base bundle's layer the recipe copies from (uncompressed, so also its diff ID)
+    source_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "size": self.size,
+            "recipe": self.recipe,
+            "source": self.source,
+            "source_size": self.source_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Rebuild:
+        d = _obj(d, where, {"layer", "size", "recipe", "source", "source_size"})
+        return cls(
+            layer=_str(d["layer"], f"{where}.layer", _DIGEST_RE),
+            size=_int(d["size"], f"{where}.size"),
+            recipe=_str(d["recipe"], f"{where}.recipe", _DIGEST_RE),
+            source=_str(d["source"], f"{where}.source", _DIGEST_RE),
+            source_size=_int(d["source_size"], f"{where}.source_size"),
+        )
+
+
+@dataclass(frozen=True)
 class Blob:
     digest: str
     size: int
@@ -323,11 +354,13 @@ class Manifest:
     base: str | None = None
     files: tuple[BundleFile, ...] = ()
     volumes: tuple[Volume, ...] = ()
+    rebuilds: tuple[Rebuild, ...] = ()
     schema_version: int = SCHEMA_VERSION
     media_type: str = MANIFEST_MEDIA_TYPE
     _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
     _parts_index: dict[str, list[Part]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _volume_index: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _rebuild_index: dict[str, Rebuild] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._check()
@@ -335,6 +368,7 @@ class Manifest:
         for part in self.parts:
             self._parts_index.setdefault(part.blob, []).append(part)
         self._volume_index.update({path: v.name for v in self.volumes for path in v.paths})
+        self._rebuild_index.update({r.layer: r for r in self.rebuilds})
 
     # -- semantic checks shared by writer and reader --------------------------------------------
     def _check(self) -> None:
@@ -373,6 +407,16 @@ class Manifest:
             if f.path in paths:
                 raise FormatError(f"manifest: file {f.path} is listed twice")
             paths.add(f.path)
+        layer_sizes = {layer.digest: layer.size for image in self.images for layer in image.layers}
+        for r in self.rebuilds:
+            if self.base is None:
+                raise FormatError("manifest: only a delta (with a base) rebuilds layers")
+            if layer_sizes.get(r.layer) != r.size or r.layer in sizes:
+                raise FormatError(f"manifest: rebuilt layer {r.layer} is not an image layer left out of the bundle")
+            if r.recipe not in sizes or r.source in sizes:
+                raise FormatError(f"manifest: the recipe of layer {r.layer} is not a blob, or its source is not in the base")
+        if len({r.layer for r in self.rebuilds}) != len(self.rebuilds):
+            raise FormatError("manifest: a layer is rebuilt twice")
         if self.volumes:
             placed: set[str] = set()
             names = [v.name for v in self.volumes]
@@ -402,9 +446,12 @@ class Manifest:
         seen: dict[str, Descriptor] = {}
         for image in self.images:
             for layer in image.layers:
-                if layer.digest not in self._blob_index:
+                if layer.digest not in self._blob_index and layer.digest not in self._rebuild_index:
                     seen.setdefault(layer.digest, layer)
         return list(seen.values())
+
+    def rebuild_of(self, digest: str) -> Rebuild | None:
+        return self._rebuild_index.get(digest)
 
     def has_blob(self, digest: str) -> bool:
         return digest in self._blob_index
@@ -440,6 +487,7 @@ class Manifest:
             "parts": [p.to_dict() for p in self.parts],
             **({"files": [f.to_dict() for f in self.files]} if self.files else {}),
             **({"volumes": [v.to_dict() for v in self.volumes]} if self.volumes else {}),
+            **({"rebuilds": [r.to_dict() for r in self.rebuilds]} if self.rebuilds else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -470,7 +518,7 @@ class Manifest:
                 "blobs",
                 "parts",
             },
-            frozenset({"files", "volumes"}),
+            frozenset({"files", "volumes", "rebuilds"}),
         )
         if d["media_type"] != MANIFEST_MEDIA_TYPE:
             raise FormatError("manifest: media_type is not an airgap bundle manifest")
@@ -493,6 +541,9 @@ class Manifest:
             parts=tuple(Part.from_dict(x, f"parts[{i}]") for i, x in enumerate(_list(d["parts"], "parts"))),
             files=tuple(BundleFile.from_dict(x, f"files[{i}]") for i, x in enumerate(_list(d.get("files", []), "files"))),
             volumes=tuple(Volume.from_dict(x, f"volumes[{i}]") for i, x in enumerate(_list(d.get("volumes", []), "volumes"))),
+            rebuilds=tuple(
+                Rebuild.from_dict(x, f"rebuilds[{i}]") for i, x in enumerate(_list(d.get("rebuilds", []), "rebuilds"))
+            ),
         )
 
     @classmethod

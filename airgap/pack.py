@@ -17,18 +17,19 @@ import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
-from airgap._internal import fsutil, wheelhouse
-from airgap._internal.bundle import BundleWriter, locate, read_manifest_bytes
+from airgap._internal import fsutil, rebuild, wheelhouse
+from airgap._internal.bundle import BundleWriter, LoadedBundle, iter_blob, load_bundle, locate, read_manifest_bytes
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
-from airgap._internal.layout import images_from_archive, read_archive
+from airgap._internal.layout import MT_DOCKER_LAYER, MT_OCI_LAYER, images_from_archive, read_archive
 from airgap._internal.media import listing, listing_name, plan_volumes, volume_name
 from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
+from airgap._internal.tarstream import EntryReader
 from airgap.errors import Error, FormatError, IntegrityError, UsageError
-from airgap.models import Compression, Image, Manifest, Part, Volume, format_time, parse_time
+from airgap.models import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
 DEFAULT_PART_SIZE = 1 << 30
@@ -89,6 +90,7 @@ class PackOptions:
     wheelhouse: Path | None = None  # ... taken from this directory instead of built with pip
     media_dir_size: int | None = None  # split the bundle into vol-NN folders, each fitting a medium this large
     since: Path | None = None  # a delta: leave out the layers of this older bundle (its directory or manifest.json)
+    chunk_deltas: bool = True  # with --since DIR: carry changed layers as recipes over the old layers' chunks
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,46 @@ def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: 
     return remote
 
 
+CHUNK_MIN_LAYER = 4 << 20  # smaller layers are carried whole
+
+
+def _recipes(
+    images: list[Image], old_layers: set[str], old: LoadedBundle, writer: BundleWriter, reporter: Reporter
+) -> list[Rebuild]:
+    """For each new uncompressed layer, try a recipe over an old layer the new images no longer use."""
+    plain = (MT_DOCKER_LAYER, MT_OCI_LAYER)
+    new_layers = {l.digest: l for i in images for l in i.layers if l.digest not in old_layers}  # noqa: E741
+    candidates = [l for l in new_layers.values() if l.media_type in plain and l.size >= CHUNK_MIN_LAYER]  # noqa: E741
+    in_use = {l.digest for i in images for l in i.layers}  # noqa: E741
+    sources = {
+        l.digest: l
+        for i in old.manifest.images
+        for l in i.layers  # noqa: E741
+        if l.digest not in in_use and l.media_type in plain and l.size >= CHUNK_MIN_LAYER and old.manifest.has_blob(l.digest)
+    }
+    if not candidates or not sources:
+        return []
+    reporter.note(f"indexing {len(sources)} replaced layer(s) of the base bundle in content-defined chunks")
+    indexes = {digest: rebuild.index_chunks(iter_blob(old, digest)) for digest in sources}
+    made = []
+    for layer in candidates:
+        best_source, best = None, None
+        for digest, index in indexes.items():
+            p = rebuild.plan(writer.iter_staged(layer.digest), index)
+            if best is None or p.literal_bytes < best.literal_bytes:
+                best_source, best = digest, p
+        if best is None or best_source is None or not best.worth_it:
+            continue
+        stream = rebuild.BlockReader(rebuild.encode(best, writer.iter_staged(layer.digest)))
+        stored = writer.store_stream(best.recipe_size, EntryReader(stream, best.recipe_size, "recipe"), f"recipe\0{layer.digest}")
+        made.append(Rebuild(layer.digest, layer.size, stored.digest, best_source, old.manifest.blob(best_source).size))
+        reporter.note(
+            f"layer {layer.digest[:19]}: {best.literal_bytes} of {layer.size} bytes new; "
+            f"the rest is rebuilt from layer {best_source[:19]} of the base bundle"
+        )
+    return made
+
+
 def _base_of(since: Path) -> tuple[str, set[str]]:
     """The manifest digest of the bundle a delta builds on, and every layer its images have."""
     if since.is_dir():
@@ -356,6 +398,7 @@ def _pack_from(
         images = _merge(images)
         digests = [d.digest for image in images for d in (image.config, *image.layers)]
         base = None
+        rebuilds: list[Rebuild] = []
         if options.since is not None:
             base, old_layers = _base_of(options.since)
             configs = {image.config.digest for image in images}
@@ -365,6 +408,10 @@ def _pack_from(
                 f"delta since {options.since}: {len(wanted - old_layers)} new layer(s); "
                 f"{len(wanted & old_layers)} left to the base bundle"
             )
+            if options.since.is_dir() and options.chunk_deltas:
+                rebuilds = _recipes(images, old_layers, load_bundle(options.since), writer, reporter)
+                replaced = {r.layer: r.recipe for r in rebuilds}
+                digests = [replaced.get(d, d) for d in digests]
         blobs, parts = writer.commit_parts(digests)
         parts_by_blob: dict[str, list[Part]] = {}
         for part in parts:
@@ -392,6 +439,7 @@ def _pack_from(
             parts=tuple(parts),
             files=tuple(files),
             base=base,
+            rebuilds=tuple(rebuilds),
         )
         if options.media_dir_size:
             manifest = _split_into_volumes(manifest, writer, options.media_dir_size)

@@ -136,10 +136,11 @@ def _write_layer(fh: Any, fill: Callable[[tarfile.TarFile], None]) -> tuple[str,
 
 
 def _fillers(
-    seed: str, model_size: int, app_size: int, model_seed: str | None = None
+    seed: str, model_size: int, app_size: int, model_seed: str | None = None, model_mtime: int = 0
 ) -> list[tuple[str, Callable[[tarfile.TarFile], None]]]:
     """The four layers, as functions that write them into a tar: deterministic, so they can run twice.
-    ``model_seed`` (default: ``seed``) lets two images share the model layer, as an app update does."""
+    ``model_seed`` (default: ``seed``) lets two images share the model layer, as an app update does;
+    ``model_mtime`` rebuilds the model layer with the same bytes but other tar metadata (a new digest)."""
     mseed = model_seed or seed
     rng = random.Random(seed)
     modules = [_module_text(rng, rng.randint(2_000, 40_000)) for _ in range(64)]
@@ -170,7 +171,9 @@ def _fillers(
         for d in ("root/.ollama", "root/.ollama/models", "root/.ollama/models/blobs"):
             tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
         name = "root/.ollama/models/blobs/sha256-" + hashlib.sha256(f"{mseed}-model".encode()).hexdigest()
-        tar.addfile(_info(name, model_size), RandomStream(f"{mseed}-model", model_size))  # type: ignore[arg-type]
+        info = _info(name, model_size)
+        info.mtime = model_mtime
+        tar.addfile(info, RandomStream(f"{mseed}-model", model_size))  # type: ignore[arg-type]
 
     def settings(tar: tarfile.TarFile) -> None:
         text = json.dumps({"model": "qwen2.5-coder:32b-instruct-q5_K_M", "seed": seed}).encode()
@@ -219,12 +222,13 @@ def build(
     arch: str = "amd64",
     fmt: str = "docker",
     model_seed: str | None = None,
+    model_mtime: int = 0,
 ) -> Sample:
     """Write the sample image to ``out`` as a docker-archive in the layout of Docker <= 24 (fmt="docker") or of
     Docker >= 25 (fmt="docker-oci"), or as an oci-archive (fmt="oci")."""
     work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
-        fillers = _fillers(seed, model_size, app_size, model_seed)
+        fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime)
         layers = []
         for name, fill in fillers:
             path = work / f"{name}.tar"
@@ -322,13 +326,20 @@ def _produce(fill: Callable[[tarfile.TarFile], None], q: queue.Queue[bytes | Non
 
 
 def stream_into_engine(
-    *, tag: str, model_size: int, app_size: int, seed: str = "airgap", arch: str = "amd64", model_seed: str | None = None
+    *,
+    tag: str,
+    model_size: int,
+    app_size: int,
+    seed: str = "airgap",
+    arch: str = "amd64",
+    model_seed: str | None = None,
+    model_mtime: int = 0,
 ) -> Sample:
     """Load the sample image into the engine at DOCKER_HOST with no archive on disk: the layers are made
     once to learn their digests, then made again straight into the engine's image load."""
     import docker
 
-    fillers = _fillers(seed, model_size, app_size, model_seed)
+    fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime)
     facts = [_write_layer(None, fill) for _, fill in fillers]
     config_bytes, config_digest = _config([d for d, _ in facts], arch)
     index = json.dumps(
@@ -369,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", default="airgap")
     p.add_argument("--arch", default="amd64")
     p.add_argument("--model-seed", help="seed of the model layer (default: --seed); equal model seeds share the layer")
+    p.add_argument("--model-mtime", type=int, default=0, help="mtime of the model file: another value rebuilds the layer")
     p.add_argument("--format", choices=("docker", "docker-oci", "oci"), default="docker")
     p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
     p.add_argument("--direct", action="store_true", help="with --load: write no archive, stream straight into the engine")
@@ -381,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             arch=args.arch,
             model_seed=args.model_seed,
+            model_mtime=args.model_mtime,
         )
         print(f"loaded {sample.tag} ({sample.size} bytes of layers) into the Docker engine: {sample.image_id}", file=sys.stderr)
         return 0
@@ -393,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         arch=args.arch,
         fmt=args.format,
         model_seed=args.model_seed,
+        model_mtime=args.model_mtime,
     )
     print(f"wrote {sample.path} ({sample.size} bytes): {sample.tag} {sample.image_id}", file=sys.stderr)
     if args.load:

@@ -28,20 +28,24 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample_image.Sam
     return v1, v2
 
 
+def _full_full_delta(cli, keypair, tmp_path: Path, old, new, name: str, part_size: str) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
+    """Pack the old release, the new one, and the new one as a delta since the old (sequences 1, 2, 2)."""
+    full_old, full_new, delta = tmp_path / "full-old", tmp_path / "full-new", tmp_path / "delta-new"
+    for out, sample, extra in (
+        (full_old, old, ("--sequence", "1")),
+        (full_new, new, ("--sequence", "2")),
+        (delta, new, ("--sequence", "2", "--since", str(full_old))),
+    ):
+        archive = f"docker-archive:{sample.path}"
+        r = cli("pack", archive, "-o", str(out), "--key", str(keypair[0]), "--part-size", part_size, "--name", name, *extra)
+        assert r.code == 0, r.err
+    return full_old, full_new, delta
+
+
 @pytest.fixture
 def packed(cli, releases, keypair, tmp_path: Path) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
     """full 1.0, full 1.1, and the delta 1.1 since 1.0."""
-    v1, v2 = releases
-    full1, full2, delta = tmp_path / "full-1.0", tmp_path / "full-1.1", tmp_path / "delta-1.1"
-    for out, sample, extra in (
-        (full1, v1, ("--sequence", "1")),
-        (full2, v2, ("--sequence", "2")),
-        (delta, v2, ("--sequence", "2", "--since", str(full1))),
-    ):
-        archive = f"docker-archive:{sample.path}"
-        r = cli("pack", archive, "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB", "--name", "agent", *extra)
-        assert r.code == 0, r.err
-    return full1, full2, delta
+    return _full_full_delta(cli, keypair, tmp_path, *releases, "agent", "1MiB")
 
 
 def _part_bytes(bundle: Path) -> int:
@@ -84,21 +88,24 @@ def test_delta_installs_on_an_engine_that_has_the_base(cli, packed, releases, ke
 
 
 @pytest.mark.docker
-def test_delta_without_its_base_needs_base_bundle(cli, packed, releases, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
-    full1, _, delta = packed
-    v1, v2 = releases
-    remove(docker_client, v1.tag, v2.tag, v1.image_id, v2.image_id)
+@pytest.mark.parametrize(("bundles", "samples_of"), [("packed", "releases"), ("chunk_delta", "rebuilt")])
+def test_delta_on_a_clean_engine_needs_its_base_bundle(
+    cli, request, keypair, docker_client, bundles: str, samples_of: str
+) -> None:  # type: ignore[no-untyped-def]
+    full_old, _, delta = request.getfixturevalue(bundles)
+    old, new = request.getfixturevalue(samples_of)
+    remove(docker_client, old.tag, new.tag, old.image_id, new.image_id)
     try:
         r = cli("install", str(delta), "--trust", str(keypair[1]))
         assert r.code == 2 and "--base" in r.err, r.err
-        assert v2.image_id not in [i.id for i in docker_client.images.list(all=True)]
+        assert new.image_id not in [i.id for i in docker_client.images.list(all=True)]
         done = run_sh(delta, "--trust", str(keypair[1]))
         assert done.returncode == 2 and "base bundle" in done.stderr, done.stderr
-        r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full1))
+        r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full_old))
         assert r.code == 0, r.err
-        assert docker_client.images.get(v2.tag).id == v2.image_id
+        assert docker_client.images.get(new.tag).id == new.image_id
     finally:
-        remove(docker_client, v1.tag, v2.tag, v1.image_id, v2.image_id)
+        remove(docker_client, old.tag, new.tag, old.image_id, new.image_id)
 
 
 def test_delta_refuses_a_base_it_was_not_made_against(cli, packed, keypair) -> None:  # type: ignore[no-untyped-def]
@@ -143,3 +150,100 @@ def test_verify_checks_a_delta_alone(cli, packed, keypair) -> None:  # type: ign
     _, _, delta = packed
     r = cli("verify", str(delta), "--trust", str(keypair[1]), "--json")
     assert r.code == 0, r.err
+
+
+# --- content-defined deltas: the model layer was rebuilt, its bytes did not change ------------------
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample_image.Sample, sample_image.Sample]:
+    """Release 2.0 and a rebuild 2.1 whose 16 MiB model file has a new mtime: a new model layer digest,
+    the same model bytes."""
+    d = tmp_path_factory.mktemp("rebuilt")
+    a = sample_image.build(d / "a.tar", tag="airgap-test/cdc:2.0", model_size=16 * MiB, app_size=MiB // 2, seed="cdc")
+    b = sample_image.build(
+        d / "b.tar", tag="airgap-test/cdc:2.1", model_size=16 * MiB, app_size=MiB // 2, seed="cdc", model_mtime=1_700_000_000
+    )
+    assert a.layers[2] != b.layers[2] and a.layers[:2] == b.layers[:2]
+    return a, b
+
+
+@pytest.fixture
+def chunk_delta(cli, rebuilt, keypair, tmp_path: Path) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
+    return _full_full_delta(cli, keypair, tmp_path, *rebuilt, "cdc", "1GiB")
+
+
+def test_rebuilt_model_layer_ships_as_a_small_recipe(chunk_delta, rebuilt) -> None:  # type: ignore[no-untyped-def]
+    _, full_b, delta = chunk_delta
+    a, b = rebuilt
+    manifest = json.loads((delta / "manifest.json").read_text())
+    assert [(r["layer"], r["source"]) for r in manifest["rebuilds"]] == [(b.layers[2], a.layers[2])]
+    assert _part_bytes(delta) <= 0.05 * _part_bytes(full_b)  # the target: <= 5 % of the full bundle
+
+
+@pytest.mark.docker
+def test_rebuilt_layer_installs_from_the_engines_copy(cli, chunk_delta, rebuilt, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
+    full_a, _, delta = chunk_delta
+    a, b = rebuilt
+    remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+    try:
+        assert cli("install", str(full_a), "--trust", str(keypair[1])).code == 0
+        r = cli("install", str(delta), "--trust", str(keypair[1]), "--json")
+        assert r.code == 0, r.err
+        assert docker_client.images.get(b.tag).id == b.image_id
+    finally:
+        remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+
+
+@pytest.mark.docker
+def test_tampered_recipe_loads_nothing(cli, chunk_delta, rebuilt, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
+    full_a, _, delta = chunk_delta
+    a, b = rebuilt
+    manifest = json.loads((delta / "manifest.json").read_text())
+    recipe = manifest["rebuilds"][0]["recipe"]
+    part = next(p for p in manifest["parts"] if p["blob"] == recipe)
+    path = delta / part["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+    try:
+        r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full_a))
+        assert r.code == 4 and part["path"] in r.err, r.err
+        assert b.image_id not in [i.id for i in docker_client.images.list(all=True)]
+    finally:
+        remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+
+
+def test_rebuilt_layer_goes_to_an_archive_with_its_base(cli, chunk_delta, rebuilt, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    full_a, _, delta = chunk_delta
+    _, b = rebuilt
+    out = tmp_path / "b.tar"
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full_a), "--to", f"docker-archive:{out}")
+    assert r.code == 0, r.err
+    again = tmp_path / "again"
+    r = cli("pack", f"docker-archive:{out}", "-o", str(again), "--key", str(keypair[0]), "--json")
+    assert r.code == 0 and json.loads(r.out)["images"][0]["image_id"] == b.image_id
+
+
+@pytest.mark.docker
+def test_layers_the_engine_holds_are_not_read_from_a_full_bundle(cli, chunk_delta, rebuilt, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
+    full_a, full_b, _ = chunk_delta
+    a, b = rebuilt
+    manifest = json.loads((full_b / "manifest.json").read_text())
+    app_part = next(p for p in manifest["parts"] if p["blob"] == b.layers[1])  # the app layer both releases share
+    path = full_b / app_part["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+    try:
+        assert cli("install", str(full_a), "--trust", str(keypair[1])).code == 0
+        r = cli("install", str(full_b), "--trust", str(keypair[1]), "--json")
+        assert r.code == 0, r.err  # the damaged part is never read: the engine's own layer is used
+        assert json.loads(r.out)["layers_present"] == 2
+        assert docker_client.images.get(b.tag).id == b.image_id
+        r = cli("verify", str(full_b), "--trust", str(keypair[1]))  # verify reads everything and says so
+        assert r.code == 4 and app_part["path"] in r.err
+    finally:
+        remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)

@@ -53,6 +53,12 @@ class FakeEngine:
         found = self.inspect(ref)
         return found["Id"] if found else None
 
+    def layer_chains(self) -> set[str]:
+        return set()  # holds no layers: every layer is read from the bundle
+
+    def images_holding(self, diff_ids: set[str]) -> tuple[list[str], set[str]]:
+        return [], set(diff_ids)
+
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """Behave like the engine: unpack the whole upload first, register only if it is complete."""
         self.load_calls += 1

@@ -15,7 +15,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from airgap._internal import fsutil
 from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data
+from airgap._internal.rebuild import decode
 from airgap._internal.tarstream import EntryReader
 from airgap.errors import ConflictError, FormatError, IntegrityError, TrustError, UsageError
 from airgap.keys import PublicKey
@@ -181,12 +183,17 @@ class BundleWriter:
         staged = self._staged[digest]
         if staged.size > limit:
             raise FormatError(f"a metadata file of {staged.size} bytes is too large")
-        chunks: list[bytes] = []
-        for i, sp in enumerate(staged.parts):
+        return b"".join(self.iter_staged(digest))
+
+    def iter_staged(self, digest: str) -> Iterator[bytes]:
+        """A staged blob's bytes, decompressed from its parts (each part checked)."""
+        for i, sp in enumerate(self._staged[digest].parts):
             part = Part(part_path(digest, i), sp.size, sp.sha256, digest, i, sp.offset, sp.length)
             with open(sp.tmp_path, "rb") as fh:
-                chunks.extend(iter_part_data(fh, part, str(sp.tmp_path)))
-        return b"".join(chunks)
+                yield from iter_part_data(fh, part, str(sp.tmp_path))
+
+    def staged_size(self, digest: str) -> int:
+        return self._staged[digest].size
 
     # -- commit ---------------------------------------------------------------------------------
     def commit_parts(self, digests: list[str]) -> tuple[list[Blob], list[Part]]:
@@ -371,12 +378,25 @@ def iter_blob(
     block: int = 1 << 20,
     cache: VerifiedCache | None = None,
     counts: dict[str, int] | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield a blob's bytes from its parts, checking every part and finally the blob digest.
 
     Parts found in ``cache`` are not hashed again (the blob digest still covers them); parts hashed
     here are added to it.  ``counts`` tallies "hashed" and "cached" parts.
     """
+    rebuild = None if bundle.manifest.has_blob(digest) else bundle.manifest.rebuild_of(digest)
+    if rebuild is not None:
+        if bundle.base is None:
+            raise UsageError(
+                f"layer {digest[:19]} is rebuilt from the base bundle of this delta",
+                hint="pass the base bundle with --base OLD_BUNDLE",
+            )
+        with (
+            closing(iter_blob(bundle, rebuild.recipe, block, cache, counts)) as recipe,
+            closing(iter_blob(bundle.base, rebuild.source, block, cache, counts)) as source,
+        ):
+            yield from decode(recipe, source, digest, rebuild.size, f"layer {digest[:19]}")
+        return
     if not bundle.manifest.has_blob(digest):
         if bundle.base is None:
             raise UsageError(
