@@ -33,6 +33,19 @@ class Inspection:
             f"signers   {', '.join(sorted(self.bundle.signatures)) or '(none)'}  (not verified here: use 'airgap verify')",
             f"parts     {len(m.parts)} parts, {human_bytes(m.total_part_bytes)} ({m.total_part_bytes} bytes); "
             f"part size {human_bytes(m.part_size)}; zstd level {m.compression.level}",
+        ]
+        if m.files:
+            lines.append(
+                f"files     {len(m.files)} ({human_bytes(sum(f.size for f in m.files))}): installer/install.sh and its plans"
+            )
+        if m.base:
+            lines.append(
+                f"delta     of the bundle whose manifest is {m.base}: {len(m.external_layers())} layer(s) left out, "
+                f"{len(m.rebuilds)} rebuilt from a recipe"
+            )
+        if m.volumes:
+            lines.append(f"volumes   {', '.join(f'{v.name} ({len(v.paths)} files)' for v in m.volumes)}")
+        lines += [
             "",
             f"{'IMAGE':<40} {'PLATFORM':<14} {'IMAGE ID':<19} {'LAYERS':>6} {'SIZE':>10}",
         ]
@@ -48,6 +61,8 @@ class Inspection:
             kinds[image.config.digest] = "config"
             for layer in image.layers:
                 kinds[layer.digest] = "layer " + layer.media_type.rsplit(".", 1)[-1]
+        for r in m.rebuilds:
+            kinds[r.recipe] = f"recipe for layer {r.layer[7:19]} (from {r.source[7:19]} of the base)"
         for blob in m.blobs:
             parts = m.parts_of(blob.digest)
             stored = sum(p.size for p in parts)

@@ -125,6 +125,10 @@ def select_images(images: tuple[Image, ...], wanted: Platform, explicit: bool, n
     """The images for the target platform; a single-platform bundle loads on any engine."""
     chosen = [i for i in images if _matches(i.platform, wanted)]
     if chosen:
+        others = sorted({str(i.platform) for i in images} - {str(i.platform) for i in chosen})
+        if others:
+            how = "as asked" if explicit else "the engine's platform"
+            note(f"installing {wanted} ({how}); the bundle also has {', '.join(others)}")
         return chosen
     platforms = sorted({str(i.platform) for i in images})
     if explicit or len(platforms) > 1:

@@ -176,3 +176,18 @@ def test_installer_files_are_signed_and_checked_by_verify(cli, bundle: Path, key
     r = cli("verify", str(bundle), "--trust", str(keypair[1]))
     assert r.code == 4, r.err
     assert "installer/install.sh" in r.err
+
+
+def test_python_install_says_which_platform_it_picked(cli, keypair, tmp_path: Path, docker_client, capsys) -> None:  # type: ignore[no-untyped-def]
+    from airgap._cli import main
+
+    out, amd, _arm = two_platform_pack(cli, keypair, tmp_path, "airgap-test/plat-note:1.0")
+    try:
+        capsys.readouterr()
+        code = main(["install", str(out), "--trust", str(keypair[1])])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert "installing linux/amd64 (the engine's platform); the bundle also has linux/arm64" in err
+        assert docker_client.images.get("airgap-test/plat-note:1.0").id == amd.image_id
+    finally:
+        remove(docker_client, "airgap-test/plat-note:1.0", amd.image_id)
