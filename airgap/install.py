@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,6 +77,7 @@ class InstallResult:
     parts_cached: int = 0  # verified before (by verify or an interrupted install) and not hashed again
     layers_present: int = 0  # layers the engine already held: not read from the bundle at all
     layers_from_engine: int = 0  # a delta's base layers the engine holds under another chain: exported and checked
+    layers_rebuilt: int = 0  # a delta's layers rebuilt from a recipe (over --base or the engine's copy)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -102,6 +103,7 @@ class InstallResult:
             "parts_cached": self.parts_cached,
             "layers_present": self.layers_present,
             "layers_from_engine": self.layers_from_engine,
+            "layers_rebuilt": self.layers_rebuilt,
             "seconds": round(self.seconds, 3),
         }
 
@@ -155,17 +157,21 @@ def load_stream(
     Layers in ``held`` are left out: the engine has them (their chains) and does not open their files.
     Layers in ``exported`` come from the engine's export of other images, matched by their digest."""
     elsewhere: dict[str, str] = {}
-    if exported is not None and exported.layers and engine is not None:
-        yield from _exported_layers(engine, exported, elsewhere, on_bytes)
+    rebuilt: set[str] = set()
+    if exported is not None and (exported.layers or exported.rebuild_from) and engine is not None:
+        yield from _exported_layers(engine, bundle, exported, elsewhere, rebuilt, on_bytes, cache, counts)
     entries, body = docker_save_layout(images, elsewhere)
     for name, digest, size in entries:
-        if digest in held:
+        if digest in held or digest in rebuilt:
             continue
         yield tarstream.header(name, size)
-        if exported is not None and engine is not None and digest in exported.rebuild_from:
-            blocks = _rebuilt_from_engine(engine, bundle, digest, exported.rebuild_from[digest], cache, counts)
-        else:
-            blocks = iter_blob(bundle, digest, cache=cache, counts=counts)
+        if exported is not None and digest in exported.rebuild_from:
+            raise IntegrityError(
+                f"the engine's export of {exported.rebuild_from[digest][:19]} did not hold the layer that "
+                f"layer {digest[:19]} is rebuilt from",
+                hint="pass the base bundle with --base OLD_BUNDLE",
+            )
+        blocks = iter_blob(bundle, digest, cache=cache, counts=counts)
         with closing(blocks):
             for data in blocks:
                 on_bytes(len(data))
@@ -216,56 +222,64 @@ def _layers_from_engine(engine: Engine, bundle: LoadedBundle, images: list[Image
     return ExportPlan(tuple(holders), wanted, size, rebuild_from)
 
 
-def _rebuilt_from_engine(
-    engine: Engine, bundle: LoadedBundle, digest: str, image_id: str, cache: VerifiedCache | None, counts: dict[str, int] | None
-) -> Generator[bytes, None, None]:
-    """A rebuilt layer: its recipe from the bundle, the old layer from the engine's export of ``image_id``.
-
-    The old layer is the export's layer file of the size the manifest gives (Docker <= 24 names layer
-    files by an ID of its own); whatever is picked, the rebuilt layer must match its digest."""
-    r = bundle.manifest.rebuild_of(digest)
-    if r is None:
-        raise UsageError(f"layer {digest[:19]} is not rebuilt in this bundle")
-    with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
-        for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
-            named = entry.name == f"blobs/sha256/{r.source.removeprefix('sha256:')}"
-            if entry.kind == "file" and (named or (entry.name.endswith("/layer.tar") and entry.size == r.source_size)):
-                source = _entry_blocks(reader)
-                with closing(iter_blob(bundle, r.recipe, cache=cache, counts=counts)) as recipe:
-                    yield from decode(recipe, source, digest, r.size, f"layer {digest[:19]}")
-                return  # the rest of the export is not needed: closing it stops the engine's export
-            reader.drain()
-    raise IntegrityError(
-        f"the engine's export of {image_id[:19]} did not hold layer {r.source[:19]}, the source of layer {digest[:19]}",
-        hint="pass the base bundle with --base OLD_BUNDLE",
-    )
-
-
 def _entry_blocks(reader: tarstream.EntryReader) -> Iterator[bytes]:
     while reader.remaining:
         yield reader.read(min(1 << 20, reader.remaining))
 
 
-def _exported_layers(engine: Engine, plan: ExportPlan, names: dict[str, str], on_bytes: Callable[[int], None]) -> Iterator[bytes]:
-    """Stream the layer files of the engine's export of ``plan.images`` into the upload, each under a name of
-    its own; record in ``names`` which member holds which wanted layer (by its sha256, its diff ID)."""
+def _exported_layers(
+    engine: Engine,
+    bundle: LoadedBundle,
+    plan: ExportPlan,
+    names: dict[str, str],
+    rebuilt: set[str],
+    on_bytes: Callable[[int], None],
+    cache: VerifiedCache | None,
+    counts: dict[str, int] | None,
+) -> Iterator[bytes]:
+    """One pass over the engine's export of each image the plan needs:
+
+    - a layer file that is the source of a recipe becomes the rebuilt layer, under its own name (``rebuilt``);
+    - other layer files go into the upload under names of their own; ``names`` records which member holds
+      which wanted layer (by its sha256, its diff ID).  docker load ignores the members no image names."""
     by_diff = {diff: digest for digest, diff in plan.layers.items()}
+    recipes = {layer: r for layer in plan.rebuild_from if (r := bundle.manifest.rebuild_of(layer)) is not None}
     n = 0
-    for image_id in plan.images:
+    for image_id in dict.fromkeys([*plan.images, *plan.rebuild_from.values()]):
         with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
             for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
                 named = entry.name.removeprefix("blobs/sha256/")
-                is_layer = entry.name.endswith("/layer.tar") or entry.name.startswith("blobs/sha256/")
+                is_layer = entry.kind == "file" and (entry.name.endswith("/layer.tar") or named != entry.name)
+                source_of = next(
+                    (
+                        layer
+                        for layer, r in recipes.items()
+                        if layer not in rebuilt
+                        and plan.rebuild_from[layer] == image_id
+                        and (f"sha256:{named}" == r.source or (entry.name.endswith("/layer.tar") and entry.size == r.source_size))
+                    ),
+                    None,
+                )
+                if is_layer and source_of is not None:
+                    r = recipes[source_of]
+                    yield tarstream.header(f"{source_of.removeprefix('sha256:')}/layer.tar", r.size)
+                    with closing(iter_blob(bundle, r.recipe, cache=cache, counts=counts)) as recipe:
+                        for data in decode(recipe, _entry_blocks(reader), source_of, r.size, f"layer {source_of[:19]}"):
+                            on_bytes(len(data))
+                            yield data
+                    yield tarstream.padding(r.size)
+                    rebuilt.add(source_of)
+                    reader.drain()
+                    continue
                 unwanted = named != entry.name and f"sha256:{named}" not in by_diff  # OCI layout: the name is the digest
-                if entry.kind != "file" or not is_layer or unwanted or all(d in names for d in plan.layers):
+                if not is_layer or unwanted or all(d in names for d in plan.layers):
                     reader.drain()
                     continue
                 n += 1
                 member = f"from-engine-{n}/layer.tar"
                 yield tarstream.header(member, entry.size)
                 sha = hashlib.sha256()
-                while reader.remaining:
-                    data = reader.read(min(1 << 20, reader.remaining))
+                for data in _entry_blocks(reader):
                     sha.update(data)
                     on_bytes(len(data))
                     yield data
@@ -552,4 +566,5 @@ def _install(
         counts.get("cached", 0),
         len(held),
         len(exported.layers),
+        sum(1 for d in {layer.digest for image in images for layer in image.layers} - held if bundle.manifest.rebuild_of(d)),
     )

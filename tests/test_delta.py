@@ -190,6 +190,9 @@ def test_rebuilt_layer_installs_from_the_engines_copy(cli, chunk_delta, rebuilt,
         assert cli("install", str(full_a), "--trust", str(keypair[1])).code == 0
         r = cli("install", str(delta), "--trust", str(keypair[1]), "--json")
         assert r.code == 0, r.err
+        result = json.loads(r.out)
+        # base and app chains held; the model rebuilt over the engine's old model; settings (above it) exported
+        assert (result["layers_present"], result["layers_rebuilt"], result["layers_from_engine"]) == (2, 1, 1)
         assert docker_client.images.get(b.tag).id == b.image_id
     finally:
         remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
