@@ -198,6 +198,12 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     )
     for line in trust_result.notes():
         reporter.note(line)
+    if bundle.manifest.base:
+        reporter.note(
+            f"note: a delta of the bundle whose manifest is {bundle.manifest.base[:19]}: its "
+            f"{len(bundle.manifest.external_layers()) + len(bundle.manifest.rebuilds)} left-out or rebuilt layer(s) "
+            "are checked against their digests when installed"
+        )
     results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))
     report = VerifyReport(
         name=bundle.manifest.name,
