@@ -513,3 +513,16 @@ def test_pull_cut_off_by_the_network_resumes_on_the_next_run(
     assert result["bytes_transferred"] <= result["bytes_total"] - first_blob_cut + (1 << 20)
     assert _tree(out) == _tree(bundle)
     assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+
+
+def test_pack_from_a_two_platform_oci_archive_takes_the_platform_asked_for(cli, keypair, tmp_path: Path) -> None:
+    both, amd, arm = two_platform_pack(cli, keypair, tmp_path, "airgap-test/oci-plat:1.0")
+    archive = tmp_path / "both-oci.tar"
+    assert cli("install", str(both), "--trust", str(keypair[1]), "--to", f"oci-archive:{archive}").code == 0
+    for platform, expected in (("linux/arm64", [arm.image_id]), ("all", sorted([amd.image_id, arm.image_id]))):
+        out = tmp_path / f"from-oci-{platform.replace('/', '-')}"
+        r = cli("pack", f"oci-archive:{archive}", "-o", str(out), "--key", str(keypair[0]), "--platform", platform, "--json")
+        assert r.code == 0, r.err
+        assert sorted(i["image_id"] for i in json.loads(r.out)["images"]) == expected
+    r = cli("pack", f"oci-archive:{archive}", "-o", str(tmp_path / "none"), "--key", str(keypair[0]), "--platform", "linux/s390x")
+    assert r.code == 2 and "linux/amd64, linux/arm64" in r.err, r.err
