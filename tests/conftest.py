@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -226,3 +227,13 @@ def two_platform_pack(cli, keypair, tmp_path: Path, tag: str) -> tuple[Path, sam
     r = cli("pack", f"docker-archive:{amd.path}", f"docker-archive:{arm.path}", "-o", str(out), "--key", str(keypair[0]))
     assert r.code == 0, r.err
     return out, amd, arm
+
+
+def evict_images_sharing_layers(client: docker.DockerClient, diff_ids: tuple[str, ...]) -> None:
+    """Remove every image that holds one of these layers: install reads no layer the engine already has,
+    so a test that damages a part must start from an engine without that layer."""
+    wanted = set(diff_ids)
+    for image in client.images.list(all=True):
+        if wanted & set((image.attrs.get("RootFS") or {}).get("Layers") or []):
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(image.id, force=True)

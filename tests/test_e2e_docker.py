@@ -9,13 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
 import pytest
 
 from airgap._internal.bundle import load_bundle
-from tests.conftest import ROOT
+from tests.conftest import ROOT, evict_images_sharing_layers
 
 pytestmark = pytest.mark.docker
 
@@ -46,6 +47,7 @@ def engine_bundle(cli, docker_client, samples, keypair, tmp_path: Path):  # type
     r = cli("pack", sample.tag, "-o", str(out), "--key", str(keypair[0]), "--part-size", "1MiB")
     assert r.code == 0, r.err
     remove(docker_client, sample.tag, sample.image_id)
+    evict_images_sharing_layers(docker_client, sample.layers)
     return out, sample
 
 
@@ -192,3 +194,34 @@ def test_gzip_layers_from_skopeo_install_into_docker(cli, docker_client, samples
     assert r.code == 0, r.err
     assert docker_client.images.get(tag).id == "sha256:" + hashlib.sha256(config).hexdigest()
     remove(docker_client, tag)
+
+
+def test_install_via_loopback_registry_gives_same_image_id_and_leaves_no_loopback_names(
+    cli, docker_client, engine_bundle, keypair
+) -> None:  # type: ignore[no-untyped-def]
+    bundle, sample = engine_bundle
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--via", "registry", "--json")
+    assert r.code == 0, r.err
+    image = docker_client.images.get(sample.tag)
+    assert image.id == sample.image_id
+    assert image.tags == [sample.tag]
+    assert not any("127.0.0.1" in d for d in image.attrs.get("RepoDigests") or [])
+    assert not any("airgap-install" in t for i in docker_client.images.list() for t in i.tags)
+    remove(docker_client, sample.tag, sample.image_id)
+
+
+def test_install_via_loopback_registry_stops_at_a_damaged_part(cli, docker_client, engine_bundle, keypair) -> None:  # type: ignore[no-untyped-def]
+    bundle, sample = engine_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    part = max(manifest["parts"], key=lambda p: p["size"])
+    path = bundle / part["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    started = time.monotonic()
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--via", "registry")
+    assert r.code == 4, r.err
+    assert part["path"] in r.err
+    assert time.monotonic() - started < 30  # the engine is not left retrying a blob that will never verify
+    assert sample.image_id not in [i.id for i in docker_client.images.list(all=True)]
+    assert not any("airgap-install" in t for i in docker_client.images.list() for t in i.tags)

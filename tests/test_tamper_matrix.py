@@ -20,7 +20,7 @@ import zstandard
 from airgap._internal.bundle import load_bundle
 from airgap.keys import load_private
 from airgap.trust import sign
-from tests.conftest import IN_CI, ROOT
+from tests.conftest import IN_CI, ROOT, evict_images_sharing_layers
 
 pytestmark = pytest.mark.docker
 
@@ -43,10 +43,11 @@ def bundle(cli, docker_client, samples, keypair, tmp_path: Path) -> Path:  # typ
 
 
 @pytest.fixture
-def refused(cli, docker_client, keypair):  # type: ignore[no-untyped-def]
+def refused(cli, docker_client, keypair, samples):  # type: ignore[no-untyped-def]
     """Install must fail with ``code``, name ``culprit``, and leave the engine as it was."""
 
     def check(bundle: Path, code: int, culprit: str, *extra: str) -> str:
+        evict_images_sharing_layers(docker_client, samples["docker"].layers)  # the sample every bundle here is packed from
         before = engine_state(docker_client)
         r = cli("install", str(bundle), "--trust", str(keypair[1]), *extra)
         assert r.code == code, r.err
@@ -185,8 +186,9 @@ def test_rollback_refused(cli, docker_client, samples, keypair, refused, tmp_pat
         )
         assert r.code == 0, r.err
     assert cli("install", str(new), "--trust", str(keypair[1])).code == 0
-    refused(old, 5, "sequence 10 is older than sequence 20")
-    docker_client.images.remove(samples["docker2"].tag, force=True)
+    refused(old, 5, "sequence 10 is older than sequence 20")  # (it evicts the new image: they share a layer)
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        docker_client.images.remove(samples["docker2"].tag, force=True)
 
 
 def test_expired_refused(cli, samples, keypair, refused, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
