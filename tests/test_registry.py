@@ -526,3 +526,28 @@ def test_pack_from_a_two_platform_oci_archive_takes_the_platform_asked_for(cli, 
         assert sorted(i["image_id"] for i in json.loads(r.out)["images"]) == expected
     r = cli("pack", f"oci-archive:{archive}", "-o", str(tmp_path / "none"), "--key", str(keypair[0]), "--platform", "linux/s390x")
     assert r.code == 2 and "linux/amd64, linux/arm64" in r.err, r.err
+
+
+def test_token_authentication_as_harbor_and_quay_use_it(
+    cli, bundle: Path, keypair, token_registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import requests
+
+    registry, tokens = token_registry
+    challenge = requests.get(f"http://{registry.host}/v2/", timeout=10)
+    assert challenge.status_code == 401 and challenge.headers["WWW-Authenticate"].startswith("Bearer realm=")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty"))
+    monkeypatch.setenv("AIRGAP_REGISTRY_USER", REGISTRY_USER)
+    monkeypatch.setenv("AIRGAP_REGISTRY_PASSWORD", "wrong")
+    r = cli("publish", str(bundle), f"oci://{registry.host}/bundles/agent:1")
+    assert r.code == 6 and "refused the credentials" in r.err, r.err
+    monkeypatch.setenv("AIRGAP_REGISTRY_PASSWORD", REGISTRY_PASSWORD)
+    r = cli("publish", str(bundle), f"oci://{registry.host}/bundles/agent:1")
+    assert r.code == 0, r.err
+    assert "repository:bundles/agent:pull,push" in tokens.issued
+    out = tmp_path / "pulled"
+    assert cli("pull", f"oci://{registry.host}/bundles/agent:1", "-o", str(out)).code == 0
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/site", "--json")
+    assert r.code == 0, r.err
+    assert "repository:site/airgap-test/agent:pull,push" in tokens.issued
