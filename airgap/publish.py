@@ -45,7 +45,7 @@ PULL_STAGING = ".airgap-pull"
 BLOCK = 1 << 20
 _SAFE_PATH = re.compile(
     r"^(?:manifest\.json|signatures/[0-9a-f]{64}\.sig|parts/[0-9a-f]{64}\.[0-9]{5}\.zst"
-    r"|installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*)$"
+    r"|installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt)$"
 )
 
 
@@ -93,15 +93,18 @@ def publish(
     if not bundle.signatures:
         raise UsageError(f"bundle {bundle_dir} has no signature", hint="sign it first ('airgap sign')")
     files: list[tuple[str, str, str, int]] = []  # (path, media type, digest, size)
+    located: dict[str, Path] = {}  # parts and files: where they are (a split bundle spreads them over volumes)
     files.append((MANIFEST_NAME, MT_FILE["manifest"], _digest(bundle.manifest_bytes), len(bundle.manifest_bytes)))
     for fp, sig in sorted(bundle.signatures.items()):
         files.append((f"signatures/{fp}.sig", MT_FILE["signature"], _digest(sig), len(sig)))
     for part in bundle.manifest.parts:
         open_part(bundle, part).close()  # present, regular, of the right size: before any upload
         files.append((part.path, MT_FILE["part"], f"sha256:{part.sha256}", part.size))
+        located[part.path] = bundle.part_file(part)
     for side in bundle.manifest.files:
         open_part(bundle, side).close()
         files.append((side.path, MT_FILE["file"], f"sha256:{side.sha256}", side.size))
+        located[side.path] = bundle.part_file(side)
     artifact = _artifact_manifest(bundle.manifest, files)
     total = sum(size for *_, size in files)
     sent = 0
@@ -115,14 +118,14 @@ def publish(
             if registry.has_blob(ref.repository, digest, push=True):
                 reporter.advance(size)
                 continue
-            label = f"{bundle_dir / path}"
+            label = str(located.get(path, bundle.path / path))
             blocks: Iterator[bytes]
             if path == MANIFEST_NAME:
                 blocks = iter([bundle.manifest_bytes])
             elif path.startswith("signatures/"):
                 blocks = iter([bundle.signatures[path.split("/")[1].removesuffix(".sig")]])
             else:
-                blocks = _file_blocks(bundle_dir / path, path)
+                blocks = _file_blocks(located[path], path)
             try:
                 registry.upload_blob(ref.repository, digest, size, _advancing(blocks, reporter), chunk)
             except IntegrityError as e:

@@ -127,3 +127,14 @@ def test_install_gathers_parts_from_several_mount_points(
         assert docker_client.images.get(sample.tag).id == sample.image_id
     finally:
         remove(docker_client, sample.tag, sample.image_id)
+
+
+def test_split_bundle_publishes_and_pulls_as_one_bundle(cli, split_bundle: Path, keypair, registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ref = f"oci://{registry.host}/bundles/split:1"
+    r = cli("publish", str(split_bundle), ref)
+    assert r.code == 0, r.err
+    out = tmp_path / "pulled"
+    assert cli("pull", ref, "-o", str(out)).code == 0
+    assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
+    volumes = sorted(split_bundle.iterdir())
+    assert _files(out) - {".airgap-pull"} == set().union(*(_files(v) for v in volumes))
