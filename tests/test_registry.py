@@ -551,3 +551,23 @@ def test_token_authentication_as_harbor_and_quay_use_it(
     r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/site", "--json")
     assert r.code == 0, r.err
     assert "repository:site/airgap-test/agent:pull,push" in tokens.issued
+
+
+def test_bearer_token_is_renewed_before_it_expires(token_registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from airgap._internal import registry as registry_module
+
+    registry, tokens = token_registry
+    monkeypatch.setenv("AIRGAP_REGISTRY_USER", REGISTRY_USER)
+    monkeypatch.setenv("AIRGAP_REGISTRY_PASSWORD", REGISTRY_PASSWORD)
+    digest = "sha256:" + "0" * 64
+    with Registry(registry.host) as reg:
+        assert not reg.has_blob("renew/me", digest)
+        issued = len(tokens.issued)
+        assert not reg.has_blob("renew/me", digest)
+        assert len(tokens.issued) == issued  # still valid: no new token
+        later = time.monotonic() + 3600
+        monkeypatch.setattr(registry_module.time, "monotonic", lambda: later)
+        assert not reg.has_blob("renew/me", digest)
+        assert len(tokens.issued) == issued + 1  # renewed before use, not after a failure

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,8 @@ class Registry:
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "airgap"
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
+        self._expires: dict[str, float] = {}  # scope -> when its bearer token is renewed (monotonic)
+        self._bearer_challenge: dict[str, str] = {}
         self._basic: str | None = None
         self._creds_loaded = False
         self._creds: Credentials | None = None
@@ -249,6 +252,12 @@ class Registry:
             return
         if scheme != "bearer" or "realm" not in params:
             raise RegistryError(f"registry {self.host} asks for an authentication airgap does not speak ({scheme})")
+        self._bearer_challenge = params
+        self._fetch_token(scope)
+
+    def _fetch_token(self, scope: str) -> None:
+        params = self._bearer_challenge
+        creds = self._credentials()
         query = {"service": params.get("service", "")}
         if scope:
             query["scope"] = scope
@@ -263,12 +272,18 @@ class Registry:
                 hint=f"check 'docker login {self.host}', or {USER_ENV} and {PASSWORD_ENV}",
             )
         bearer: object = None
+        lifetime: object = None
         with contextlib.suppress(ValueError, AttributeError):
             body = res.json()
             bearer = body.get("token") or body.get("access_token")
+            lifetime = body.get("expires_in")
         if not isinstance(bearer, str) or not bearer:
             raise RegistryError(f"token service of {self.host} gave no token (HTTP {res.status_code})")
         self._auth[scope] = f"Bearer {bearer}"
+        # tokens are short-lived (60 s unless the service says otherwise): renew well before, so a long
+        # upload, whose chunks cannot be sent twice, never meets an expired one
+        seconds = lifetime if isinstance(lifetime, int) and not isinstance(lifetime, bool) and lifetime > 0 else 60
+        self._expires[scope] = time.monotonic() + max(1.0, seconds * 0.75)
 
     def request(
         self,
@@ -284,6 +299,8 @@ class Registry:
     ) -> requests.Response:
         """One request; answers one authentication challenge; maps failures to RegistryError."""
         full = url if "://" in url else urljoin(self.base + "/", url.lstrip("/"))
+        if scope in self._expires and time.monotonic() >= self._expires[scope]:
+            self._fetch_token(scope)
         for attempt in range(2):
             hdrs = dict(headers or {})
             auth = self._auth.get(scope) or self._basic
