@@ -12,19 +12,19 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal import fsutil, tarstream
 from airgap._internal.bundle import LoadedBundle, attach_base, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
 from airgap._internal.cache import VerifiedCache
-from airgap._internal.engine import Engine, chain_id
+from airgap._internal.engine import Engine
+from airgap._internal.enginelayers import ExportPlan, exported_layers, held_layers, plan_exports
 from airgap._internal.oci import docker_save_layout
-from airgap._internal.pipeline import PrefetchReader, threaded
-from airgap._internal.rebuild import decode
+from airgap._internal.pipeline import threaded
 from airgap._internal.registry import DEFAULT_CHUNK
-from airgap._internal.serve import BundleRegistry
+from airgap._internal.serve import pull_from_loopback
 from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
 from airgap._internal.state import InstallState, cache_path
 from airgap._internal.state import default_path as default_state_path
@@ -159,7 +159,7 @@ def load_stream(
     elsewhere: dict[str, str] = {}
     rebuilt: set[str] = set()
     if exported is not None and (exported.layers or exported.rebuild_from) and engine is not None:
-        yield from _exported_layers(engine, bundle, exported, elsewhere, rebuilt, on_bytes, cache, counts)
+        yield from exported_layers(engine, bundle, exported, elsewhere, rebuilt, on_bytes, cache, counts)
     entries, body = docker_save_layout(images, elsewhere)
     for name, digest, size in entries:
         if digest in held or digest in rebuilt:
@@ -178,156 +178,6 @@ def load_stream(
                 yield data
         yield tarstream.padding(size)
     yield tarstream.header("manifest.json", len(body)) + body + tarstream.padding(len(body)) + tarstream.END_OF_ARCHIVE
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """Layers a delta leaves out that the engine holds under other chains: they are exported from these images."""
-
-    images: tuple[str, ...] = ()
-    layers: dict[str, str] = field(default_factory=dict)  # layer digest -> its diff ID
-    size: int = 0
-    rebuild_from: dict[str, str] = field(default_factory=dict)  # rebuilt layer -> engine image holding its source
-
-
-def _layers_from_engine(engine: Engine, bundle: LoadedBundle, images: list[Image], held: frozenset[str]) -> ExportPlan:
-    """What a delta leaves out and the engine holds under other chains: whole layers, and sources of recipes."""
-    wanted: dict[str, str] = {}
-    sources: dict[str, str] = {}  # rebuilt layer -> source diff ID
-    size = 0
-    base = bundle.base
-    for image in images:
-        for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            if layer.digest in held or bundle.manifest.has_blob(layer.digest):
-                continue
-            if base is not None and base.manifest.has_blob(layer.digest):
-                continue
-            r = bundle.manifest.rebuild_of(layer.digest)
-            if r is not None:
-                if base is None or not base.manifest.has_blob(r.source):
-                    sources[layer.digest] = r.source
-            elif layer.digest not in wanted:
-                wanted[layer.digest] = diff_id
-                size += layer.size
-    if not wanted and not sources:
-        return ExportPlan()
-    holders, missing = engine.images_holding(set(wanted.values()))
-    if missing:
-        wanted, holders = {}, []  # _precheck names what is missing
-    rebuild_from = {}
-    for layer_digest, source in sources.items():
-        found, _ = engine.images_holding({source})
-        if found:
-            rebuild_from[layer_digest] = found[0]
-    return ExportPlan(tuple(holders), wanted, size, rebuild_from)
-
-
-def _entry_blocks(reader: tarstream.EntryReader) -> Iterator[bytes]:
-    while reader.remaining:
-        yield reader.read(min(1 << 20, reader.remaining))
-
-
-def _exported_layers(
-    engine: Engine,
-    bundle: LoadedBundle,
-    plan: ExportPlan,
-    names: dict[str, str],
-    rebuilt: set[str],
-    on_bytes: Callable[[int], None],
-    cache: VerifiedCache | None,
-    counts: dict[str, int] | None,
-) -> Iterator[bytes]:
-    """One pass over the engine's export of each image the plan needs:
-
-    - a layer file that is the source of a recipe becomes the rebuilt layer, under its own name (``rebuilt``);
-    - other layer files go into the upload under names of their own; ``names`` records which member holds
-      which wanted layer (by its sha256, its diff ID).  docker load ignores the members no image names."""
-    by_diff = {diff: digest for digest, diff in plan.layers.items()}
-    recipes = {layer: r for layer in plan.rebuild_from if (r := bundle.manifest.rebuild_of(layer)) is not None}
-    n = 0
-    for image_id in dict.fromkeys([*plan.images, *plan.rebuild_from.values()]):
-        with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
-            for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
-                named = entry.name.removeprefix("blobs/sha256/")
-                is_layer = entry.kind == "file" and (entry.name.endswith("/layer.tar") or named != entry.name)
-                source_of = next(
-                    (
-                        layer
-                        for layer, r in recipes.items()
-                        if layer not in rebuilt
-                        and plan.rebuild_from[layer] == image_id
-                        and (f"sha256:{named}" == r.source or (entry.name.endswith("/layer.tar") and entry.size == r.source_size))
-                    ),
-                    None,
-                )
-                if is_layer and source_of is not None:
-                    r = recipes[source_of]
-                    yield tarstream.header(f"{source_of.removeprefix('sha256:')}/layer.tar", r.size)
-                    with closing(iter_blob(bundle, r.recipe, cache=cache, counts=counts)) as recipe:
-                        for data in decode(recipe, _entry_blocks(reader), source_of, r.size, f"layer {source_of[:19]}"):
-                            on_bytes(len(data))
-                            yield data
-                    yield tarstream.padding(r.size)
-                    rebuilt.add(source_of)
-                    reader.drain()
-                    continue
-                unwanted = named != entry.name and f"sha256:{named}" not in by_diff  # OCI layout: the name is the digest
-                if not is_layer or unwanted or all(d in names for d in plan.layers):
-                    reader.drain()
-                    continue
-                n += 1
-                member = f"from-engine-{n}/layer.tar"
-                yield tarstream.header(member, entry.size)
-                sha = hashlib.sha256()
-                for data in _entry_blocks(reader):
-                    sha.update(data)
-                    on_bytes(len(data))
-                    yield data
-                yield tarstream.padding(entry.size)
-                digest = by_diff.get("sha256:" + sha.hexdigest())
-                if digest is not None:
-                    names[digest] = member
-    lacking = [d for d in plan.layers if d not in names]
-    if lacking:
-        raise IntegrityError(
-            f"the engine's export did not hold layer {plan.layers[lacking[0]][:19]} of the delta's base",
-            hint="pass the base bundle with --base OLD_BUNDLE",
-        )
-
-
-def _pull_from_loopback(
-    engine: Engine,
-    bundle: LoadedBundle,
-    images: list[Image],
-    cache: VerifiedCache,
-    counts: dict[str, int],
-    on_bytes: Callable[[int], None],
-) -> None:
-    """Serve the bundle on 127.0.0.1 and let the engine pull it; then name the images and drop the loopback names."""
-    if not engine.is_local():
-        raise UsageError("--via registry needs a Docker engine on this host", hint="use the default, --via load")
-    with BundleRegistry(bundle, images, cache, counts, on_bytes) as served:
-        try:
-            for image in images:
-                try:
-                    engine.pull(served.ref(image))
-                except DockerError as e:
-                    failed = served.first_error()
-                    if failed is not None:
-                        raise failed from e
-                    raise
-            failed = served.first_error()
-            if failed is not None:
-                raise failed
-            for image in images:
-                for ref in image.ref_names:
-                    engine.tag(image.image_id, ref)
-        finally:
-            for image in images:
-                engine.untag(served.ref(image))
-                for digest_ref in (engine.inspect(image.image_id) or {}).get("RepoDigests") or []:
-                    if str(digest_ref).startswith(served.repository + "@"):
-                        engine.untag(str(digest_ref))
 
 
 def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool, skip: frozenset[str] = frozenset()) -> int:
@@ -366,19 +216,6 @@ def _where(bundle: LoadedBundle, digest: str) -> list[tuple[LoadedBundle, str]]:
     if owner is bundle:
         return [(bundle, digest)]
     return _where(owner, digest)
-
-
-def _held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:
-    """Layers the engine already has, chain and all, for every image that uses them: docker load skips them."""
-    chains = engine.layer_chains()
-    held: set[str] = set()
-    needed: set[str] = set()
-    for image in images:
-        chain = None
-        for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            chain = chain_id(chain, diff_id)
-            (held if chain in chains else needed).add(layer.digest)
-    return frozenset(held - needed)
 
 
 def _deliver(
@@ -503,8 +340,8 @@ def _install(
         done = tuple(InstalledImage(i.image_id, i.ref_names, str(i.platform), "already present") for i in images)
         return InstallResult(options.bundle, trust_result, done, 0, time.monotonic() - started)
 
-    held = _held_layers(engine, images) if options.via == "load" else frozenset()
-    exported = _layers_from_engine(engine, bundle, images, held) if options.via == "load" else ExportPlan()
+    held = held_layers(engine, images) if options.via == "load" else frozenset()
+    exported = plan_exports(engine, bundle, images, held) if options.via == "load" else ExportPlan()
     from_engine = held | frozenset(exported.layers) | frozenset(exported.rebuild_from)
     total = _precheck(bundle, images, options.allow_unexpected, from_engine)
     total += exported.size
@@ -543,7 +380,7 @@ def _install(
     reporter.start("install", total)
     counts: dict[str, int] = {}
     if options.via == "registry":
-        _pull_from_loopback(engine, bundle, images, cache, counts, on_bytes)
+        pull_from_loopback(engine, bundle, images, cache, counts, on_bytes)
     else:
         engine.load(threaded(load_stream(bundle, images, on_bytes, cache, counts, held, exported, engine)))
     reporter.finish()

@@ -15,14 +15,15 @@ import http.server
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from airgap._internal import oci
 from airgap._internal.bundle import LoadedBundle, iter_blob
 from airgap._internal.cache import VerifiedCache
-from airgap.errors import Error
+from airgap._internal.engine import Engine
+from airgap.errors import DockerError, Error, UsageError
 from airgap.models import Image
 
 _PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9/._-]+)/(?P<kind>manifests|blobs)/(?P<ref>[A-Za-z0-9_.:-]+)$")
@@ -178,3 +179,38 @@ def _skip(blocks: Iterator[bytes], n: int) -> Iterator[bytes]:
             continue
         yield block[n:] if n else block
         n = 0
+
+
+def pull_from_loopback(
+    engine: Engine,
+    bundle: LoadedBundle,
+    images: list[Image],
+    cache: VerifiedCache,
+    counts: dict[str, int],
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Serve the bundle on 127.0.0.1 and let the engine pull it; then name the images and drop the loopback names."""
+    if not engine.is_local():
+        raise UsageError("--via registry needs a Docker engine on this host", hint="use the default, --via load")
+    with BundleRegistry(bundle, images, cache, counts, on_bytes) as served:
+        try:
+            for image in images:
+                try:
+                    engine.pull(served.ref(image))
+                except DockerError as e:
+                    failed = served.first_error()
+                    if failed is not None:
+                        raise failed from e
+                    raise
+            failed = served.first_error()
+            if failed is not None:
+                raise failed
+            for image in images:
+                for ref in image.ref_names:
+                    engine.tag(image.image_id, ref)
+        finally:
+            for image in images:
+                engine.untag(served.ref(image))
+                for digest_ref in (engine.inspect(image.image_id) or {}).get("RepoDigests") or []:
+                    if str(digest_ref).startswith(served.repository + "@"):
+                        engine.untag(str(digest_ref))
