@@ -204,24 +204,13 @@ def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callab
     started = time.monotonic()
     engine = connect() if any(s.kind == "docker" for s in options.sources) else None
     try:
-        return _pack(options, reporter, compressor, private, engine, started)
+        engine_bytes, archive_bytes = _estimate(options.sources, engine)
+        with ExitStack() as stack:
+            remote = _resolve_registry_sources(options, stack, reporter)
+            return _pack(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
     finally:
         if engine is not None:
             engine.close()
-
-
-def _pack(
-    options: PackOptions,
-    reporter: Reporter,
-    compressor: zstandard.ZstdCompressor,
-    private: Ed25519PrivateKey,
-    engine: Engine | None,
-    started: float,
-) -> PackResult:
-    engine_bytes, archive_bytes = _estimate(options.sources, engine)
-    with ExitStack() as stack:
-        remote = _resolve_registry_sources(options, stack, reporter)
-        return _pack_from(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
 
 
 def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: Reporter) -> list[tuple[Registry, ResolvedImage]]:
@@ -334,7 +323,7 @@ def _platform_filter(images: list[Image], platform: str | None, label: str) -> l
     return kept
 
 
-def _pack_from(
+def _pack(
     options: PackOptions,
     reporter: Reporter,
     compressor: zstandard.ZstdCompressor,
