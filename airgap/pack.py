@@ -354,6 +354,7 @@ def _pack(
 
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
+    since = _base_of(options.since) if options.since is not None else None  # ... and a bad --since
     writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level)
     if writer.resumable_parts:
         reporter.note(
@@ -369,9 +370,10 @@ def _pack(
                 contents = read_archive(ahead, "Docker engine export", writer)
                 images += images_from_archive(contents, writer)
         fetched: dict[str, int] = {}
+        left_out = frozenset(since[1]) if since else frozenset()
         for registry, resolved in remote:
             reporter.note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
-            images.append(fetch(registry, resolved, writer, fetched))
+            images.append(fetch(registry, resolved, writer, fetched, left_out))
         for source in options.sources:
             if source.kind in ("docker", "registry"):
                 continue
@@ -388,8 +390,8 @@ def _pack(
         digests = [d.digest for image in images for d in (image.config, *image.layers)]
         base = None
         rebuilds: list[Rebuild] = []
-        if options.since is not None:
-            base, old_layers = _base_of(options.since)
+        if options.since is not None and since is not None:
+            base, old_layers = since
             configs = {image.config.digest for image in images}
             digests = [d for d in digests if d not in old_layers or d in configs]
             wanted = {layer.digest for image in images for layer in image.layers}

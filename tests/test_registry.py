@@ -571,3 +571,30 @@ def test_bearer_token_is_renewed_before_it_expires(token_registry, monkeypatch: 
         monkeypatch.setattr(registry_module.time, "monotonic", lambda: later)
         assert not reg.has_blob("renew/me", digest)
         assert len(tokens.issued) == issued + 1  # renewed before use, not after a failure
+
+
+def test_delta_from_a_registry_downloads_only_new_layers(cli, keypair, registry: PrivateRegistry, tmp_path: Path) -> None:
+    one = sample_image.build(tmp_path / "1.tar", tag="airgap-test/regdelta:1", model_size=4 << 20, app_size=1 << 18, seed="rd1")
+    two = sample_image.build(
+        tmp_path / "2.tar", tag="airgap-test/regdelta:2", model_size=4 << 20, app_size=1 << 18, seed="rd1", model_mtime=7
+    )
+    for sample in (one, two):
+        _skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{sample.path}", f"docker://{registry.host}/{sample.tag}")
+    full = tmp_path / "full-1"
+    assert cli("pack", f"oci://{registry.host}/{one.tag}", "-o", str(full), "--key", str(keypair[0])).code == 0
+    raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/{two.tag}"))
+    shared = {layer["digest"] for layer in raw["layers"]} & {
+        b["digest"] for b in json.loads((full / "manifest.json").read_text())["blobs"]
+    }
+    assert shared  # the base and app layers did not change
+
+    def gets(digest: str) -> int:
+        return registry.requests_seen("GET", f"/v2/airgap-test/regdelta/blobs/{digest}")
+
+    before = {layer["digest"]: gets(layer["digest"]) for layer in raw["layers"]}
+    delta = tmp_path / "delta-2"
+    r = cli("pack", f"oci://{registry.host}/{two.tag}", "-o", str(delta), "--key", str(keypair[0]), "--since", str(full))
+    assert r.code == 0, r.err
+    for digest, count in before.items():
+        assert gets(digest) == count + (0 if digest in shared else 1), digest
+    assert not shared & {b["digest"] for b in json.loads((delta / "manifest.json").read_text())["blobs"]}

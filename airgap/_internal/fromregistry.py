@@ -164,11 +164,14 @@ class _ResponseStream:
             raise RegistryError(f"download of {self._label} was cut off: {str(e)[:160]}", hint="run the same pack again") from e
 
 
-def fetch(registry: Registry, image: ResolvedImage, store: BlobStore, stored: dict[str, int]) -> Image:
+def fetch(
+    registry: Registry, image: ResolvedImage, store: BlobStore, stored: dict[str, int], skip: frozenset[str] = frozenset()
+) -> Image:
     """Stream the config and layers of ``image`` into ``store``; check every digest.
 
     ``stored`` (digest -> size) lists blobs already in the store, shared by the images of one pack:
-    a layer two platforms share is fetched once."""
+    a layer two platforms share is fetched once.  Layers in ``skip`` (a delta's base has them) are not
+    downloaded at all."""
     ref = image.ref
     config_digest = image.config["digest"]
     config_bytes = registry.read_blob(ref.repository, config_digest, CONFIG_LIMIT)
@@ -180,7 +183,7 @@ def fetch(registry: Registry, image: ResolvedImage, store: BlobStore, stored: di
     for i, desc in enumerate(image.layers):
         digest, size = desc["digest"], int(desc["size"])
         label = f"layer {digest[:19]} of {ref}"
-        if stored.get(digest) != size:
+        if stored.get(digest) != size and digest not in skip:
             res, _ = registry.open_blob(ref.repository, digest)
             with res, PrefetchReader(_ResponseStream(res, label)) as ahead:
                 blob = store.store_stream(size, EntryReader(ahead, size, label), f"{ref}\0{digest}")
