@@ -36,6 +36,7 @@ class Engine:
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
         self.api = client.api
+        self._image_layers: dict[str, list[str]] | None = None
 
     @classmethod
     def connect(cls) -> Engine:
@@ -150,30 +151,33 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail("image load failed", e) from e
 
+    def image_layers(self) -> dict[str, list[str]]:
+        """Every image's layer diff IDs, bottom first (listed once per engine connection: an install asks
+        several questions of the same state before it loads anything)."""
+        if self._image_layers is None:
+            found: dict[str, list[str]] = {}
+            try:
+                for summary in self.api.images(all=True):
+                    image_id = str(summary["Id"])
+                    found[image_id] = [str(d) for d in ((self.inspect(image_id) or {}).get("RootFS") or {}).get("Layers") or []]
+            except (docker.errors.DockerException, requests.RequestException) as e:
+                raise _fail("listing images failed", e) from e
+            self._image_layers = found
+        return self._image_layers
+
     def layer_chains(self) -> set[str]:
         """The chain IDs of every layer the engine's images use: 'docker load' skips a layer whose chain it has."""
         chains: set[str] = set()
-        try:
-            for summary in self.api.images(all=True):
-                layers = ((self.inspect(str(summary["Id"])) or {}).get("RootFS") or {}).get("Layers") or []
-                chain = None
-                for diff_id in layers:
-                    chain = chain_id(chain, str(diff_id))
-                    chains.add(chain)
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            raise _fail("listing images failed", e) from e
+        for layers in self.image_layers().values():
+            chain = None
+            for diff_id in layers:
+                chain = chain_id(chain, diff_id)
+                chains.add(chain)
         return chains
 
     def images_holding(self, diff_ids: set[str]) -> tuple[list[str], set[str]]:
         """Images whose layers cover ``diff_ids`` (a few, greedily), and the diff IDs no image has."""
-        layers_of: dict[str, set[str]] = {}
-        try:
-            for summary in self.api.images(all=True):
-                image_id = str(summary["Id"])
-                layers = ((self.inspect(image_id) or {}).get("RootFS") or {}).get("Layers") or []
-                layers_of[image_id] = {str(d) for d in layers} & diff_ids
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            raise _fail("listing images failed", e) from e
+        layers_of = {image_id: set(layers) & diff_ids for image_id, layers in self.image_layers().items()}
         wanted, chosen = set(diff_ids), []
         while wanted:
             best = max(layers_of, key=lambda i: len(layers_of[i] & wanted), default=None)
