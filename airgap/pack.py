@@ -8,7 +8,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +18,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil, rebuild, wheelhouse
-from airgap._internal.bundle import BundleWriter, LoadedBundle, iter_blob, load_bundle, locate, read_manifest_bytes
+from airgap._internal.bundle import (
+    GUESS_HEAD,
+    BundleWriter,
+    LoadedBundle,
+    SpeculationMiss,
+    iter_blob,
+    load_bundle,
+    locate,
+    read_manifest_bytes,
+)
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
@@ -91,6 +100,7 @@ class PackOptions:
     media_dir_size: int | None = None  # split the bundle into vol-NN folders, each fitting a medium this large
     since: Path | None = None  # a delta: leave out the layers of this older bundle (its directory or manifest.json)
     chunk_deltas: bool = True  # with --since DIR: carry changed layers as recipes over the old layers' chunks
+    speculate: bool = True  # with --since: only hash members the size of a base layer (retried without on a miss)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class PackResult:
     input_bytes: int
     seconds: float
     reused_parts: int = 0  # staged by an interrupted pack and checked, not compressed again
+    hashed_only_bytes: int = 0  # a delta's left-out layers, read and hashed but never compressed or written
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -116,6 +127,7 @@ class PackResult:
             "bundle_bytes": self.manifest.total_part_bytes,
             "input_bytes": self.input_bytes,
             "reused_parts": self.reused_parts,
+            "hashed_only_bytes": self.hashed_only_bytes,
             "seconds": round(self.seconds, 3),
         }
 
@@ -207,7 +219,14 @@ def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callab
         engine_bytes, archive_bytes = _estimate(options.sources, engine)
         with ExitStack() as stack:
             remote = _resolve_registry_sources(options, stack, reporter)
-            return _pack(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
+            try:
+                return _pack(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
+            except SpeculationMiss:
+                reporter.note(
+                    "a new layer looked like a base layer (same size and first MiB): reading the sources again, storing every layer"
+                )
+                retry = replace(options, speculate=False, overwrite=False)  # resumes from the parts staged so far
+                return _pack(retry, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
     finally:
         if engine is not None:
             engine.close()
@@ -234,21 +253,28 @@ def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: 
 
 
 CHUNK_MIN_LAYER = 4 << 20  # smaller layers are carried whole
+SPECULATE_MIN = 1 << 20  # smaller base layers are not worth guessing: they are stored, then dropped
 
 
 def _recipes(
-    images: list[Image], old_layers: set[str], old: LoadedBundle, writer: BundleWriter, reporter: Reporter
+    images: list[Image], old_layers: dict[str, int], old: LoadedBundle, writer: BundleWriter, reporter: Reporter
 ) -> list[Rebuild]:
     """For each new uncompressed layer, try a recipe over an old layer the new images no longer use."""
     plain = (MT_DOCKER_LAYER, MT_OCI_LAYER)
-    new_layers = {l.digest: l for i in images for l in i.layers if l.digest not in old_layers}  # noqa: E741
-    candidates = [l for l in new_layers.values() if l.media_type in plain and l.size >= CHUNK_MIN_LAYER]  # noqa: E741
-    in_use = {l.digest for i in images for l in i.layers}  # noqa: E741
+    in_use = {layer.digest: layer for image in images for layer in image.layers}
+    candidates = [
+        layer
+        for layer in in_use.values()
+        if layer.digest not in old_layers and layer.media_type in plain and layer.size >= CHUNK_MIN_LAYER
+    ]
     sources = {
-        l.digest: l
-        for i in old.manifest.images
-        for l in i.layers  # noqa: E741
-        if l.digest not in in_use and l.media_type in plain and l.size >= CHUNK_MIN_LAYER and old.manifest.has_blob(l.digest)
+        layer.digest
+        for image in old.manifest.images
+        for layer in image.layers
+        if layer.digest not in in_use
+        and layer.media_type in plain
+        and layer.size >= CHUNK_MIN_LAYER
+        and old.manifest.has_blob(layer.digest)
     }
     if not candidates or not sources:
         return []
@@ -273,8 +299,27 @@ def _recipes(
     return made
 
 
-def _base_of(since: Path) -> tuple[str, set[str]]:
-    """The manifest digest of the bundle a delta builds on, and every layer its images have."""
+def _guesses(since: Path | None, old_layers: dict[str, int]) -> dict[int, frozenset[str]]:
+    """The base bundle's layers by size, with the sha256 of their first MiB (read from its parts)."""
+    if since is None or not since.is_dir():
+        return {}
+    old = load_bundle(since)
+    heads: dict[int, set[str]] = {}
+    for digest, size in old_layers.items():
+        if size < SPECULATE_MIN or not old.manifest.has_blob(digest):
+            continue
+        first = bytearray()
+        with closing(iter_blob(old, digest)) as blocks:
+            for block in blocks:
+                first += block[: GUESS_HEAD - len(first)]
+                if len(first) >= min(size, GUESS_HEAD):
+                    break
+        heads.setdefault(size, set()).add(hashlib.sha256(bytes(first)).hexdigest())
+    return {size: frozenset(h) for size, h in heads.items()}
+
+
+def _base_of(since: Path) -> tuple[str, dict[str, int]]:
+    """The manifest digest of the bundle a delta builds on, and every layer its images have (digest -> size)."""
     if since.is_dir():
         data = read_manifest_bytes(locate(since)[0])
     else:
@@ -289,7 +334,9 @@ def _base_of(since: Path) -> tuple[str, set[str]]:
         old = Manifest.from_bytes(data)
     except FormatError as e:
         raise FormatError(f"--since {since}: {e.message}", hint="name the older bundle's directory or its manifest.json") from e
-    return "sha256:" + hashlib.sha256(data).hexdigest(), {layer.digest for image in old.images for layer in image.layers}
+    return "sha256:" + hashlib.sha256(data).hexdigest(), {
+        layer.digest: layer.size for image in old.images for layer in image.layers
+    }
 
 
 def _split_into_volumes(manifest: Manifest, writer: BundleWriter, capacity: int) -> Manifest:
@@ -355,7 +402,9 @@ def _pack(
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
     since = _base_of(options.since) if options.since is not None else None  # ... and a bad --since
-    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level)
+    # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
+    guesses = _guesses(options.since, since[1]) if since and options.speculate else {}
+    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level, guesses)
     if writer.resumable_parts:
         reporter.note(
             f"resuming an interrupted pack: {writer.resumable_parts} part(s) already staged are checked, not compressed again"
@@ -371,9 +420,11 @@ def _pack(
                 images += images_from_archive(contents, writer)
         fetched: dict[str, int] = {}
         left_out = frozenset(since[1]) if since else frozenset()
+        writer.guessing = False  # a registry names its layers' digests: left-out layers are simply not fetched
         for registry, resolved in remote:
             reporter.note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
             images.append(fetch(registry, resolved, writer, fetched, left_out))
+        writer.guessing = True
         for source in options.sources:
             if source.kind in ("docker", "registry"):
                 continue
@@ -396,8 +447,8 @@ def _pack(
             digests = [d for d in digests if d not in old_layers or d in configs]
             wanted = {layer.digest for image in images for layer in image.layers}
             reporter.note(
-                f"delta since {options.since}: {len(wanted - old_layers)} new layer(s); "
-                f"{len(wanted & old_layers)} left to the base bundle"
+                f"delta since {options.since}: {len(wanted - set(old_layers))} new layer(s); "
+                f"{len(wanted & set(old_layers))} left to the base bundle"
             )
             if options.since.is_dir() and options.chunk_deltas:
                 rebuilds = _recipes(images, old_layers, load_bundle(options.since), writer, reporter)
@@ -445,4 +496,7 @@ def _pack(
             raise
         raise error from e
     writer.cleanup()
-    return PackResult(options.out_dir, manifest, fingerprint, moved, time.monotonic() - started, writer.reused_parts)
+    return PackResult(
+        options.out_dir, manifest, fingerprint, moved, time.monotonic() - started, writer.reused_parts,
+        sum(writer.hashed_only.values()),
+    )  # fmt: skip

@@ -250,3 +250,88 @@ def test_layers_the_engine_holds_are_not_read_from_a_full_bundle(cli, chunk_delt
         assert r.code == 4 and app_part["path"] in r.err
     finally:
         remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
+
+
+def test_delta_pack_only_hashes_the_layers_its_base_has(cli, packed, releases, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    full1, _, delta = packed
+    _, v2 = releases
+    again = tmp_path / "again"
+    r = cli("pack", f"docker-archive:{v2.path}", "-o", str(again), "--key", str(keypair[0]), "--part-size", "1MiB",
+            "--name", "agent", "--sequence", "2", "--since", str(full1), "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    model = json.loads((full1 / "manifest.json").read_text())["blobs"]
+    model_size = max(b["size"] for b in model)
+    assert json.loads(r.out)["hashed_only_bytes"] >= model_size  # the 4 MiB model layer was never compressed
+    assert (
+        json.loads((again / "manifest.json").read_text())["blobs"] == json.loads((delta / "manifest.json").read_text())["blobs"]
+    )
+
+
+def _archive_with_one_file(path: Path, tag: str, body: bytes) -> str:
+    """A one-layer docker-archive whose layer holds ``body`` as /data; returns the image ID."""
+    import io
+    import tarfile
+
+    def fill(tar: tarfile.TarFile) -> None:
+        tar.addfile(sample_image._info("data", len(body)), io.BytesIO(body))
+
+    layer = io.BytesIO()
+    digest, size = sample_image._write_layer(layer, fill)
+    config, config_digest = sample_image._config([digest], "amd64")
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(sample_image._info(f"{digest[7:]}/layer.tar", size), io.BytesIO(layer.getvalue()))
+        tar.addfile(sample_image._info(f"{config_digest[7:]}.json", len(config)), io.BytesIO(config))
+        sample_image._add_docker_index(tar, f"{config_digest[7:]}.json", [f"{digest[7:]}/layer.tar"], tag)
+    return config_digest
+
+
+def test_new_layer_that_looks_like_a_base_layer_is_still_packed(cli, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # same size and same first MiB as the base's layer, other bytes after: the guess misses, pack reads again
+    old = _archive_with_one_file(tmp_path / "1.tar", "airgap-test/lookalike:1", b"A" * (2 * MiB) + b"B" * MiB)
+    new = _archive_with_one_file(tmp_path / "2.tar", "airgap-test/lookalike:2", b"A" * (2 * MiB) + b"C" * MiB)
+    full = tmp_path / "full"
+    assert (
+        cli("pack", f"docker-archive:{tmp_path / '1.tar'}", "-o", str(full), "--key", str(keypair[0]), "--sequence", "1").code
+        == 0
+    )
+    delta = tmp_path / "delta"
+    r = cli("pack", f"docker-archive:{tmp_path / '2.tar'}", "-o", str(delta), "--key", str(keypair[0]), "--since", str(full),
+            "--sequence", "2", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["images"][0]["image_id"] == new != old
+    assert result["hashed_only_bytes"] == 0  # the second pass stored everything
+    assert cli("verify", str(delta), "--trust", str(keypair[1])).code == 0
+    out = tmp_path / "new.tar"
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full), "--to", f"docker-archive:{out}")
+    assert r.code == 0, r.err
+    assert (
+        json.loads(cli("pack", f"docker-archive:{out}", "-o", str(tmp_path / "x"), "--key", str(keypair[0]), "--json").out)[
+            "images"
+        ][0]["image_id"]
+        == new
+    )
+
+
+def test_new_layer_the_size_of_a_base_layer_is_still_packed(cli, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a new model of exactly the old model's size: the guess misses, and pack reads the source again
+    one = sample_image.build(tmp_path / "1.tar", tag="airgap-test/same-size:1", model_size=2 * MiB, app_size=MiB // 4, seed="ss1")
+    two = sample_image.build(
+        tmp_path / "2.tar", tag="airgap-test/same-size:2", model_size=2 * MiB, app_size=MiB // 4, seed="ss1", model_seed="ss2"
+    )
+    assert two.layers[2] != one.layers[2]
+    full = tmp_path / "full"
+    assert cli("pack", f"docker-archive:{one.path}", "-o", str(full), "--key", str(keypair[0]), "--sequence", "1").code == 0
+    delta = tmp_path / "delta"
+    r = cli("pack", f"docker-archive:{two.path}", "-o", str(delta), "--key", str(keypair[0]), "--since", str(full),
+            "--sequence", "2", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    carried = {b["digest"] for b in json.loads((delta / "manifest.json").read_text())["blobs"]}
+    assert two.layers[2] in carried and one.layers[2] not in carried
+    assert cli("verify", str(delta), "--trust", str(keypair[1])).code == 0
+    out = tmp_path / "two.tar"
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full), "--to", f"docker-archive:{out}")
+    assert r.code == 0, r.err
+    again = tmp_path / "again"
+    r = cli("pack", f"docker-archive:{out}", "-o", str(again), "--key", str(keypair[0]), "--json")
+    assert json.loads(r.out)["images"][0]["image_id"] == two.image_id

@@ -29,13 +29,14 @@ from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.layout import StoredBlob
 from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data
 from airgap._internal.rebuild import decode
-from airgap._internal.tarstream import EntryReader
+from airgap._internal.tarstream import EntryReader, read_exact
 from airgap.errors import ConflictError, FormatError, IntegrityError, TrustError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import INSTALLER_DIR, MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
 from airgap.trust import TrustResult, check_trust
 
 STAGING_DIR = ".airgap-staging"
+GUESS_HEAD = 1 << 20  # a delta's guess compares the first MiB of a member with the base layer's
 VOLUME_GLOB = "vol-[0-9][0-9]*"
 JOURNAL = "journal.jsonl"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -47,8 +48,17 @@ def _is_volume_name(name: str) -> bool:
     return bool(re.fullmatch(r"vol-[0-9]{2,3}|volume-[0-9]{2,3}\.txt", name))
 
 
+class SpeculationMiss(Exception):
+    """A member was only hashed because its size matched a base layer's, and it turned out to be new."""
+
+
 class BundleWriter:
-    """Stages blobs as parts, then commits the referenced ones and writes the manifest last."""
+    """Stages blobs as parts, then commits the referenced ones and writes the manifest last.
+
+    ``guesses``: for a delta, the base bundle's layers by size, each with the sha256 of its first MiB
+    (:data:`GUESS_HEAD`).  A member of such a size whose first MiB matches is most likely that layer, which
+    the delta leaves out: it is only hashed, not compressed or written.  If one turns out to be needed,
+    commit raises :class:`SpeculationMiss` and pack runs again without guessing."""
 
     def __init__(
         self,
@@ -58,8 +68,12 @@ class BundleWriter:
         overwrite: bool,
         on_bytes: Callable[[int], None],
         level: int = 0,
+        guesses: dict[int, frozenset[str]] | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self._guesses = guesses or {}
+        self.guessing = True  # off while a source whose digests are known beforehand streams (a registry)
+        self.hashed_only: dict[str, int] = {}  # digest -> size: members hashed, not stored
         self.part_size = part_size
         self._cctx = compressor
         self._on_bytes = on_bytes
@@ -137,6 +151,11 @@ class BundleWriter:
 
     # -- BlobStore ------------------------------------------------------------------------------
     def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob:
+        first = b""
+        if self.guessing and size in self._guesses and not name.startswith("recipe\0"):
+            first = read_exact(reader, min(size, GUESS_HEAD))
+            if hashlib.sha256(first).hexdigest() in self._guesses[size]:
+                return self._hash_only(size, reader, first)
         stem = self._stem(name, size)
         if stem in self._stems_used:  # the same member twice in one run: a name of its own, no resume
             self._counter += 1
@@ -147,6 +166,8 @@ class BundleWriter:
             reuse=self._journal.get(stem), on_part=lambda index, part: self._journal_part(stem, index, part),
         )  # fmt: skip
         try:
+            if first:
+                writer.write(first)
             while reader.remaining:
                 writer.write(reader.read(min(COPY_BLOCK, reader.remaining)))
             staged = writer.finish()
@@ -159,6 +180,21 @@ class BundleWriter:
         finally:
             self.reused_parts += writer.reused
         return self._keep(staged)
+
+    def _hash_only(self, size: int, reader: EntryReader, first: bytes) -> StoredBlob:
+        sha = hashlib.sha256(first)
+        head = first[:16]
+        self._on_bytes(len(first))
+        while reader.remaining:
+            data = reader.read(min(COPY_BLOCK, reader.remaining))
+            if len(head) < 16:
+                head += data[: 16 - len(head)]
+            sha.update(data)
+            self._on_bytes(len(data))
+        digest = "sha256:" + sha.hexdigest()
+        if digest not in self._staged:
+            self.hashed_only[digest] = size
+        return StoredBlob(digest, size, head)
 
     def store_bytes(self, data: bytes) -> StoredBlob:
         self._counter += 1
@@ -180,6 +216,8 @@ class BundleWriter:
         return StoredBlob(staged.digest, staged.size, staged.head)
 
     def read_small(self, digest: str, limit: int) -> bytes:
+        if digest not in self._staged and digest in self.hashed_only:
+            raise SpeculationMiss(digest)
         staged = self._staged[digest]
         if staged.size > limit:
             raise FormatError(f"a metadata file of {staged.size} bytes is too large")
@@ -187,6 +225,8 @@ class BundleWriter:
 
     def iter_staged(self, digest: str) -> Iterator[bytes]:
         """A staged blob's bytes, decompressed from its parts (each part checked)."""
+        if digest not in self._staged and digest in self.hashed_only:
+            raise SpeculationMiss(digest)
         for i, sp in enumerate(self._staged[digest].parts):
             part = Part(part_path(digest, i), sp.size, sp.sha256, digest, i, sp.offset, sp.length)
             with open(sp.tmp_path, "rb") as fh:
@@ -198,6 +238,9 @@ class BundleWriter:
     # -- commit ---------------------------------------------------------------------------------
     def commit_parts(self, digests: list[str]) -> tuple[list[Blob], list[Part]]:
         """Move the parts of the referenced blobs to their final names; drop everything else."""
+        missed = [d for d in digests if d not in self._staged and d in self.hashed_only]
+        if missed:
+            raise SpeculationMiss(missed[0])
         parts_dir = self.out_dir / PARTS_DIR
         parts_dir.mkdir(exist_ok=True)
         blobs, parts = [], []
