@@ -598,3 +598,30 @@ def test_delta_from_a_registry_downloads_only_new_layers(cli, keypair, registry:
     for digest, count in before.items():
         assert gets(digest) == count + (0 if digest in shared else 1), digest
     assert not shared & {b["digest"] for b in json.loads((delta / "manifest.json").read_text())["blobs"]}
+
+
+def test_delta_pushed_to_a_registry_that_has_its_base(
+    cli, keypair, registry: PrivateRegistry, tmp_path: Path, second_engine: str
+) -> None:
+    one = sample_image.build(tmp_path / "1.tar", tag="airgap-test/pushdelta:1", model_size=2 << 20, app_size=1 << 18, seed="pd1")
+    two = sample_image.build(
+        tmp_path / "2.tar", tag="airgap-test/pushdelta:2", model_size=2 << 20, app_size=1 << 18, seed="pd2", model_seed="pd1"
+    )
+    full, delta = tmp_path / "full", tmp_path / "delta"
+    assert cli("pack", f"docker-archive:{one.path}", "-o", str(full), "--key", str(keypair[0]), "--sequence", "1").code == 0
+    r = cli(
+        "pack", f"docker-archive:{two.path}", "-o", str(delta), "--key", str(keypair[0]), "--sequence", "2", "--since", str(full)
+    )
+    assert r.code == 0, r.err
+    target = f"registry://{registry.host}/pd"
+    # a registry without the base layers: the delta alone cannot complete the image
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/empty-pd")
+    assert r.code == 2 and "--base" in r.err, r.err
+    assert cli("install", str(full), "--trust", str(keypair[1]), "--to", target).code == 0
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--to", target, "--json")
+    assert r.code == 0, r.err
+    other = docker.DockerClient(base_url=second_engine, timeout=300)
+    try:
+        assert other.images.pull(f"{registry.host}/pd/airgap-test/pushdelta", tag="2").id == two.image_id
+    finally:
+        other.close()
