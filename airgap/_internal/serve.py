@@ -37,7 +37,7 @@ class _State:
     blobs: dict[str, int]  # digest -> size
     cache: VerifiedCache | None
     counts: dict[str, int]
-    on_bytes: object
+    on_bytes: Callable[[int], None]
     errors: list[Error] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,7 +51,7 @@ class BundleRegistry:
         images: list[Image],
         cache: VerifiedCache | None,
         counts: dict[str, int],
-        on_bytes: object,
+        on_bytes: Callable[[int], None],
     ) -> None:
         repo = f"airgap-install/{secrets.token_hex(8)}"
         manifests: dict[str, tuple[bytes, str]] = {}
@@ -154,8 +154,7 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             try:
                 for block in _skip(iter_blob(state.bundle, digest, cache=state.cache, counts=state.counts), start):
                     self.wfile.write(block)
-                    if callable(state.on_bytes):
-                        state.on_bytes(len(block))
+                    state.on_bytes(len(block))
             except Error as e:
                 with state.lock:
                     state.errors.append(e)
