@@ -625,3 +625,28 @@ def test_delta_pushed_to_a_registry_that_has_its_base(
         assert other.images.pull(f"{registry.host}/pd/airgap-test/pushdelta", tag="2").id == two.image_id
     finally:
         other.close()
+
+
+def test_a_layer_two_repositories_share_is_sent_once_and_mounted(
+    cli, samples, keypair, registry: PrivateRegistry, tmp_path: Path
+) -> None:
+    other = sample_image.build(tmp_path / "o.tar", tag="airgap-test/other:1.0", model_size=1 << 18, app_size=1 << 16, seed="mnt")
+    shared = set(other.layers) & set(samples["docker"].layers)
+    assert shared  # the base layer
+    out = tmp_path / "two"
+    r = cli(
+        "pack",
+        f"docker-archive:{samples['docker'].path}",
+        f"docker-archive:{other.path}",
+        "-o",
+        str(out),
+        "--key",
+        str(keypair[0]),
+    )
+    assert r.code == 0, r.err
+    r = cli("install", str(out), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/mnt", "--json")
+    assert r.code == 0, r.err
+    mounts = [line for line in registry.log.read_text().splitlines() if '"POST /v2/mnt/' in line and "mount=" in line]
+    assert any(d.replace(":", "%3A") in line and '" 201 ' in line for d in shared for line in mounts), mounts
+    images = json.loads(r.out)["images"]
+    assert sum(i["blobs_sent"] for i in images) == len(set(samples["docker"].layers) | set(other.layers)) + 2  # + 2 configs

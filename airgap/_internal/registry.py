@@ -354,6 +354,25 @@ class Registry:
         res.close()
         return res.status_code == 200
 
+    def mount_blob(self, repository: str, digest: str, source: str) -> bool:
+        """Ask the registry to link a blob it holds in ``source`` into ``repository`` (no bytes sent)."""
+        self.ensure_auth(repository, True)
+        res = self.request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            _scope(repository, True),
+            ok=(201, 202),
+            params={"mount": digest, "from": source},
+            what=f"mounting {digest[:19]} from {source}",
+        )
+        res.close()
+        if res.status_code == 201:
+            return True
+        # the registry started an ordinary upload instead: cancel it, the caller uploads
+        with contextlib.suppress(RegistryError):
+            self.request("DELETE", _location(res, self.base), _scope(repository, True), ok=(204, 404), what="cancel").close()
+        return False
+
     def upload_blob(self, repository: str, digest: str, size: int, blocks: Iterator[bytes], chunk: int = DEFAULT_CHUNK) -> None:
         """Upload a blob in PATCH chunks of at most ``chunk`` bytes; the registry checks ``digest``."""
         scope = _scope(repository, True)

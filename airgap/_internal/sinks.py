@@ -128,12 +128,14 @@ def push_to_registry(
             if tag is not None:
                 registry.check_tag(repo, tag, oci.digest_of(top), replace)
         done: set[tuple[str, str]] = set()
+        homes: dict[str, str] = {}  # blob -> a repository of this registry that has it
         for repo, tag, group, manifests, top, top_type in plans:
             sent = present = 0
             for digest, size in _blobs(group):
                 if (repo, digest) in done:
                     continue
-                if registry.has_blob(repo, digest, push=True):
+                home = homes.get(digest)
+                if registry.has_blob(repo, digest, push=True) or (home is not None and registry.mount_blob(repo, digest, home)):
                     present += 1
                     on_bytes(size)
                 else:
@@ -141,6 +143,7 @@ def push_to_registry(
                     registry.upload_blob(repo, digest, size, blocks, chunk)
                     sent += 1
                 done.add((repo, digest))
+                homes.setdefault(digest, repo)
             for _image, data, mt in manifests:
                 registry.put_manifest(repo, oci.digest_of(data), data, mt)
             digest = registry.put_manifest(repo, tag or oci.digest_of(top), top, top_type)
