@@ -335,3 +335,12 @@ def test_new_layer_the_size_of_a_base_layer_is_still_packed(cli, keypair, tmp_pa
     again = tmp_path / "again"
     r = cli("pack", f"docker-archive:{out}", "-o", str(again), "--key", str(keypair[0]), "--json")
     assert json.loads(r.out)["images"][0]["image_id"] == two.image_id
+
+
+def test_inspect_shows_a_delta_its_base_and_its_recipes(cli, chunk_delta) -> None:  # type: ignore[no-untyped-def]
+    full_a, _, delta = chunk_delta
+    r = cli("inspect", str(delta))
+    assert r.code == 0, r.err
+    base = "sha256:" + hashlib.sha256((full_a / "manifest.json").read_bytes()).hexdigest()
+    assert f"delta     of the bundle whose manifest is {base}" in r.out
+    assert "1 rebuilt from a recipe" in r.out and "recipe for layer" in r.out

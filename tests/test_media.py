@@ -138,3 +138,9 @@ def test_split_bundle_publishes_and_pulls_as_one_bundle(cli, split_bundle: Path,
     assert cli("verify", str(out), "--trust", str(keypair[1])).code == 0
     volumes = sorted(split_bundle.iterdir())
     assert _files(out) - {".airgap-pull"} == set().union(*(_files(v) for v in volumes))
+
+
+def test_inspect_lists_the_volumes(cli, split_bundle: Path) -> None:  # type: ignore[no-untyped-def]
+    r = cli("inspect", str(split_bundle))
+    assert r.code == 0, r.err
+    assert "volumes   vol-01 (" in r.out and "vol-03 (" in r.out
