@@ -385,29 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load", action="store_true", help="load the archive into the Docker engine at DOCKER_HOST")
     p.add_argument("--direct", action="store_true", help="with --load: write no archive, stream straight into the engine")
     args = p.parse_args(argv)
+    shape = {
+        "tag": args.tag,
+        "model_size": parse_size(args.model_size),
+        "app_size": parse_size(args.app_size),
+        "seed": args.seed,
+        "arch": args.arch,
+        "model_seed": args.model_seed,
+        "model_mtime": args.model_mtime,
+    }
     if args.direct:
-        sample = stream_into_engine(
-            tag=args.tag,
-            model_size=parse_size(args.model_size),
-            app_size=parse_size(args.app_size),
-            seed=args.seed,
-            arch=args.arch,
-            model_seed=args.model_seed,
-            model_mtime=args.model_mtime,
-        )
+        sample = stream_into_engine(**shape)
         print(f"loaded {sample.tag} ({sample.size} bytes of layers) into the Docker engine: {sample.image_id}", file=sys.stderr)
         return 0
-    sample = build(
-        args.out,
-        tag=args.tag,
-        model_size=parse_size(args.model_size),
-        app_size=parse_size(args.app_size),
-        seed=args.seed,
-        arch=args.arch,
-        fmt=args.format,
-        model_seed=args.model_seed,
-        model_mtime=args.model_mtime,
-    )
+    sample = build(args.out, fmt=args.format, **shape)
     print(f"wrote {sample.path} ({sample.size} bytes): {sample.tag} {sample.image_id}", file=sys.stderr)
     if args.load:
         load_into_engine(sample.path)
