@@ -65,26 +65,34 @@ def test_delta_carries_only_new_layers_and_names_its_base(packed, releases) -> N
 
 
 @pytest.mark.docker
-def test_delta_installs_on_an_engine_that_has_the_base(cli, packed, releases, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
-    full1, _, delta = packed
-    v1, v2 = releases
-    remove(docker_client, v1.tag, v2.tag, v1.image_id, v2.image_id)
+@pytest.mark.parametrize(
+    ("bundles", "samples_of", "counts"),
+    [
+        # base chain held; the model sits above the changed app layer, so its chain is new: the engine's own
+        # copy of it is exported and checked, not shipped again
+        ("packed", "releases", (1, 0, 1)),
+        # base and app chains held; the model rebuilt over the engine's old model; settings (above it) exported
+        ("chunk_delta", "rebuilt", (2, 1, 1)),
+    ],
+)
+def test_delta_installs_on_an_engine_that_has_the_base(cli, request, keypair, docker_client, bundles, samples_of, counts) -> None:  # type: ignore[no-untyped-def]
+    full_old, _, delta = request.getfixturevalue(bundles)
+    old, new = request.getfixturevalue(samples_of)
+    remove(docker_client, old.tag, new.tag, old.image_id, new.image_id)
     try:
-        assert cli("install", str(full1), "--trust", str(keypair[1])).code == 0
+        assert cli("install", str(full_old), "--trust", str(keypair[1])).code == 0
         r = cli("install", str(delta), "--trust", str(keypair[1]), "--json")
         assert r.code == 0, r.err
         result = json.loads(r.out)
-        # the base layer's chain is in the engine; the model layer sits above the changed app layer, so its
-        # chain is new: the engine's own copy of it is exported and checked, not shipped again
-        assert (result["layers_present"], result["layers_from_engine"]) == (1, 1)
-        assert docker_client.images.get(v2.tag).id == v2.image_id
-        remove(docker_client, v2.tag, v2.image_id)
-        # the POSIX installer cannot export layers from the engine: it says so, loads nothing
+        assert (result["layers_present"], result["layers_rebuilt"], result["layers_from_engine"]) == counts
+        assert docker_client.images.get(new.tag).id == new.image_id
+        remove(docker_client, new.tag, new.image_id)
+        # the POSIX installer cannot export or rebuild layers from the engine: it says so, loads nothing
         done = run_sh(delta, "--trust", str(keypair[1]))
         assert done.returncode == 2 and "lacks layers of this delta's base bundle" in done.stderr, done.stderr
-        assert v2.image_id not in [i.id for i in docker_client.images.list(all=True)]
+        assert new.image_id not in [i.id for i in docker_client.images.list(all=True)]
     finally:
-        remove(docker_client, v1.tag, v2.tag, v1.image_id, v2.image_id)
+        remove(docker_client, old.tag, new.tag, old.image_id, new.image_id)
 
 
 @pytest.mark.docker
@@ -179,23 +187,6 @@ def test_rebuilt_model_layer_ships_as_a_small_recipe(chunk_delta, rebuilt) -> No
     manifest = json.loads((delta / "manifest.json").read_text())
     assert [(r["layer"], r["source"]) for r in manifest["rebuilds"]] == [(b.layers[2], a.layers[2])]
     assert _part_bytes(delta) <= 0.05 * _part_bytes(full_b)  # the target: <= 5 % of the full bundle
-
-
-@pytest.mark.docker
-def test_rebuilt_layer_installs_from_the_engines_copy(cli, chunk_delta, rebuilt, keypair, docker_client) -> None:  # type: ignore[no-untyped-def]
-    full_a, _, delta = chunk_delta
-    a, b = rebuilt
-    remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
-    try:
-        assert cli("install", str(full_a), "--trust", str(keypair[1])).code == 0
-        r = cli("install", str(delta), "--trust", str(keypair[1]), "--json")
-        assert r.code == 0, r.err
-        result = json.loads(r.out)
-        # base and app chains held; the model rebuilt over the engine's old model; settings (above it) exported
-        assert (result["layers_present"], result["layers_rebuilt"], result["layers_from_engine"]) == (2, 1, 1)
-        assert docker_client.images.get(b.tag).id == b.image_id
-    finally:
-        remove(docker_client, a.tag, b.tag, a.image_id, b.image_id)
 
 
 @pytest.mark.docker

@@ -30,6 +30,15 @@ def _flip_byte(path: Path, offset: int) -> None:
         fh.write(bytes([b[0] ^ 0xFF]))
 
 
+def _pulled_by(engine_host: str, repository: str, tag: str) -> str:
+    """The image ID another Docker engine gets when it pulls ``repository:tag``."""
+    other = docker.DockerClient(base_url=engine_host, timeout=300)
+    try:
+        return str(other.images.pull(repository, tag=tag).id)
+    finally:
+        other.close()
+
+
 def _skopeo(*args: str) -> str:
     if not shutil.which("skopeo"):
         pytest.fail("skopeo is not installed (.ci/run installs it)")
@@ -93,12 +102,7 @@ def test_pushed_image_pulled_by_another_docker_engine_has_the_same_image_id(
     inspected = json.loads(_skopeo("inspect", "--tls-verify=false", f"docker://{pushed['location']}"))
     assert inspected["Digest"] == pushed["manifest_digest"]
 
-    other = docker.DockerClient(base_url=second_engine, timeout=300)
-    try:
-        image = other.images.pull(f"{registry.host}/site/airgap-test/agent", tag="1.0")
-        assert image.id == samples["docker"].image_id
-    finally:
-        other.close()
+    assert _pulled_by(second_engine, f"{registry.host}/site/airgap-test/agent", "1.0") == samples["docker"].image_id
 
 
 def test_second_push_sends_no_blob_the_registry_already_has(cli, bundle: Path, keypair, registry: PrivateRegistry) -> None:
@@ -176,11 +180,7 @@ def test_two_platforms_under_one_tag_become_an_index(
     assert cli("install", str(out), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}").code == 0
     raw = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/airgap-test/multi:1.0"))
     assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
-    other = docker.DockerClient(base_url=second_engine, timeout=300)
-    try:
-        assert other.images.pull(f"{registry.host}/airgap-test/multi", tag="1.0").id == amd.image_id
-    finally:
-        other.close()
+    assert _pulled_by(second_engine, f"{registry.host}/airgap-test/multi", "1.0") == amd.image_id
 
 
 # --- basic auth -----------------------------------------------------------------------------
@@ -620,11 +620,7 @@ def test_delta_pushed_to_a_registry_that_has_its_base(
     assert cli("install", str(full), "--trust", str(keypair[1]), "--to", target).code == 0
     r = cli("install", str(delta), "--trust", str(keypair[1]), "--to", target, "--json")
     assert r.code == 0, r.err
-    other = docker.DockerClient(base_url=second_engine, timeout=300)
-    try:
-        assert other.images.pull(f"{registry.host}/pd/airgap-test/pushdelta", tag="2").id == two.image_id
-    finally:
-        other.close()
+    assert _pulled_by(second_engine, f"{registry.host}/pd/airgap-test/pushdelta", "2") == two.image_id
 
 
 def test_a_layer_two_repositories_share_is_sent_once_and_mounted(
