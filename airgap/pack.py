@@ -18,16 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil, rebuild, wheelhouse
-from airgap._internal.bundle import (
-    GUESS_HEAD,
-    BundleWriter,
-    LoadedBundle,
-    SpeculationMiss,
-    iter_blob,
-    load_bundle,
-    locate,
-    read_manifest_bytes,
-)
+from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, locate, read_manifest_bytes
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
@@ -37,6 +28,7 @@ from airgap._internal.parts import make_compressor, raw_chunk_size
 from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
 from airgap._internal.tarstream import EntryReader
+from airgap._internal.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
 from airgap.errors import Error, FormatError, IntegrityError, UsageError
 from airgap.models import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
