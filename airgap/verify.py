@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__
-from airgap._internal.bundle import LoadedBundle, load_trusted_bundle, open_part, unexpected_files
+from airgap._internal.bundle import LoadedBundle, PartProblem, find_unexpected, load_trusted_bundle, open_part
 from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.state import cache_path
 from airgap._internal.state import default_path as default_state_path
@@ -45,6 +44,8 @@ class PartResult:
     ok: bool
     problem: str | None = None
     kind: str = "part"  # or "file": a listed side file (installer), or one the manifest does not list
+    volume: str | None = None  # the volume (vol-NN) it travels on, in a bundle split over media
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class VerifyReport:
     unexpected_files: tuple[str, ...]
     seconds: float
     unexpected_allowed: bool = False
+    unexpected_why: tuple[str, ...] = ()  # for each unexpected file, what is wrong with it
     name: str = ""
     sequence: int = 0
     checked_at: str = ""
@@ -69,8 +71,11 @@ class VerifyReport:
         """Failed parts, then unexpected files unless they were allowed."""
         bad = [p for p in self.parts if not p.ok]
         if not self.unexpected_allowed:
-            bad += [PartResult(f, False, "is not part of the signed bundle", kind="file") for f in self.unexpected_files]
+            bad += [PartResult(f, False, why, kind="file") for f, why in zip(self.unexpected_files, self._whys(), strict=True)]
         return bad
+
+    def _whys(self) -> tuple[str, ...]:
+        return self.unexpected_why or ("is not part of the signed bundle",) * len(self.unexpected_files)
 
     def checks(self) -> list[dict[str, str]]:
         """Every check performed, in order, with its outcome: the evidence an auditor asks for."""
@@ -96,12 +101,8 @@ class VerifyReport:
         for p in self.parts:
             detail = "size and sha256 match the manifest" if p.ok else f"{p.kind} {p.problem}"
             checks.append({"check": f"{p.kind} {p.path}", "result": "pass" if p.ok else "fail", "detail": detail})
-        for extra in self.unexpected_files:
-            result, detail = (
-                ("warning", "not part of the signed bundle; allowed")
-                if self.unexpected_allowed
-                else ("fail", "not part of the signed bundle")
-            )
+        for extra, why in zip(self.unexpected_files, self._whys(), strict=True):
+            result, detail = ("warning", f"{why}; allowed") if self.unexpected_allowed else ("fail", why)
             checks.append({"check": f"file {extra}", "result": result, "detail": detail})
         return checks
 
@@ -132,7 +133,7 @@ class PartsFailed(IntegrityError):
     def __init__(self, bad: list[PartResult], report: VerifyReport | None = None) -> None:
         first = bad[0]
         more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-        missing_volumes = sorted({m.group(1) for b in bad if (m := re.search(r"is missing \(on (vol-\d+)\)$", b.problem or ""))})
+        missing_volumes = sorted({b.volume for b in bad if b.missing and b.volume})
         hint = "copy the named part(s) again from the original medium, then verify again"
         if missing_volumes:
             hint = f"mount the media labelled {', '.join(missing_volumes)} and pass each directory with --from"
@@ -152,8 +153,8 @@ def check_part(
     label = f"{kind} {part.path}"
     try:
         fh = open_part(bundle, part)
-    except IntegrityError as e:
-        return PartResult(part.path, False, e.message.removeprefix(label + " "), kind)
+    except PartProblem as e:
+        return PartResult(part.path, False, e.message.removeprefix(label + " "), kind, e.volume, e.missing)
     with fh:
         key = file_key(fh.fileno(), bundle.part_file(part), part) if isinstance(part, Part) else ""
         sha = hashlib.sha256()
@@ -172,7 +173,9 @@ def check_part(
     if sha.hexdigest() != part.sha256:
         volume = bundle.manifest.volume_of(part.path)
         where = f" (on {volume})" if volume else ""
-        return PartResult(part.path, False, f"does not match its sha256 in the manifest (damaged or replaced){where}", kind)
+        return PartResult(
+            part.path, False, f"does not match its sha256 in the manifest (damaged or replaced){where}", kind, volume
+        )
     if cache is not None and key:
         cache.add(key)
     return PartResult(part.path, True, kind=kind)
@@ -205,6 +208,7 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
             "are checked against their digests when installed"
         )
     results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))
+    unexpected = find_unexpected(bundle)
     report = VerifyReport(
         name=bundle.manifest.name,
         sequence=bundle.manifest.sequence,
@@ -213,7 +217,8 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
         manifest_sha256=hashlib.sha256(bundle.manifest_bytes).hexdigest(),
         trust=trust_result,
         parts=tuple(results),
-        unexpected_files=tuple(unexpected_files(bundle)),
+        unexpected_files=tuple(u.path for u in unexpected),
+        unexpected_why=tuple(u.why for u in unexpected),
         unexpected_allowed=options.allow_unexpected,
         seconds=time.monotonic() - started,
     )

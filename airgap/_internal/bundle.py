@@ -19,17 +19,27 @@ from airgap._internal import fsutil
 from airgap._internal.cache import VerifiedCache, file_key
 from airgap._internal.parts import iter_part_data
 from airgap._internal.rebuild import decode
-from airgap._internal.writer import STAGING_DIR, VOLUME_GLOB
+from airgap._internal.writer import STAGING_DIR
 from airgap.errors import FormatError, IntegrityError, TrustError, UsageError
 from airgap.keys import PublicKey
 from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, BundleFile, Manifest, Part
 from airgap.trust import TrustResult, check_trust
 
-MAX_MANIFEST_BYTES = 64 << 20
+MAX_MANIFEST_BYTES = 16 << 20  # about 45,000 parts; pack refuses a bundle whose manifest would be larger
+SIGNATURE_BYTES = 64
 _SIG_RE = re.compile(r"^([0-9a-f]{64})\.sig$")
+_VOLUME_DIR_RE = re.compile(r"^vol-[0-9]{2,3}$")
 
 
-# --- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Place:
+    """A directory holding files of the bundle: its home (manifest.json), a vol-NN folder beside it, or a
+    --from directory.  ``volume`` is the volume it holds when that is known (by its folder name under the
+    bundle, or by the signed volume listing it carries); parts of a volume are read only from a place that
+    holds that volume or from one whose volume is unknown, never from another volume's."""
+
+    path: Path
+    volume: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,68 +47,117 @@ class LoadedBundle:
     path: Path  # the directory holding manifest.json
     manifest_bytes: bytes
     manifest: Manifest
-    signatures: dict[str, bytes]
+    signatures: dict[str, bytes]  # fingerprint -> raw signature (b"" for signatures not read: untrusted signers)
     search: tuple[Path, ...] = ()  # more directories holding parts (other volumes, --from)
     base: LoadedBundle | None = None  # a delta's base bundle (install --base): where its external layers come from
+    root: Path | None = None  # a split bundle given as its top directory: the folder holding the vol-NN folders
+
+    def places(self) -> tuple[Place, ...]:
+        """Every directory the bundle spans, home first, each with the volume it holds when known."""
+        volumes = self.manifest.volumes
+        known = {v.name for v in volumes}
+        listings = {path: v.name for v in volumes for path in v.paths if path.startswith("volume-")}
+        home_volume = volumes[0].name if volumes else None
+        found = [Place(self.path, home_volume)]
+        seen = {os.path.realpath(self.path)}
+        for directory in self.search:
+            real = os.path.realpath(directory)
+            if real in seen:
+                continue
+            seen.add(real)
+            volume = None
+            if self.root is not None and directory.parent == self.root:
+                if directory.name not in known:
+                    continue  # a vol-NN folder the manifest does not name: not part of the bundle (reported)
+                volume = directory.name
+            else:
+                held = {name for listing, name in listings.items() if os.path.lexists(directory / listing)}
+                volume = held.pop() if len(held) == 1 else None
+            found.append(Place(directory, volume))
+        return tuple(found)
+
+    def place_of(self, part: Part | BundleFile) -> Place:
+        """The directory to read a part or listed file from: a place holding its volume, else one of unknown
+        volume that has it.  A copy on another volume's medium is never used."""
+        volume = self.manifest.volume_of(part.path)
+        places = self.places()
+        candidates = [p for p in places if p.volume == volume] if volume else list(places)
+        candidates += [p for p in places if volume and p.volume is None]
+        for place in candidates:
+            if os.path.lexists(place.path / part.path):
+                return place
+        return candidates[0] if candidates else places[0]
 
     def part_file(self, part: Part | BundleFile) -> Path:
-        """Where a part is: in the bundle directory, else in the first search directory that has it."""
-        first = self.path / part.path
-        if os.path.lexists(first):
-            return first
-        for directory in self.search:
-            candidate = directory / part.path
-            if os.path.lexists(candidate):
-                return candidate
-        return first
+        return self.place_of(part).path / part.path
 
 
-def locate(bundle: Path, extra: Sequence[Path] = ()) -> tuple[Path, tuple[Path, ...]]:
-    """The directory holding manifest.json, and where else to look for parts.
+def locate(bundle: Path, extra: Sequence[Path] = ()) -> tuple[Path, tuple[Path, ...], Path | None]:
+    """The directory holding manifest.json, where else to look for parts, and the split bundle's top folder.
 
-    A bundle packed with --media-dir-size is a directory of vol-NN folders: the one holding
-    manifest.json comes first, the others are searched, then ``extra`` (--from).
-    """
-    if not (bundle / MANIFEST_NAME).exists() and bundle.is_dir():
-        volumes = sorted(p for p in bundle.glob(VOLUME_GLOB) if p.is_dir())
-        primary = [v for v in volumes if (v / MANIFEST_NAME).exists()]
-        if primary:
-            return primary[0], tuple(v for v in volumes if v != primary[0]) + tuple(extra)
-    return bundle, tuple(extra)
+    A bundle packed with --media-dir-size is a directory of vol-NN folders: exactly one of them holds
+    manifest.json (two are refused: a planted second bundle is never picked silently); the others are
+    searched, then ``extra`` (--from)."""
+    if os.path.lexists(bundle / MANIFEST_NAME) or not bundle.is_dir():
+        return bundle, tuple(extra), None
+    try:
+        volumes = sorted(
+            bundle / e.name for e in os.scandir(bundle) if _VOLUME_DIR_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+        )
+    except OSError as e:
+        raise fsutil.io_error(e, str(bundle)) from e
+    primary = [v for v in volumes if os.path.lexists(v / MANIFEST_NAME)]
+    if len(primary) > 1:
+        raise IntegrityError(
+            f"{bundle} holds manifest.json on {primary[0].name} and on {primary[1].name}: two bundles in one place",
+            hint="remove the folder that is not part of the bundle you were given, or copy the bundle again",
+        )
+    if primary:
+        return primary[0], tuple(v for v in volumes if v != primary[0]) + tuple(extra), bundle
+    return bundle, tuple(extra), None
 
 
 def read_manifest_bytes(bundle: Path) -> bytes:
+    """manifest.json's exact bytes (what signatures cover), at most :data:`MAX_MANIFEST_BYTES`."""
     if not bundle.is_dir():
         raise UsageError(f"bundle {bundle} is not a directory", hint="pass the directory written by 'airgap pack'")
     path = bundle / MANIFEST_NAME
-    if not path.exists() and not path.is_symlink():
-        staging = (bundle / STAGING_DIR).exists()
+    if not os.path.lexists(path):
+        staging = os.path.lexists(bundle / STAGING_DIR)
         raise FormatError(
             f"{path} is missing: this is not a complete bundle",
             hint="packing did not finish; pack again" if staging else "pass the directory written by 'airgap pack'",
         )
-    with fsutil.open_regular(path, str(path)) as fh:
-        data = fh.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{path} is larger than any manifest airgap writes")
-    return data
+    return fsutil.read_capped(path, str(path), MAX_MANIFEST_BYTES)
 
 
-def read_signatures(bundle: Path) -> dict[str, bytes]:
+def read_signatures(bundle: Path, wanted: frozenset[str] = frozenset()) -> dict[str, bytes]:
+    """The signatures present, by signer fingerprint.  Only those of ``wanted`` signers (the trusted keys) are
+    opened and read; the others are named only (b""), so planted files cost nothing."""
     sig_dir = bundle / SIGNATURES_DIR
     signatures: dict[str, bytes] = {}
-    if not sig_dir.is_dir() or sig_dir.is_symlink():
+    if not os.path.lexists(sig_dir):
         return signatures
-    for entry in sorted(sig_dir.iterdir()):
-        m = _SIG_RE.match(entry.name)
+    if sig_dir.is_symlink() or not sig_dir.is_dir():
+        raise IntegrityError(f"{sig_dir} is not a directory", hint="bundles hold regular files and directories only")
+    try:
+        names = sorted(e.name for e in os.scandir(sig_dir))
+    except OSError as e:
+        raise fsutil.io_error(e, str(sig_dir)) from e
+    for name in names:
+        m = _SIG_RE.match(name)
         if not m:
+            continue  # reported as an unexpected file
+        fp = m.group(1)
+        if fp not in wanted:
+            signatures[fp] = b""
             continue
-        with fsutil.open_regular(entry, str(entry)) as fh:
-            sig = fh.read(65)
-        if len(sig) == 64:
-            signatures[m.group(1)] = sig
-        else:
-            signatures[m.group(1)] = b""  # never verifies; reported as invalid for a trusted key
+        label = f"{SIGNATURES_DIR}/{name}"
+        try:
+            data = fsutil.read_capped(sig_dir / name, label, SIGNATURE_BYTES, root=bundle)
+        except FormatError:
+            data = b""  # too large: never verifies; a trusted key's bad signature fails the bundle
+        signatures[fp] = data if len(data) == SIGNATURE_BYTES else b""
     return signatures
 
 
@@ -106,29 +165,41 @@ def _naming_manifest(bundle: Path, e: FormatError) -> FormatError:
     return FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint)
 
 
+def _check_home(home: Path, root: Path | None, manifest: Manifest) -> None:
+    """A split bundle's manifest must sit on the volume it names as its first."""
+    if root is not None and manifest.volumes and home.name != manifest.volumes[0].name:
+        raise IntegrityError(
+            f"manifest.json is on {home.name}, but the bundle says it travels on {manifest.volumes[0].name}",
+            hint="the folders were renamed or another bundle's folder was added; copy the bundle again",
+        )
+
+
 def load_bundle(bundle: Path, extra: Sequence[Path] = ()) -> LoadedBundle:
-    """Read and parse a bundle's manifest without checking who signed it (inspect, sign)."""
-    bundle, search = locate(bundle, extra)
-    data = read_manifest_bytes(bundle)
+    """Read and parse a bundle's manifest without checking who signed it (inspect, diff).  Only what is
+    read before any signature check is capped: the manifest's size; signature files are not opened."""
+    home, search, root = locate(bundle, extra)
+    data = read_manifest_bytes(home)
     try:
         manifest = Manifest.from_bytes(data)
     except FormatError as e:
-        raise _naming_manifest(bundle, e) from e
-    return LoadedBundle(bundle, data, manifest, read_signatures(bundle), search)
+        raise _naming_manifest(home, e) from e
+    _check_home(home, root, manifest)
+    return LoadedBundle(home, data, manifest, read_signatures(home), search, root=root)
 
 
 def load_trusted_bundle(
     bundle: Path, trusted: Sequence[PublicKey], threshold: int, allow_expired: bool, extra: Sequence[Path] = ()
 ) -> tuple[LoadedBundle, TrustResult]:
     """Read a bundle's manifest and signatures; authenticate before parsing (see trust.check_trust)."""
-    bundle, search = locate(bundle, extra)
-    data = read_manifest_bytes(bundle)
-    signatures = read_signatures(bundle)
+    home, search, root = locate(bundle, extra)
+    data = read_manifest_bytes(home)
+    signatures = read_signatures(home, frozenset(k.fingerprint for k in trusted))
     try:
         manifest, result = check_trust(data, signatures, trusted, threshold, allow_expired, datetime.now(timezone.utc))
     except FormatError as e:
-        raise _naming_manifest(bundle, e) from e
-    return LoadedBundle(bundle, data, manifest, signatures, search), result
+        raise _naming_manifest(home, e) from e
+    _check_home(home, root, manifest)
+    return LoadedBundle(home, data, manifest, signatures, search, root=root), result
 
 
 def iter_blob(
@@ -200,52 +271,114 @@ def attach_base(bundle: LoadedBundle, base: LoadedBundle) -> LoadedBundle:
 
 
 def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
-    """Open a part (or listed file) for reading: present, a regular file (no symlink), of the size the manifest says."""
+    """Open a part (or listed file) for reading: present, a regular file under no link, of the size the manifest says."""
     label = f"{'part' if isinstance(part, Part) else 'file'} {part.path}"
     volume = bundle.manifest.volume_of(part.path)
     on = f" (on {volume})" if volume else ""
+    place = bundle.place_of(part)
     try:
-        fh = fsutil.open_regular(bundle.part_file(part), label)
+        fh = fsutil.open_regular(place.path / part.path, label, root=place.path)
     except IntegrityError as e:
-        if volume is not None:
-            e.message += on
-            if e.message.startswith(f"{label} is missing"):
-                e.hint = f"mount the medium labelled {volume} and pass its directory with --from"
-        raise
+        missing = e.message == f"{label} is missing"
+        raise PartProblem(
+            e.message + on,
+            hint=f"mount the medium labelled {volume} and pass its directory with --from" if missing and volume else e.hint,
+            path=part.path,
+            volume=volume,
+            missing=missing,
+        ) from e
     size = os.fstat(fh.fileno()).st_size
     if size != part.size:
         fh.close()
-        raise IntegrityError(
+        raise PartProblem(
             f"{label} is {size} bytes, the manifest says {part.size} (truncated or damaged){on}",
             hint="copy the part again from the original medium",
+            path=part.path,
+            volume=volume,
         )
     return fh
 
 
+class PartProblem(IntegrityError):
+    """A part or listed file is missing, not a regular file, or of the wrong size; says which and where."""
+
+    def __init__(self, message: str, hint: str | None, path: str, volume: str | None, missing: bool = False) -> None:
+        super().__init__(message, hint)
+        self.path = path
+        self.volume = volume
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """A file in a bundle directory that the signed manifest does not account for."""
+
+    path: str  # as shown to the user: relative to the bundle (or the --from directory, named)
+    why: str = "is not part of the signed bundle"
+
+
 def unexpected_files(bundle: LoadedBundle) -> list[str]:
-    listed = {p.path for p in bundle.manifest.parts} | {f.path for f in bundle.manifest.files}
-    extra = []
-    for root, dirs, files in os.walk(bundle.path):
-        rel_root = os.path.relpath(root, bundle.path)
-        if rel_root == STAGING_DIR:
-            dirs[:] = []
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            rel = os.path.normpath(os.path.join(rel_root, name))
-            if rel == MANIFEST_NAME or rel in listed:
+    return [u.path for u in find_unexpected(bundle)]
+
+
+def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
+    """Every file in every directory the bundle spans that airgap did not write for this bundle: unlisted
+    files, files on the wrong volume, links, FIFOs and devices, staging leftovers, nested signature folders.
+    Scanned iteratively, links never followed."""
+    m = bundle.manifest
+    by_volume: dict[str | None, set[str]] = {}
+    for path in [p.path for p in m.parts] + [f.path for f in m.files]:
+        by_volume.setdefault(m.volume_of(path), set()).add(path)
+    everything = set().union(*by_volume.values()) if by_volume else set()
+    found: list[Unexpected] = []
+
+    def scan(top: Path, shown: str, expected: set[str], home: bool) -> None:
+        for entry in fsutil.walk_files(top):
+            name = f"{shown}{entry.rel}"
+            if entry.kind == "symlink":
+                found.append(Unexpected(name, "is a symbolic link"))
+            elif entry.kind == "other":
+                found.append(Unexpected(name, "is not a regular file"))
+            elif entry.rel in expected or (home and (entry.rel == MANIFEST_NAME or _is_signature_path(entry.rel))):
                 continue
-            if rel.startswith(SIGNATURES_DIR + "/") and rel.endswith(".sig"):
-                continue
-            extra.append(rel)
-    return sorted(extra)
+            else:
+                found.append(Unexpected(name))
+
+    places = bundle.places()
+    if bundle.root is not None:
+        # the top folder of a split bundle holds the vol-NN folders the manifest names, and nothing else
+        inside = {p.path.name for p in places if p.path.parent == bundle.root}
+        for entry in fsutil.walk_files(bundle.root):
+            head, _, rest = entry.rel.partition("/")
+            if not rest or head not in inside:
+                found.append(Unexpected(entry.rel, "is a symbolic link" if entry.kind == "symlink" else Unexpected.why))
+    for place in places:
+        expected = by_volume.get(place.volume, set()) if place.volume else everything
+        if bundle.root is not None and place.path.parent == bundle.root:
+            shown = f"{place.path.name}/"
+        elif place.path == bundle.path:
+            shown = ""
+        else:
+            shown = f"{place.path}/"
+        scan(place.path, shown, expected, home=place.path == bundle.path)
+    unique: dict[str, Unexpected] = {}
+    for u in found:
+        unique.setdefault(u.path, u)
+    return sorted(unique.values(), key=lambda u: u.path)
+
+
+def _is_signature_path(rel: str) -> bool:
+    head, _, name = rel.partition("/")
+    return head == SIGNATURES_DIR and "/" not in name and bool(_SIG_RE.match(name))
 
 
 def refuse_unexpected(bundle: LoadedBundle, allow: bool) -> list[str]:
     """Fail on files the manifest does not list (nothing unsigned rides along), unless allowed."""
-    extra = unexpected_files(bundle)
-    if extra and not allow:
-        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+    found = find_unexpected(bundle)
+    if found and not allow:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise IntegrityError(
-            f"file {extra[0]} in the bundle is not part of the signed bundle{more}",
+            f"file {found[0].path} in the bundle {found[0].why}{more}",
             hint="remove it if you know where it came from (or pass --allow-unexpected); otherwise copy the bundle again",
         )
-    return extra
+    return [u.path for u in found]

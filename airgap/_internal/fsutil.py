@@ -8,10 +8,12 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from airgap.errors import DiskSpaceError, EnvironmentProblem, IntegrityError
+from airgap.errors import DiskSpaceError, EnvironmentProblem, FormatError, IntegrityError
 
 
 def io_error(e: OSError, what: str) -> EnvironmentProblem:
@@ -54,22 +56,98 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def open_regular(path: Path, label: str) -> BinaryIO:
-    """Open a bundle file for reading, refusing symlinks and anything that is not a regular file."""
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_failed(e: OSError, label: str) -> Exception:
+    if isinstance(e, FileNotFoundError):
+        return IntegrityError(f"{label} is missing", hint="copy the whole bundle directory again")
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return IntegrityError(
+            f"{label} is a symbolic link, or lies under one",
+            hint="bundles hold regular files and directories only; copy them, not links",
+        )
+    if e.errno == errno.ENXIO:  # a FIFO with no writer, a socket
+        return IntegrityError(f"{label} is not a regular file", hint="bundles hold regular files only")
+    return EnvironmentProblem(f"cannot read {label}: {e.strerror}")
+
+
+def open_regular(path: Path, label: str, root: Path | None = None) -> BinaryIO:
+    """Open a bundle file for reading: the one way every reader opens one.
+
+    Refuses symbolic links (the file itself and, with ``root``, every directory between ``root`` and the
+    file), FIFOs, devices and sockets, without ever blocking on them (``O_NONBLOCK``; the type is checked
+    with ``fstat`` on the open descriptor, before a byte is read)."""
+    dir_fd = None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError as e:
-        raise IntegrityError(f"{label} is missing", hint="copy the whole bundle directory again") from e
+        if root is not None:
+            rel = os.path.relpath(path, root)
+            names = rel.split(os.sep)
+            if rel.startswith("..") or os.path.isabs(rel) or any(n in ("", ".", "..") for n in names):
+                raise IntegrityError(f"{label} lies outside the bundle")
+            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for name in names[:-1]:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            fd = os.open(names[-1], _READ_FLAGS, dir_fd=dir_fd)
+        else:
+            fd = os.open(path, _READ_FLAGS)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise IntegrityError(
-                f"{label} is a symbolic link", hint="bundles hold regular files only; copy them, not links"
-            ) from e
-        raise EnvironmentProblem(f"cannot read {label}: {e.strerror}") from e
+        raise _open_failed(e, label) from e
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise IntegrityError(f"{label} is not a regular file")
+        raise IntegrityError(f"{label} is not a regular file", hint="bundles hold regular files only")
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "rb", buffering=0)
+
+
+def read_capped(path: Path, label: str, cap: int, root: Path | None = None) -> bytes:
+    """A whole small file (manifest, signature, listing), refused when larger than ``cap``: the size is
+    checked on the open file before its bytes are read, so an oversized file costs no memory."""
+    with open_regular(path, label, root) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > cap:
+            raise FormatError(f"{label} is {size} bytes, larger than the {human_bytes(cap)} airgap accepts")
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise FormatError(f"{label} grew while it was read")
+    return data
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """A file found under a directory: its path relative to the top, and what it is."""
+
+    rel: str
+    kind: str  # "file", "symlink", "other" (FIFO, device, socket)
+
+
+def walk_files(top: Path) -> Iterator[TreeEntry]:
+    """Every non-directory entry under ``top``, depth first, iteratively (no recursion limit), never
+    following a symbolic link; a linked directory is reported as a symlink, not entered."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(top / rel_dir if rel_dir else top) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot list {top / rel_dir}: {e.strerror}") from e
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_symlink():
+                yield TreeEntry(rel, "symlink")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                yield TreeEntry(rel, "file")
+            else:
+                yield TreeEntry(rel, "other")
 
 
 def free_bytes(path: Path) -> int:
