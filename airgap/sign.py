@@ -1,7 +1,9 @@
 """sign: add a signature to an existing bundle (a second signer, later, offline).
 
-A signer vouches for the parts too, not only for the manifest's text: every part is hashed against
-the manifest before the signature is written.
+A signer vouches for what the bundle holds, not only for the manifest's text, and never for what it did not
+check: the existing signatures are checked against ``--trust`` first (a trusted key's signature that does not
+verify stops the signing: the manifest was changed after it was signed), then every part and file is hashed
+against the manifest, and only then is the signature written.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from pathlib import Path
 
 from airgap import keys, trust
 from airgap._internal import fsutil
-from airgap._internal.bundle import load_bundle
-from airgap.models import SIGNATURES_DIR
+from airgap._internal.bundle import find_unexpected, load_trusted_bundle
+from airgap.errors import IntegrityError
+from airgap.keys import PublicKey
+from airgap.models import SIGNATURES_DIR, Manifest
 from airgap.progress import NullReporter, Reporter
+from airgap.trust import TrustResult
 from airgap.verify import PartsFailed, check_parts
 
 
@@ -22,8 +27,12 @@ from airgap.verify import PartsFailed, check_parts
 class SignOptions:
     bundle: Path
     key_path: Path
+    trusted: tuple[PublicKey, ...]
+    threshold: int = 1
     passphrase: bytes | None = None
     jobs: int = os.cpu_count() or 1
+    allow_expired: bool = False
+    search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
 
 
 @dataclass(frozen=True)
@@ -31,15 +40,47 @@ class SignResult:
     bundle: Path
     fingerprint: str
     signers: tuple[str, ...]
+    trust: TrustResult
 
     def to_dict(self) -> dict[str, object]:
-        return {"bundle": str(self.bundle), "fingerprint": self.fingerprint, "signers": list(self.signers)}
+        return {
+            "bundle": str(self.bundle),
+            "fingerprint": self.fingerprint,
+            "signers": list(self.signers),
+            "signatures": self.trust.to_dict(),
+        }
+
+
+def summary(manifest: Manifest, result: TrustResult) -> list[str]:
+    """What the signer is about to vouch for, one line each."""
+    lines = [
+        f"signing bundle {manifest.name} sequence {manifest.sequence}, created {manifest.created}, "
+        + (f"expires {manifest.expires}" if manifest.expires else "no expiry date")
+    ]
+    for image in manifest.images:
+        lines.append(f"  image {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
+    if manifest.base:
+        lines.append(f"  a delta of the bundle whose manifest is {manifest.base}")
+    lines.append(f"  already signed by {', '.join(result.valid)} (trusted)")
+    if result.unknown:
+        lines.append(f"  and by {len(result.unknown)} key(s) not trusted here: {', '.join(fp[:16] for fp in result.unknown)}")
+    return lines
 
 
 def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
     reporter = reporter or NullReporter()
     private = keys.load_private(options.key_path, options.passphrase)
-    bundle = load_bundle(options.bundle)
+    bundle, result = load_trusted_bundle(
+        options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
+    )
+    for line in summary(bundle.manifest, result):
+        reporter.note(line)
+    unexpected = find_unexpected(bundle)
+    if unexpected:
+        raise IntegrityError(
+            f"file {unexpected[0].path} in the bundle {unexpected[0].why}",
+            hint="a signer vouches for the whole bundle: remove what does not belong, or copy the bundle again",
+        )
     results = check_parts(bundle, options.jobs, reporter, "check parts")
     bad = [r for r in results if not r.ok]
     if bad:
@@ -47,9 +88,11 @@ def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
     fingerprint, signature = trust.sign(bundle.manifest_bytes, private)
     sig_dir = bundle.path / SIGNATURES_DIR
     try:
-        sig_dir.mkdir(exist_ok=True)
+        sig_dir.mkdir(mode=0o755, exist_ok=True)
     except OSError as e:
         raise fsutil.io_error(e, str(sig_dir)) from e
+    if sig_dir.is_symlink() or not sig_dir.is_dir():
+        raise IntegrityError(f"{sig_dir} is not a directory", hint="bundles hold regular files and directories only")
     fsutil.atomic_write(sig_dir / f"{fingerprint}.sig", signature)
     signers = tuple(sorted({*bundle.signatures, fingerprint}))
-    return SignResult(options.bundle, fingerprint, signers)
+    return SignResult(options.bundle, fingerprint, signers, result)

@@ -40,8 +40,6 @@ class TrustResult:
             lines.append(
                 f"ignored {len(self.unknown)} signature(s) from keys not trusted here: {', '.join(fp[:16] for fp in self.unknown)}"
             )
-        if self.invalid:
-            lines.append(f"warning: signature(s) of trusted key(s) {', '.join(fp[:16] for fp in self.invalid)} do not verify")
         if self.expired:
             lines.append(f"warning: the bundle expired at {self.expires} (allowed by --allow-expired)")
         return lines
@@ -83,12 +81,13 @@ def verify_signatures(
         else:
             valid.append(fp)
     result = TrustResult(tuple(valid), tuple(invalid), tuple(unknown), threshold)
+    if invalid:
+        # a trusted key's signature that does not verify is evidence of tampering, never noise
+        raise TrustError(
+            f"signature signatures/{invalid[0]}.sig by a trusted key does not match manifest.json",
+            hint="the manifest or the signature was changed after signing; do not install or sign this bundle",
+        )
     if len(valid) < threshold:
-        if invalid:
-            raise TrustError(
-                f"signature signatures/{invalid[0]}.sig does not match manifest.json",
-                hint="the manifest or the signature was changed after signing; do not install this bundle",
-            )
         if not signatures:
             raise TrustError("the bundle has no signature", hint="ask the security team for a signed bundle")
         if not valid:

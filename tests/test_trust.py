@@ -26,7 +26,7 @@ def test_valid_signature_counts() -> None:
 def test_edited_manifest_rejected() -> None:
     k = Ed25519PrivateKey.generate()
     fp, sig = trust.sign(MANIFEST, k)
-    with pytest.raises(TrustError, match=f"signatures/{fp}.sig does not match manifest.json"):
+    with pytest.raises(TrustError, match=f"signatures/{fp}.sig by a trusted key does not match manifest.json"):
         trust.verify_signatures(MANIFEST.replace(b"1", b"2"), {fp: sig}, [pub(k)])
 
 

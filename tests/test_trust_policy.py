@@ -79,7 +79,7 @@ def test_second_signer_meets_threshold_two(cli, samples, keypair, other_keypair,
     trust_both = ["--trust", str(keypair[1]), "--trust", str(other_keypair[1]), "--threshold", "2"]
     r = cli("verify", str(out), *trust_both)
     assert r.code == 5 and "only 1 valid signature" in r.err
-    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--json")
+    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1]), "--json")
     assert r.code == 0, r.err
     assert len(json.loads(r.out)["signers"]) == 2
     assert cli("verify", str(out), *trust_both).code == 0
@@ -88,7 +88,7 @@ def test_second_signer_meets_threshold_two(cli, samples, keypair, other_keypair,
 def test_trust_directory_counts_distinct_keys(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "b"
     pack(cli, samples["docker"], out, keypair[0])
-    assert cli("sign", str(out), "--key", str(other_keypair[0])).code == 0
+    assert cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1])).code == 0
     trust_dir = tmp_path / "trusted"
     trust_dir.mkdir()
     for pub in (keypair[1], other_keypair[1]):
@@ -104,7 +104,7 @@ def test_signing_a_damaged_bundle_refused(cli, samples, keypair, other_keypair, 
     pack(cli, samples["docker"], out, keypair[0])
     part = out / load_bundle(out).manifest.parts[0].path
     part.write_bytes(part.read_bytes() + b"x")
-    r = cli("sign", str(out), "--key", str(other_keypair[0]))
+    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1]))
     assert r.code == 4 and part.name in r.err
     assert len(load_bundle(out).signatures) == 1
 
@@ -135,7 +135,7 @@ def test_unknown_signers_are_reported_not_counted(cli, samples, keypair, other_k
 
     out = tmp_path / "b"
     pack(cli, samples["docker"], out, keypair[0])
-    assert cli("sign", str(out), "--key", str(other_keypair[0])).code == 0
+    assert cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1])).code == 0
     proc = subprocess.run(
         [sys.executable, "-m", "airgap", "verify", str(out), "--trust", str(keypair[1])],
         capture_output=True,
@@ -146,3 +146,49 @@ def test_unknown_signers_are_reported_not_counted(cli, samples, keypair, other_k
     stranger = load_public(other_keypair[1]).fingerprint
     assert f"ignored 1 signature(s) from keys not trusted here: {stranger[:16]}" in proc.stderr
     assert "1 of 1 required" in proc.stderr
+
+
+def test_sign_refuses_a_manifest_edited_after_signing(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A second signer must never vouch for a bundle whose trusted signature no longer matches."""
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0], "--expires", "1h")
+    m = out / "manifest.json"
+    data = json.loads(m.read_bytes())
+    data["expires"] = "2099-01-01T00:00:00Z"
+    m.write_bytes((json.dumps(data, sort_keys=True, indent=2) + "\n").encode())
+    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1]))
+    assert r.code == 5 and "does not match manifest.json" in r.err
+    assert len(load_bundle(out).signatures) == 1
+    # and the other signer alone cannot lift it: a trusted key's bad signature fails verify outright
+    r = cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(other_keypair[1]))
+    assert r.code == 5 and "no signature from a trusted key" in r.err
+
+
+def test_sign_requires_trust(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    r = cli("sign", str(out), "--key", str(other_keypair[0]))
+    assert r.code == 2 and "--trust" in r.err
+
+
+def test_trusted_signature_that_fails_verify_is_tampering(cli, samples, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two trusted signers, one signature replaced by garbage: the bundle fails even at threshold 1."""
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0])
+    assert cli("sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1])).code == 0
+    fp = load_public(other_keypair[1]).fingerprint
+    (out / "signatures" / f"{fp}.sig").write_bytes(b"\0" * 64)
+    r = cli("verify", str(out), "--trust", str(keypair[1]), "--trust", str(other_keypair[1]))
+    assert r.code == 5 and f"signatures/{fp}.sig by a trusted key does not match" in r.err
+
+
+def test_sign_shows_what_it_signs(cli, samples, keypair, other_keypair, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from airgap._cli import main
+
+    out = tmp_path / "b"
+    pack(cli, samples["docker"], out, keypair[0], "--expires", "30d")
+    capsys.readouterr()
+    assert main(["sign", str(out), "--key", str(other_keypair[0]), "--trust", str(keypair[1])]) == 0
+    err = capsys.readouterr().err
+    assert "expires " in err and samples["docker"].tag in err and samples["docker"].image_id in err
+    assert f"already signed by {load_public(keypair[1]).fingerprint}" in err
