@@ -108,24 +108,9 @@ class InstallResult:
         }
 
 
-def _matches(image: Platform, wanted: Platform) -> bool:
-    return (
-        image.os == wanted.os
-        and image.architecture == wanted.architecture
-        and (not wanted.variant or image.variant == wanted.variant)
-    )
-
-
-def parse_platform(text: str) -> Platform:
-    fields = text.split("/")
-    if len(fields) not in (2, 3) or not all(fields):
-        raise UsageError(f"cannot read platform {text!r}", hint="use os/arch[/variant], e.g. linux/arm64")
-    return Platform(fields[0], fields[1], fields[2] if len(fields) == 3 else None)
-
-
 def select_images(images: tuple[Image, ...], wanted: Platform, explicit: bool, note: Callable[[str], None]) -> list[Image]:
     """The images for the target platform; a single-platform bundle loads on any engine."""
-    chosen = [i for i in images if _matches(i.platform, wanted)]
+    chosen = [i for i in images if i.platform.matches(wanted)]
     if chosen:
         others = sorted({str(i.platform) for i in images} - {str(i.platform) for i in chosen})
         if others:
@@ -230,7 +215,7 @@ def _deliver(
     """Install into a registry or write an archive: every image, or those of --platform."""
     images = list(bundle.manifest.images)
     if options.platform:
-        images = select_images(bundle.manifest.images, parse_platform(options.platform), True, reporter.note)
+        images = select_images(bundle.manifest.images, Platform.parse(options.platform), True, reporter.note)
     # a delta's layers without --base: a registry may hold them already (checked blob by blob)
     external = frozenset(d.digest for d in bundle.manifest.external_layers())
     skip = external if target.kind == "registry" and bundle.base is None else frozenset()
@@ -319,7 +304,7 @@ def _install(
     started: float,
     cache: VerifiedCache,
 ) -> InstallResult:
-    wanted = parse_platform(options.platform) if options.platform else engine.platform()
+    wanted = Platform.parse(options.platform) if options.platform else engine.platform()
     images = select_images(bundle.manifest.images, wanted, options.platform is not None, reporter.note)
 
     # never move a tag silently

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from airgap.errors import FormatError
+from airgap.errors import FormatError, UsageError
 
 SCHEMA_VERSION = 1
 MANIFEST_MEDIA_TYPE = "application/vnd.airgap.bundle.manifest.v1+json"
@@ -32,6 +32,7 @@ _REF_RE = re.compile(
     r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 )
+_PLATFORM_WORD_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 
 MAX_PART_INDEX = 99999
@@ -88,6 +89,19 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
+def _checked(value: Any, what: str, pattern: re.Pattern[str]) -> str:
+    """A value from a source or a bundle that must match its grammar before it is used anywhere."""
+    if not isinstance(value, str) or not pattern.match(value):
+        raise FormatError(f"{what} {str(value)[:120]!r} is not valid")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FormatError(f"{what} {str(value)[:40]!r} is not a whole number of bytes")
+    return value
+
+
 # --- records --------------------------------------------------------------------------------
 
 
@@ -98,6 +112,11 @@ class Descriptor:
     digest: str
     size: int
     media_type: str
+
+    def __post_init__(self) -> None:
+        _checked(self.digest, "digest", _DIGEST_RE)
+        _checked(self.media_type, "media type", _MEDIA_TYPE_RE)
+        _count(self.size, "size")
 
     def to_dict(self) -> dict[str, Any]:
         return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
@@ -118,8 +137,34 @@ class Platform:
     architecture: str
     variant: str | None = None
 
+    def __post_init__(self) -> None:
+        _checked(self.os, "platform os", _PLATFORM_WORD_RE)
+        _checked(self.architecture, "platform architecture", _PLATFORM_WORD_RE)
+        if self.variant is not None:
+            _checked(self.variant, "platform variant", _PLATFORM_WORD_RE)
+
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """A platform given on the command line: os/arch[/variant]."""
+        fields = text.strip().split("/")
+        usage = UsageError(f"cannot read platform {text!r}", hint="use os/arch[/variant], e.g. linux/arm64")
+        if len(fields) not in (2, 3) or not all(fields):
+            raise usage
+        try:
+            return cls(fields[0], fields[1], fields[2] if len(fields) == 3 else None)
+        except FormatError as e:
+            raise usage from e
+
+    def matches(self, wanted: Platform) -> bool:
+        """This image's platform is the one wanted (a wanted platform without variant matches every variant)."""
+        return (
+            self.os == wanted.os
+            and self.architecture == wanted.architecture
+            and (not wanted.variant or self.variant == wanted.variant)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"os": self.os, "architecture": self.architecture}
@@ -130,12 +175,11 @@ class Platform:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Platform:
         d = _obj(d, where, {"os", "architecture"}, frozenset({"variant"}))
-        word = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
         variant = d.get("variant")
         return cls(
-            os=_str(d["os"], f"{where}.os", word),
-            architecture=_str(d["architecture"], f"{where}.architecture", word),
-            variant=None if variant is None else _str(variant, f"{where}.variant", word),
+            os=_str(d["os"], f"{where}.os", _PLATFORM_WORD_RE),
+            architecture=_str(d["architecture"], f"{where}.architecture", _PLATFORM_WORD_RE),
+            variant=None if variant is None else _str(variant, f"{where}.variant", _PLATFORM_WORD_RE),
         )
 
 
@@ -148,6 +192,20 @@ class Image:
     layers: tuple[Descriptor, ...]
     diff_ids: tuple[str, ...]
     platform: Platform
+
+    def __post_init__(self) -> None:
+        for ref in self.ref_names:
+            if not isinstance(ref, str) or not valid_ref(ref):
+                raise FormatError(
+                    f"image name {str(ref)[:200]!r} is not a valid Docker reference (REPOSITORY:TAG)",
+                    hint="Docker would refuse it: rename the image in its source",
+                )
+        if len(set(self.ref_names)) != len(self.ref_names):
+            raise FormatError(f"image {self.config.digest[:19]} lists the name {self.ref_names[0]!r} twice")
+        for diff_id in self.diff_ids:
+            _checked(diff_id, "diff_id", _DIGEST_RE)
+        if len(self.diff_ids) != len(self.layers):
+            raise FormatError(f"image {self.config.digest[:19]} has {len(self.layers)} layers but {len(self.diff_ids)} diff_ids")
 
     @property
     def image_id(self) -> str:
@@ -374,6 +432,16 @@ class Manifest:
     def _check(self) -> None:
         if not self.images:
             raise FormatError("manifest: the bundle lists no image")
+        _checked(self.name, "bundle name", _NAME_RE)
+        named: dict[tuple[str, str], str] = {}
+        for image in self.images:
+            for ref in image.ref_names:
+                other = named.setdefault((ref, str(image.platform)), image.image_id)
+                if other != image.image_id:
+                    raise FormatError(
+                        f"manifest: the name {ref} is given to two {image.platform} images ({other[:19]} and {image.image_id[:19]})",
+                        hint="one name can point at one image per platform: rename one of them before packing",
+                    )
         if not self.parts:
             raise FormatError("manifest: the bundle lists no part")
         blob_digests = [b.digest for b in self.blobs]

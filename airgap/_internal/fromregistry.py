@@ -45,17 +45,11 @@ def parse_platforms(text: str | None) -> list[Platform] | None:
     """--platform: None (the default), "all", or a comma-separated list of os/arch[/variant]."""
     if text is None or text.strip() == "all":
         return None
-    wanted = []
-    for item in text.split(","):
-        fields = item.strip().split("/")
-        if len(fields) not in (2, 3) or not all(fields):
-            raise UsageError(f"cannot read platform {item!r}", hint="use os/arch[/variant], e.g. linux/amd64,linux/arm64, or all")
-        wanted.append(Platform(fields[0], fields[1], fields[2] if len(fields) == 3 else None))
-    return wanted
+    return [Platform.parse(item) for item in text.split(",")]
 
 
 def platform_matches(have: Platform, want: Platform) -> bool:
-    return have.os == want.os and have.architecture == want.architecture and (not want.variant or have.variant == want.variant)
+    return have.matches(want)
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,10 @@ def resolve(
         p = desc.get("platform") or {}
         if not isinstance(p, dict) or p.get("os") in (None, "unknown"):
             continue  # attestations and other non-images
-        entries.append((desc, Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant") or None)))
+        try:
+            entries.append((desc, Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant") or None)))
+        except FormatError as e:
+            raise FormatError(f"{ref} index entry {i}: {e.message}", hint="the registry's index is malformed") from e
     available = ", ".join(str(p) for _, p in entries)
     targets = wanted if wanted is not None else [p for _, p in entries]
     chosen = []
@@ -197,10 +194,15 @@ def fetch(
             raise FormatError(f"{label} is uncompressed but does not match diff_id {diff_ids[i][:19]}")
         layers.append(Descriptor(digest, size, media_type))
     tag = ref.reference if ref.reference and not ref.is_digest else None
-    return Image(
-        ref_names=(f"{ref.host}/{ref.repository}:{tag}",) if tag else (),
-        config=Descriptor(stored_config.digest, stored_config.size, MT_DOCKER_CONFIG if image.docker_schema else MT_OCI_CONFIG),
-        layers=tuple(layers),
-        diff_ids=diff_ids,
-        platform=platform,
-    )
+    try:
+        return Image(
+            ref_names=(f"{ref.host}/{ref.repository}:{tag}",) if tag else (),
+            config=Descriptor(
+                stored_config.digest, stored_config.size, MT_DOCKER_CONFIG if image.docker_schema else MT_OCI_CONFIG
+            ),
+            layers=tuple(layers),
+            diff_ids=diff_ids,
+            platform=platform,
+        )
+    except FormatError as e:
+        raise FormatError(f"{ref}: {e.message}", hint=e.hint) from e

@@ -133,7 +133,10 @@ def _config_facts(config: Any, label: str) -> tuple[tuple[str, ...], Platform]:
     variant = config.get("variant") or None
     if not all(isinstance(x, str) for x in (os_name, arch)) or not isinstance(variant, (str, type(None))):
         raise FormatError(f"{label}: image config has a malformed platform")
-    return tuple(diff_ids), Platform(os_name, arch, variant)
+    try:
+        return tuple(diff_ids), Platform(os_name, arch, variant)
+    except FormatError as e:
+        raise FormatError(f"{label}: image config: {e.message}", hint="the image's platform fields are not os/arch words") from e
 
 
 def images_from_archive(contents: ArchiveContents, store: BlobStore, default_name: str | None = None) -> list[Image]:
@@ -177,15 +180,18 @@ def _image(
     clean_refs = []
     for ref in refs:
         full = _with_tag(ref)
-        if valid_ref(full) and full not in clean_refs:
+        if full not in clean_refs:
             clean_refs.append(full)
-    return Image(
-        ref_names=tuple(clean_refs),
-        config=Descriptor(config_blob.digest, config_blob.size, config_type),
-        layers=tuple(layers),
-        diff_ids=diff_ids,
-        platform=platform,
-    )
+    try:
+        return Image(
+            ref_names=tuple(clean_refs),
+            config=Descriptor(config_blob.digest, config_blob.size, config_type),
+            layers=tuple(layers),
+            diff_ids=diff_ids,
+            platform=platform,
+        )
+    except FormatError as e:
+        raise FormatError(f"{label}: {e.message}", hint=e.hint) from e
 
 
 def _docker_images(contents: ArchiveContents, store: BlobStore) -> list[Image]:
