@@ -14,6 +14,7 @@ import click
 from airgap import __version__, keys
 from airgap._internal.fsutil import human_bytes
 from airgap._internal.reporters import for_terminal
+from airgap._internal.text import printable, printable_lines
 from airgap.errors import Error, ExitCode, UsageError
 from airgap.progress import Reporter
 
@@ -54,6 +55,11 @@ def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
 _quiet_option = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="no progress output")
 
 
+def _echo(line: str, err: bool = False) -> None:
+    """One line of output, escaped: names from bundles and sources never reach the terminal raw."""
+    click.echo(printable(line), err=err)
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
@@ -92,9 +98,9 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
     if as_json:
         _emit_json({"private_key": str(key_path), "public_key": str(pub_path), "fingerprint": fp})
     else:
-        click.echo(f"private key  {key_path}  (keep it offline)")
-        click.echo(f"public key   {pub_path}  (give it to whoever verifies or installs)")
-        click.echo(f"fingerprint  {fp}")
+        _echo(f"private key  {key_path}  (keep it offline)")
+        _echo(f"public key   {pub_path}  (give it to whoever verifies or installs)")
+        _echo(f"fingerprint  {fp}")
 
 
 @cli.command()
@@ -135,6 +141,13 @@ def keygen(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: 
     type=click.Path(path_type=Path, exists=True),
     help="a delta: leave out the layers an older bundle already has (its directory or manifest.json)",
 )
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="with --since: a key (.pub or a directory of them) that may have signed the older bundle, besides --key",
+)
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @_quiet_option
@@ -157,6 +170,7 @@ def pack(
     with_installer: bool,
     wheelhouse: Path | None,
     since: Path | None,
+    trust: tuple[Path, ...],
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -186,6 +200,7 @@ def pack(
         with_installer=with_installer or wheelhouse is not None,
         wheelhouse=wheelhouse,
         since=since,
+        trusted=tuple(keys.load_trusted(list(trust))) if trust else (),
     )
     result = core.pack(options, _reporter(ctx))
     if as_json:
@@ -193,29 +208,11 @@ def pack(
         return
     m = result.manifest
     for image in m.images:
-        click.echo(f"packed {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
-    click.echo(
+        _echo(f"packed {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}")
+    _echo(
         f"bundle {out_dir}: {len(m.parts)} parts, {human_bytes(m.total_part_bytes)} from {human_bytes(result.input_bytes)}"
         f" in {result.seconds:.1f}s; signed by {result.signer}"
     )
-
-
-@cli.command(name="sign")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
-@click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-@_quiet_option
-@click.pass_context
-def sign_command(ctx: click.Context, bundle: Path, key_path: Path, passphrase_env: str | None, as_json: bool) -> None:
-    """Add a signature to an existing bundle, after checking every part."""
-    from airgap import sign as core
-
-    result = core.sign(core.SignOptions(bundle, key_path, _key_passphrase(key_path, passphrase_env)), _reporter(ctx))
-    if as_json:
-        _emit_json(result.to_dict())
-        return
-    click.echo(f"signed {bundle} as {result.fingerprint}; {len(result.signers)} signature(s) now")
 
 
 def _trust_options(f: Any) -> Any:
@@ -227,7 +224,11 @@ def _trust_options(f: Any) -> Any:
         help="another directory holding parts (a mounted volume of a split bundle); repeatable",
     )(f)
     f = click.option(
-        "--threshold", default=1, show_default=True, type=int, help="valid signatures from distinct trusted keys required"
+        "--threshold",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="valid signatures from distinct trusted keys required",
     )(f)
     return click.option(
         "--trust",
@@ -237,6 +238,49 @@ def _trust_options(f: Any) -> Any:
         type=click.Path(path_type=Path),
         help="trusted public key (.pub) or a directory of them; repeatable",
     )(f)
+
+
+@cli.command(name="sign")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
+@click.option("--passphrase-env", metavar="VAR", help="the key's passphrase is in $VAR")
+@_trust_options
+@click.option("--allow-expired", is_flag=True, help="sign a bundle past its expiry date")
+@click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(min=1), help="parts hashed at once")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@_quiet_option
+@click.pass_context
+def sign_command(
+    ctx: click.Context,
+    bundle: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    trust: tuple[Path, ...],
+    threshold: int,
+    search: tuple[Path, ...],
+    allow_expired: bool,
+    jobs: int,
+    as_json: bool,
+) -> None:
+    """Add a signature to an existing bundle: its signatures are checked against --trust and every part is
+    hashed first, so a signer never vouches for a bundle changed since it was signed."""
+    from airgap import sign as core
+
+    options = core.SignOptions(
+        bundle,
+        key_path,
+        tuple(keys.load_trusted(list(trust))),
+        threshold,
+        _key_passphrase(key_path, passphrase_env),
+        jobs,
+        allow_expired,
+        search,
+    )
+    result = core.sign(options, _reporter(ctx))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    _echo(f"signed {bundle} as {result.fingerprint}; {len(result.signers)} signature(s) now")
 
 
 @cli.command()
@@ -284,14 +328,14 @@ def verify(
             _emit_json(e.report.to_dict())
         else:
             for part in e.bad:
-                click.echo(f"BAD  {part.kind} {part.path}: {part.problem}", err=True)
+                _echo(f"BAD  {part.kind} {part.path}: {part.problem}", err=True)
         raise
     if as_json:
         _emit_json(report.to_dict())
         return
     parts = sum(1 for p in report.parts if p.kind == "part")
     files = f" and {len(report.parts) - parts} files" if len(report.parts) > parts else ""
-    click.echo(f"OK: signature by {', '.join(report.trust.valid)}; {parts} parts{files} verified in {report.seconds:.1f}s")
+    _echo(f"OK: signature by {', '.join(report.trust.valid)}; {parts} parts{files} verified in {report.seconds:.1f}s")
 
 
 @cli.command()
@@ -305,7 +349,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
     if as_json:
         _emit_json(result.to_dict())
     else:
-        click.echo(result.render())
+        click.echo(printable_lines(result.render()))
 
 
 @cli.command()
@@ -393,9 +437,7 @@ def install(
     for image in result.images:
         where = f"  -> {image.location}" if image.location else ""
         digest = f"  manifest {image.manifest_digest}" if image.manifest_digest else ""
-        click.echo(
-            f"{image.action}: {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}{where}{digest}"
-        )
+        _echo(f"{image.action}: {', '.join(image.ref_names) or '(untagged)'}  {image.image_id}  {image.platform}{where}{digest}")
 
 
 @cli.command()
@@ -418,7 +460,7 @@ def publish(
     if as_json:
         _emit_json(result.to_dict())
         return
-    click.echo(
+    _echo(
         f"published {bundle} as {result.reference}  {result.manifest_digest}: {result.files} files, "
         f"{human_bytes(result.bytes_sent)} sent of {human_bytes(result.bytes_total)}"
     )
@@ -440,7 +482,7 @@ def pull(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overw
     if as_json:
         _emit_json(result.to_dict())
         return
-    click.echo(
+    _echo(
         f"pulled {result.reference} into {out_dir}: {result.files} files, "
         f"{human_bytes(result.bytes_sent)} downloaded of {human_bytes(result.bytes_total)}; now run 'airgap verify {out_dir}'"
     )
@@ -458,7 +500,7 @@ def diff_command(a: Path, b: Path, as_json: bool) -> None:
     if as_json:
         _emit_json(result.to_dict())
     else:
-        click.echo(result.render())
+        click.echo(printable_lines(result.render()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -484,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("AIRGAP_DEBUG"):
             raise
-        click.echo(f"error: internal error: {type(e).__name__}: {e}", err=True)
+        _echo(f"error: internal error: {type(e).__name__}: {e}", err=True)
         click.echo("hint: this is a bug in airgap; rerun with AIRGAP_DEBUG=1 for a traceback and report it", err=True)
         return int(ExitCode.INTERNAL)
     return rv if isinstance(rv, int) else int(ExitCode.OK)

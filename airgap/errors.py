@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from airgap._internal.text import printable
+
 
 class ExitCode(IntEnum):
     """Documented process exit codes (README "Exit codes")."""
@@ -35,8 +37,8 @@ class Error(Exception):
         self.hint = hint
 
     def diagnostics(self) -> str:
-        """One line, plus a hint line when there is one."""
-        return f"error: {self.message}\nhint: {self.hint or self.default_hint}"
+        """One line, plus a hint line: each shown escaped, whatever a file name or a source put in them."""
+        return f"error: {printable(self.message)}\nhint: {printable(self.hint or self.default_hint)}"
 
     def kind(self) -> str:
         return self.exit_code.name.lower()

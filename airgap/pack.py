@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil, rebuild, wheelhouse
-from airgap._internal.bundle import LoadedBundle, iter_blob, load_bundle, locate, read_manifest_bytes
+from airgap._internal.bundle import MAX_MANIFEST_BYTES, LoadedBundle, iter_blob, load_trusted_bundle, read_signatures
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
@@ -29,7 +29,8 @@ from airgap._internal.pipeline import PrefetchReader
 from airgap._internal.registry import Registry, RegistryRef, parse_ref
 from airgap._internal.tarstream import EntryReader
 from airgap._internal.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
-from airgap.errors import Error, FormatError, IntegrityError, UsageError
+from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
+from airgap.keys import PublicKey
 from airgap.models import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
 
@@ -91,6 +92,7 @@ class PackOptions:
     wheelhouse: Path | None = None  # ... taken from this directory instead of built with pip
     media_dir_size: int | None = None  # split the bundle into vol-NN folders, each fitting a medium this large
     since: Path | None = None  # a delta: leave out the layers of this older bundle (its directory or manifest.json)
+    trusted: tuple[PublicKey, ...] = ()  # with --since: keys besides the packing key that may have signed the base
     chunk_deltas: bool = True  # with --since DIR: carry changed layers as recipes over the old layers' chunks
     speculate: bool = True  # with --since: only hash members the size of a base layer (retried without on a miss)
 
@@ -156,11 +158,31 @@ def expiry(text: str | None, created: datetime) -> str | None:
 
 
 def _default_name(images: list[Image]) -> str:
-    for image in images:
-        for ref in image.ref_names:
-            repo = ref.rsplit(":", 1)[0].rsplit("/", 1)[-1]
-            return re.sub(r"[^A-Za-z0-9._-]", "-", repo)[:100] or "bundle"
-    return "bundle"
+    """The bundle's name (the key of rollback protection) when --name is not given: the repository of the
+    first of the images' names in sorted order, so the order of the sources never changes it."""
+    refs = sorted(ref for image in images for ref in image.ref_names)
+    if not refs:
+        return "bundle"
+    repo = refs[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", repo)[:100].lstrip("._-") or "bundle"
+
+
+PART_ENTRY_BYTES = 330  # what one part adds to manifest.json, about
+
+
+def _check_manifest_size(size: int, part_size: int) -> None:
+    """Verifiers read at most MAX_MANIFEST_BYTES of a manifest: never sign one they would refuse."""
+    if size > MAX_MANIFEST_BYTES:
+        raise UsageError(
+            f"with --part-size {fsutil.human_bytes(part_size)} the manifest would be about {fsutil.human_bytes(size)}, "
+            f"over the {fsutil.human_bytes(MAX_MANIFEST_BYTES)} airgap reads",
+            hint="use a larger --part-size (fewer parts)",
+        )
+
+
+def _trusted_for_base(options: PackOptions, private: Ed25519PrivateKey) -> tuple[PublicKey, ...]:
+    own = PublicKey(private.public_key(), keys.fingerprint(private.public_key()), str(options.key_path))
+    return (own, *options.trusted)
 
 
 def _merge(images: list[Image]) -> list[Image]:
@@ -291,11 +313,10 @@ def _recipes(
     return made
 
 
-def _guesses(since: Path | None, old_layers: dict[str, int]) -> dict[int, frozenset[str]]:
+def _guesses(old: LoadedBundle | None, old_layers: dict[str, int]) -> dict[int, frozenset[str]]:
     """The base bundle's layers by size, with the sha256 of their first MiB (read from its parts)."""
-    if since is None or not since.is_dir():
+    if old is None:
         return {}
-    old = load_bundle(since)
     heads: dict[int, set[str]] = {}
     for digest, size in old_layers.items():
         if size < SPECULATE_MIN or not old.manifest.has_blob(digest):
@@ -310,25 +331,35 @@ def _guesses(since: Path | None, old_layers: dict[str, int]) -> dict[int, frozen
     return {size: frozenset(h) for size, h in heads.items()}
 
 
-def _base_of(since: Path) -> tuple[str, dict[str, int]]:
-    """The manifest digest of the bundle a delta builds on, and every layer its images have (digest -> size)."""
-    if since.is_dir():
-        data = read_manifest_bytes(locate(since)[0])
-    else:
-        try:
-            with fsutil.open_regular(since, str(since)) as fh:
-                data = fh.read(64 << 20)
-        except IntegrityError as e:
-            raise UsageError(
-                f"--since {since}: {e.message}", hint="name the older bundle's directory or its manifest.json"
-            ) from e
+@dataclass(frozen=True)
+class _Base:
+    """The bundle a delta builds on (--since), authenticated: its manifest digest, its layers, and the bundle
+    itself when a directory was given (its parts feed the guesses and recipes)."""
+
+    digest: str
+    layers: dict[str, int]  # every layer its images have: digest -> size
+    bundle: LoadedBundle | None
+
+
+def _load_base(since: Path, trusted: tuple[PublicKey, ...]) -> _Base:
+    """Read --since: a bundle directory or its manifest.json, signed by one of ``trusted`` (the packing key and
+    --trust).  Its expiry does not matter: it is only what the delta is measured against."""
+    hint = "name an older bundle signed by the packing key or by a key given with --trust"
     try:
-        old = Manifest.from_bytes(data)
-    except FormatError as e:
-        raise FormatError(f"--since {since}: {e.message}", hint="name the older bundle's directory or its manifest.json") from e
-    return "sha256:" + hashlib.sha256(data).hexdigest(), {
-        layer.digest: layer.size for image in old.images for layer in image.layers
-    }
+        if since.is_dir():
+            bundle, _ = load_trusted_bundle(since, trusted, 1, allow_expired=True)
+            data, manifest = bundle.manifest_bytes, bundle.manifest
+        else:
+            bundle = None
+            data = fsutil.read_capped(since, str(since), MAX_MANIFEST_BYTES)
+            signatures = read_signatures(since.parent, frozenset(k.fingerprint for k in trusted))
+            manifest, _ = trust.check_trust(data, signatures, trusted, 1, True, datetime.now(timezone.utc))
+    except TrustError as e:
+        raise TrustError(f"--since {since}: {e.message}", hint=hint) from e
+    except (FormatError, IntegrityError) as e:
+        raise type(e)(f"--since {since}: {e.message}", hint=hint) from e
+    layers = {layer.digest: layer.size for image in manifest.images for layer in image.layers}
+    return _Base("sha256:" + hashlib.sha256(data).hexdigest(), layers, bundle)
 
 
 def _split_into_volumes(manifest: Manifest, writer: BundleWriter, capacity: int) -> Manifest:
@@ -374,6 +405,7 @@ def _pack(
     remote: list[tuple[Registry, ResolvedImage]],
 ) -> PackResult:
     estimate = engine_bytes + archive_bytes + sum(image.size for _, image in remote)
+    _check_manifest_size(estimate // options.part_size * PART_ENTRY_BYTES, options.part_size)
     if engine is not None:
         root = engine.root_dir()
         if root is not None:
@@ -393,9 +425,9 @@ def _pack(
 
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
-    since = _base_of(options.since) if options.since is not None else None  # ... and a bad --since
+    since = _load_base(options.since, _trusted_for_base(options, private)) if options.since is not None else None
     # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
-    guesses = _guesses(options.since, since[1]) if since and options.speculate else {}
+    guesses = _guesses(since.bundle, since.layers) if since and options.speculate else {}
     writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level, guesses)
     if writer.resumable_parts:
         reporter.note(
@@ -411,7 +443,7 @@ def _pack(
                 contents = read_archive(ahead, "Docker engine export", writer)
                 images += images_from_archive(contents, writer)
         fetched: dict[str, int] = {}
-        left_out = frozenset(since[1]) if since else frozenset()
+        left_out = frozenset(since.layers) if since else frozenset()
         writer.guessing = False  # a registry names its layers' digests: left-out layers are simply not fetched
         for registry, resolved in remote:
             reporter.note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
@@ -434,7 +466,7 @@ def _pack(
         base = None
         rebuilds: list[Rebuild] = []
         if options.since is not None and since is not None:
-            base, old_layers = since
+            base, old_layers = since.digest, since.layers
             configs = {image.config.digest for image in images}
             digests = [d for d in digests if d not in old_layers or d in configs]
             wanted = {layer.digest for image in images for layer in image.layers}
@@ -442,8 +474,8 @@ def _pack(
                 f"delta since {options.since}: {len(wanted - set(old_layers))} new layer(s); "
                 f"{len(wanted & set(old_layers))} left to the base bundle"
             )
-            if options.since.is_dir() and options.chunk_deltas:
-                rebuilds = _recipes(images, old_layers, load_bundle(options.since), writer, reporter)
+            if since.bundle is not None and options.chunk_deltas:
+                rebuilds = _recipes(images, old_layers, since.bundle, writer, reporter)
                 replaced = {r.layer: r.recipe for r in rebuilds}
                 digests = [replaced.get(d, d) for d in digests]
         blobs, parts = writer.commit_parts(digests)
@@ -477,6 +509,7 @@ def _pack(
         )
         if options.media_dir_size:
             manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
+        _check_manifest_size(len(manifest.to_bytes()), options.part_size)
         fingerprint, signature = trust.sign(manifest.to_bytes(), private)
         writer.write_manifest(manifest, {fingerprint: signature})
     except BaseException as e:

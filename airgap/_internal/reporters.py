@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from airgap._internal.fsutil import human_bytes
+from airgap._internal.text import printable
 
 
 class TqdmReporter:
@@ -26,7 +27,9 @@ class TqdmReporter:
             width = 0
         # a terminal that reports no size (some serial consoles, 'script') still gets a bar
         size: dict[str, Any] = {"dynamic_ncols": True} if width > 0 else {"ncols": 100, "nrows": 24}
-        self._bar = tqdm(total=total or None, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, **size)
+        self._bar = tqdm(
+            total=total or None, desc=printable(label), unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, **size
+        )
 
     def advance(self, n: int) -> None:
         with self._lock:
@@ -43,9 +46,9 @@ class TqdmReporter:
 
     def note(self, message: str) -> None:
         if self._bar is not None:
-            self._bar.write(message, file=self._stream)
+            self._bar.write(printable(message), file=self._stream)
         else:
-            print(message, file=self._stream)
+            print(printable(message), file=self._stream)
 
 
 class PlainReporter:
@@ -62,7 +65,7 @@ class PlainReporter:
         self._last = 0.0
 
     def start(self, label: str, total: int) -> None:
-        self._label, self._total, self._done = label, total, 0
+        self._label, self._total, self._done = printable(label), total, 0
         self._t0 = self._last = time.monotonic()
 
     def _line(self) -> str:
@@ -86,7 +89,7 @@ class PlainReporter:
         print(self._line() + f", done in {time.monotonic() - self._t0:.1f}s", file=self._stream, flush=True)
 
     def note(self, message: str) -> None:
-        print(message, file=self._stream, flush=True)
+        print(printable(message), file=self._stream, flush=True)
 
 
 def for_terminal(quiet: bool, stream: TextIO | None = None) -> object:

@@ -1,0 +1,29 @@
+"""Text that reaches a terminal: names from a bundle, a source or a registry are shown escaped, so a file
+name with a newline cannot forge an ``OK:`` line and an escape sequence cannot rewrite the screen."""
+
+from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, tabs, escape sequences, bidi and
+    other format characters) shown as a Python escape: ``\\n``, ``\\x1b``, ``\\u202e``."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def printable_lines(text: str) -> str:
+    """A multi-line text with each line made printable (its line breaks kept)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
