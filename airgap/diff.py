@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap._internal import fsutil
-from airgap._internal.bundle import locate, read_manifest_bytes
+from airgap._internal.bundle import MAX_MANIFEST_BYTES, locate, read_manifest_bytes
 from airgap.errors import FormatError, IntegrityError, UsageError
 from airgap.models import Manifest
 
@@ -23,8 +23,7 @@ def read_manifest(path: Path) -> Manifest:
         where = home / "manifest.json"
     else:
         try:
-            with fsutil.open_regular(path, str(path)) as fh:
-                data = fh.read(64 << 20)
+            data = fsutil.read_capped(path, str(path), MAX_MANIFEST_BYTES)
         except IntegrityError as e:
             raise UsageError(f"cannot read {path}: {e.message}", hint="name a bundle directory or its manifest.json") from e
         where = path

@@ -278,6 +278,7 @@ def install(
         reporter.note(line)
     if options.base is not None:
         base, _ = load_trusted_bundle(options.base, options.trusted, options.threshold, True)
+        refuse_unexpected(base, options.allow_unexpected)  # the base is held to the same line as the bundle
         bundle = attach_base(bundle, base)
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
