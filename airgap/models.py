@@ -257,6 +257,15 @@ class Part:
     offset: int
     length: int
 
+    def __post_init__(self) -> None:
+        _checked(self.blob, "blob digest", _DIGEST_RE)
+        _checked(self.sha256, "sha256", _HEX64_RE)
+        if not 0 <= self.index <= MAX_PART_INDEX or self.path != part_path(self.blob, self.index):
+            raise FormatError(
+                f"part path {str(self.path)[:120]!r} is not the name airgap gives part {self.index} of {self.blob[:19]}",
+                hint="part paths are derived from the blob digest; a different path means an edited manifest",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -271,21 +280,20 @@ class Part:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Part:
         d = _obj(d, where, {"path", "size", "sha256", "blob", "index", "offset", "length"})
-        part = cls(
-            path=_str(d["path"], f"{where}.path"),
-            size=_int(d["size"], f"{where}.size", 1),
-            sha256=_str(d["sha256"], f"{where}.sha256", _HEX64_RE),
-            blob=_str(d["blob"], f"{where}.blob", _DIGEST_RE),
-            index=_int(d["index"], f"{where}.index"),
-            offset=_int(d["offset"], f"{where}.offset"),
-            length=_int(d["length"], f"{where}.length"),
-        )
-        if part.index > MAX_PART_INDEX or part.path != part_path(part.blob, part.index):
-            raise FormatError(
-                f"manifest: {where}.path {part.path[:120]!r} is not the name airgap gives that part",
-                hint="part paths are derived from the blob digest; a different path means an edited manifest",
+        try:
+            return cls(
+                path=_str(d["path"], f"{where}.path"),
+                size=_int(d["size"], f"{where}.size", 1),
+                sha256=_str(d["sha256"], f"{where}.sha256", _HEX64_RE),
+                blob=_str(d["blob"], f"{where}.blob", _DIGEST_RE),
+                index=_int(d["index"], f"{where}.index"),
+                offset=_int(d["offset"], f"{where}.offset"),
+                length=_int(d["length"], f"{where}.length"),
             )
-        return part
+        except FormatError as e:
+            if e.message.startswith("manifest: "):
+                raise
+            raise FormatError(f"manifest: {where}: {e.message}", hint=e.hint) from e
 
 
 _FILE_PATH_RE = re.compile(
@@ -302,6 +310,13 @@ class BundleFile:
     path: str
     size: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        _checked(self.path, "bundle file path", _FILE_PATH_RE)
+        if len(self.path) > 300:
+            raise FormatError(f"bundle file path {self.path[:60]!r}... is too long")
+        _checked(self.sha256, "sha256", _HEX64_RE)
+        _count(self.size, "size")
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
@@ -322,6 +337,9 @@ class Volume:
 
     name: str
     paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _checked(self.name, "volume name", _VOLUME_RE)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "paths": list(self.paths)}
