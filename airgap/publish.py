@@ -8,24 +8,32 @@ their own sha256 as the blob digest: the registry rejects a part that changed on
 A pull writes every file under a staging directory first, resumes partial downloads with HTTP
 ranges, checks each file's digest, and writes ``manifest.json`` last: an interrupted pull never
 leaves a bundle that looks complete.  Run ``airgap verify`` on the result as on any bundle.
+
+The output directory may be somewhere other users can write (``/tmp``, a shared mount): a pull holds
+every directory it enters by a descriptor opened from its parent's without following links, refuses a
+link or a directory that is not ours (``DIR`` itself, ``.airgap-pull``, ``installer/``...), keeps its
+staging area mode 0700, and creates files with ``O_EXCL | O_NOFOLLOW``: nothing is written through a link.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
-import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import requests
 
 from airgap._internal import fsutil
-from airgap._internal.bundle import load_bundle, open_part
+from airgap._internal.bundle import load_bundle, open_part, read_signatures
 from airgap._internal.registry import DEFAULT_CHUNK, MT_OCI_MANIFEST, Registry, RegistryRef, parse_ref
 from airgap.errors import ConflictError, FormatError, IntegrityError, RegistryError, UsageError
 from airgap.models import MANIFEST_NAME, Manifest
@@ -92,10 +100,17 @@ def publish(
     bundle = load_bundle(bundle_dir)
     if not bundle.signatures:
         raise UsageError(f"bundle {bundle_dir} has no signature", hint="sign it first ('airgap sign')")
+    signatures = read_signatures(bundle.path, frozenset(bundle.signatures))  # load_bundle only names them
+    for fp, sig in signatures.items():
+        if not sig:
+            raise IntegrityError(
+                f"{bundle.path / 'signatures' / fp}.sig is not an Ed25519 signature (64 bytes)",
+                hint="sign the bundle again ('airgap sign'), or remove that file",
+            )
     files: list[tuple[str, str, str, int]] = []  # (path, media type, digest, size)
     located: dict[str, Path] = {}  # parts and files: where they are (a split bundle spreads them over volumes)
     files.append((MANIFEST_NAME, MT_FILE["manifest"], _digest(bundle.manifest_bytes), len(bundle.manifest_bytes)))
-    for fp, sig in sorted(bundle.signatures.items()):
+    for fp, sig in sorted(signatures.items()):
         files.append((f"signatures/{fp}.sig", MT_FILE["signature"], _digest(sig), len(sig)))
     for part in bundle.manifest.parts:
         open_part(bundle, part).close()  # present, regular, of the right size: before any upload
@@ -123,7 +138,7 @@ def publish(
             if path == MANIFEST_NAME:
                 blocks = iter([bundle.manifest_bytes])
             elif path.startswith("signatures/"):
-                blocks = iter([bundle.signatures[path.split("/")[1].removesuffix(".sig")]])
+                blocks = iter([signatures[path.split("/")[1].removesuffix(".sig")]])
             else:
                 blocks = _file_blocks(located[path], path)
             try:
@@ -209,7 +224,7 @@ def pull(
     started = time.monotonic()
     ref = parse_ref(source, "oci")
     reference = ref.reference or "latest"  # parse_ref requires one
-    if (out_dir / MANIFEST_NAME).exists() and not overwrite:
+    if os.path.lexists(out_dir / MANIFEST_NAME) and not overwrite:
         raise ConflictError(f"{out_dir} already holds a bundle", hint="pull into a new directory, or pass --overwrite")
     with Registry(ref.host, plain_http) as registry:
         found = registry.get_manifest(ref.repository, reference)
@@ -218,81 +233,256 @@ def pull(
         data, _, manifest_digest = found
         files = _read_artifact(data, ref)
         total = sum(size for _, _, size in files)
-        staging = out_dir / PULL_STAGING
-        staging.mkdir(parents=True, exist_ok=True)
-        fsutil.require_space(out_dir, total - _staged_bytes(staging, files) + (16 << 20), "pulling the bundle")
-        if overwrite:
-            (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the bundle is incomplete until the new one lands
-        reporter.start(f"pull {ref}", total)
-        fetched = 0
-        # parts first, manifest.json last
-        for path, digest, size in sorted(files, key=lambda f: f[0] == MANIFEST_NAME):
-            final = out_dir / path
-            if final.is_file() and not final.is_symlink() and final.stat().st_size == size and path != MANIFEST_NAME:
-                reporter.advance(size)  # placed by an earlier run after its digest matched
-                continue
-            fetched += _fetch(registry, ref, digest, size, staging / digest.removeprefix("sha256:"), path, reporter)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fetched_path = staging / digest.removeprefix("sha256:")
-            if path.endswith(".sh"):
-                fetched_path.chmod(0o755)
-            os.replace(fetched_path, final)
-        fsutil.fsync_dir(out_dir)
-        shutil.rmtree(staging, ignore_errors=True)
+        with _PullDir(out_dir) as target:
+            fsutil.require_space(out_dir, total - target.staged_bytes(files) + (16 << 20), "pulling the bundle")
+            if overwrite:
+                target.remove(MANIFEST_NAME)  # the bundle is incomplete until the new one lands
+            reporter.start(f"pull {ref}", total)
+            fetched = 0
+            # parts first, manifest.json last
+            for path, digest, size in sorted(files, key=lambda f: f[0] == MANIFEST_NAME):
+                if path != MANIFEST_NAME and target.in_place(path, size):
+                    reporter.advance(size)  # placed by an earlier run after its digest matched
+                    continue
+                staged = digest.removeprefix("sha256:")
+                fetched += _fetch(registry, ref, digest, size, target, staged, path, reporter)
+                target.place(staged, path)
+            target.finish()
     reporter.finish()
     return TransferResult(out_dir, str(ref), manifest_digest, len(files), total, fetched, time.monotonic() - started)
 
 
-def _staged_bytes(staging: Path, files: list[tuple[str, str, int]]) -> int:
-    total = 0
-    for _, digest, _ in files:
-        p = staging / digest.removeprefix("sha256:")
-        if p.is_file():
-            total += p.stat().st_size
-    return total
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REFUSE_HINT = "pull writes only into directories and files of its own: remove it, or pull into a new directory"
 
 
-def _fetch(registry: Registry, ref: RegistryRef, digest: str, size: int, tmp: Path, path: str, reporter: Reporter) -> int:
-    """Download one blob into ``tmp``, resuming a partial file; check its digest.  Returns bytes fetched."""
+class _PullDir:
+    """The directory a pull writes, held by descriptors.  Each directory (``DIR`` itself included) is
+    created or entered from its parent's descriptor without following a link and must belong to us;
+    files are opened ``O_NOFOLLOW`` (``O_EXCL`` when new) and renamed between descriptors, so whatever
+    another user plants in DIR, nothing is written outside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._dirs: dict[str, int] = {}  # "" for DIR, else a path relative to it -> descriptor
+        self._written: set[str] = set()  # directories a file was placed in: fsync'ed at the end
+        absolute = Path(os.path.abspath(path))
+        try:
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            parent = os.open(absolute.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise fsutil.io_error(e, str(absolute.parent)) from e
+        try:
+            self._dirs[""] = _enter(parent, absolute.name or ".", path, 0o777)
+        finally:
+            os.close(parent)
+        try:
+            self.staging = self.directory(PULL_STAGING, 0o700)
+            os.fchmod(self.staging, 0o700)  # a staging area an earlier run or umask left open is closed again
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _PullDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def label(self, rel: str) -> Path:
+        return self.path / rel if rel else self.path
+
+    def directory(self, rel: str, mode: int = 0o777) -> int:
+        """The descriptor of ``DIR/rel``, each missing level created, each level checked."""
+        if rel in self._dirs:
+            return self._dirs[rel]
+        parent_rel, _, name = rel.rpartition("/")
+        fd = _enter(self.directory(parent_rel), name, self.label(rel), mode)
+        self._dirs[rel] = fd
+        return fd
+
+    def _parent(self, path: str) -> tuple[int, str, str]:
+        parent_rel, _, leaf = path.rpartition("/")
+        return self.directory(parent_rel), leaf, parent_rel
+
+    def staged_bytes(self, files: list[tuple[str, str, int]]) -> int:
+        total = 0
+        for _, digest, _ in files:
+            st = _lstat(self.staging, digest.removeprefix("sha256:"))
+            if st is not None and stat.S_ISREG(st.st_mode):
+                total += st.st_size
+        return total
+
+    def in_place(self, path: str, size: int) -> bool:
+        """Whether ``path`` is already in DIR, a regular file of ours of the right size."""
+        parent, leaf, _ = self._parent(path)
+        st = _lstat(parent, leaf)
+        if st is None:
+            return False
+        _require_ours(st, self.label(path))
+        return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+    def remove(self, path: str) -> None:
+        parent, leaf, _ = self._parent(path)
+        st = _lstat(parent, leaf)
+        if st is not None:
+            _require_ours(st, self.label(path))
+            try:
+                os.unlink(leaf, dir_fd=parent)
+            except OSError as e:
+                raise fsutil.io_error(e, str(self.label(path))) from e
+
+    def place(self, staged: str, path: str) -> None:
+        """Rename a checked file from the staging area to ``path`` (replacing a file of ours)."""
+        parent, leaf, parent_rel = self._parent(path)
+        st = _lstat(parent, leaf)
+        if st is not None:
+            _require_ours(st, self.label(path))
+        try:
+            os.replace(staged, leaf, src_dir_fd=self.staging, dst_dir_fd=parent)
+        except OSError as e:
+            raise fsutil.io_error(e, str(self.label(path))) from e
+        self._written.add(parent_rel)
+
+    def finish(self) -> None:
+        """fsync what was placed, then empty and remove the staging area."""
+        try:
+            for rel in sorted(self._written | {""}, key=len, reverse=True):
+                os.fsync(self._dirs[rel])
+        except OSError as e:
+            raise fsutil.io_error(e, str(self.path)) from e
+        for name in os.listdir(self.staging):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.staging)  # only ever files of ours: the directory is 0700
+        with contextlib.suppress(OSError):
+            os.rmdir(PULL_STAGING, dir_fd=self._dirs[""])
+
+
+def _lstat(parent: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _require_ours(st: os.stat_result, label: Path) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise ConflictError(f"{label} is a symbolic link; pull writes nothing through links", hint=_REFUSE_HINT)
+    if st.st_uid != os.geteuid():
+        raise ConflictError(f"{label} belongs to another user (uid {st.st_uid}); pull does not write there", hint=_REFUSE_HINT)
+
+
+def _enter(parent: int, name: str, label: Path, mode: int) -> int:
+    """Create (``mode``) or enter the directory ``name`` under ``parent``: never through a link, only ours."""
+    try:
+        os.mkdir(name, mode, dir_fd=parent)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise fsutil.io_error(e, str(label)) from e
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as e:
+        st = _lstat(parent, name)
+        if st is not None:
+            _require_ours(st, label)
+            if not stat.S_ISDIR(st.st_mode):
+                raise ConflictError(f"{label} is in the way: it is not a directory", hint=_REFUSE_HINT) from e
+        raise fsutil.io_error(e, str(label)) from e
+    try:
+        _require_ours(os.fstat(fd), label)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_staged(target: _PullDir, name: str, size: int) -> int:
+    """The staged file for a blob: the one an earlier run left (regular, ours; emptied if too long), or a
+    new one, created ``O_EXCL | O_NOFOLLOW``."""
+    label = target.label(f"{PULL_STAGING}/{name}")
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(name, flags, dir_fd=target.staging)
+        except FileNotFoundError:
+            return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=target.staging)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConflictError(f"{label} is a symbolic link; pull writes nothing through links", hint=_REFUSE_HINT) from e
+        raise fsutil.io_error(e, str(label)) from e
+    try:
+        _check_staged(fd, label, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_staged(fd: int, label: Path, size: int) -> None:
+    st = os.fstat(fd)
+    _require_ours(st, label)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConflictError(f"{label} is not a regular file", hint=_REFUSE_HINT)
+    if st.st_size > size:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError as e:
+            raise fsutil.io_error(e, str(label)) from e
+
+
+def _fetch(
+    registry: Registry, ref: RegistryRef, digest: str, size: int, target: _PullDir, name: str, path: str, reporter: Reporter
+) -> int:
+    """Download one blob into the staging area, resuming a partial file; check its digest.  Returns bytes fetched."""
     sha = hashlib.sha256()
-    have = tmp.stat().st_size if tmp.is_file() else 0
-    if have > size:
-        tmp.unlink()
-        have = 0
-    if have:
-        with open(tmp, "rb") as fh:
+    label = target.label(f"{PULL_STAGING}/{name}")
+    fetched = 0
+    with os.fdopen(_open_staged(target, name, size), "r+b") as fh:
+        try:
+            have = os.fstat(fh.fileno()).st_size
             while block := fh.read(BLOCK):
                 sha.update(block)
-    fetched = 0
-    if have < size:
-        res, start = registry.open_blob(ref.repository, digest, have)
-        if start != have:  # the registry ignored the range: start over
-            sha = hashlib.sha256()
-            have = 0
-        reporter.advance(have)
-        try:
-            with res, open(tmp, "r+b" if have else "wb") as fh:
-                fh.seek(have)
-                for block in res.iter_content(BLOCK):
-                    if have + fetched + len(block) > size:
-                        raise IntegrityError(f"{path} from {ref} is larger than the artifact says ({size} bytes)")
-                    fh.write(block)
-                    sha.update(block)
-                    fetched += len(block)
-                    reporter.advance(len(block))
-                fh.flush()
-                os.fsync(fh.fileno())
-        except requests.RequestException as e:
-            raise RegistryError(
-                f"download of {path} from {ref.host} was cut off: {str(e)[:160]}",
-                hint="run the same pull again: it resumes where it stopped",
-            ) from e
+            if path.endswith(".sh"):
+                os.fchmod(fh.fileno(), 0o755)
         except OSError as e:
-            raise fsutil.io_error(e, f"{tmp}") from e
-    else:
-        reporter.advance(have)
+            raise fsutil.io_error(e, str(label)) from e
+        if have < size:
+            res, start = registry.open_blob(ref.repository, digest, have)
+            try:
+                with res:
+                    if start != have:  # the registry ignored the range: start over
+                        sha = hashlib.sha256()
+                        have = 0
+                        fh.truncate(0)
+                    reporter.advance(have)
+                    fh.seek(have)
+                    for block in res.iter_content(BLOCK):
+                        if have + fetched + len(block) > size:
+                            raise IntegrityError(f"{path} from {ref} is larger than the artifact says ({size} bytes)")
+                        fh.write(block)
+                        sha.update(block)
+                        fetched += len(block)
+                        reporter.advance(len(block))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except requests.RequestException as e:
+                raise RegistryError(
+                    f"download of {path} from {ref.host} was cut off: {str(e)[:160]}",
+                    hint="run the same pull again: it resumes where it stopped",
+                ) from e
+            except OSError as e:
+                raise fsutil.io_error(e, str(label)) from e
+        else:
+            reporter.advance(have)
     if have + fetched != size or "sha256:" + sha.hexdigest() != digest:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=target.staging)
         raise IntegrityError(
             f"{path} from {ref} does not match its digest {digest[:19]}",
             hint="the registry holds damaged data; publish the bundle again",

@@ -57,7 +57,17 @@ class LoadedBundle:
         volumes = self.manifest.volumes
         known = {v.name for v in volumes}
         listings = {path: v.name for v in volumes for path in v.paths if path.startswith("volume-")}
-        home_volume = volumes[0].name if volumes else None
+
+        def held(directory: Path) -> str | None:
+            """The one volume whose signed listing the directory carries; None for a merged copy (a pulled
+            split bundle holds every listing) or a directory without one."""
+            names = {name for listing, name in listings.items() if os.path.lexists(directory / listing)}
+            return names.pop() if len(names) == 1 else None
+
+        if self.root is not None:
+            home_volume: str | None = self.path.name
+        else:
+            home_volume = held(self.path) if volumes else None
         found = [Place(self.path, home_volume)]
         seen = {os.path.realpath(self.path)}
         for directory in self.search:
@@ -65,14 +75,12 @@ class LoadedBundle:
             if real in seen:
                 continue
             seen.add(real)
-            volume = None
             if self.root is not None and directory.parent == self.root:
                 if directory.name not in known:
                     continue  # a vol-NN folder the manifest does not name: not part of the bundle (reported)
-                volume = directory.name
+                volume: str | None = directory.name
             else:
-                held = {name for listing, name in listings.items() if os.path.lexists(directory / listing)}
-                volume = held.pop() if len(held) == 1 else None
+                volume = held(directory)
             found.append(Place(directory, volume))
         return tuple(found)
 
@@ -101,9 +109,8 @@ def locate(bundle: Path, extra: Sequence[Path] = ()) -> tuple[Path, tuple[Path, 
     if os.path.lexists(bundle / MANIFEST_NAME) or not bundle.is_dir():
         return bundle, tuple(extra), None
     try:
-        volumes = sorted(
-            bundle / e.name for e in os.scandir(bundle) if _VOLUME_DIR_RE.match(e.name) and e.is_dir(follow_symlinks=False)
-        )
+        with os.scandir(bundle) as entries:
+            volumes = sorted(bundle / e.name for e in entries if _VOLUME_DIR_RE.match(e.name) and e.is_dir(follow_symlinks=False))
     except OSError as e:
         raise fsutil.io_error(e, str(bundle)) from e
     primary = [v for v in volumes if os.path.lexists(v / MANIFEST_NAME)]
@@ -141,7 +148,8 @@ def read_signatures(bundle: Path, wanted: frozenset[str] = frozenset()) -> dict[
     if sig_dir.is_symlink() or not sig_dir.is_dir():
         raise IntegrityError(f"{sig_dir} is not a directory", hint="bundles hold regular files and directories only")
     try:
-        names = sorted(e.name for e in os.scandir(sig_dir))
+        with os.scandir(sig_dir) as entries:
+            names = sorted(e.name for e in entries)
     except OSError as e:
         raise fsutil.io_error(e, str(sig_dir)) from e
     for name in names:

@@ -6,6 +6,13 @@ Only what airgap needs: check, upload (POST + PATCH chunks + PUT with the digest
 Docker client's config (``auths`` entries and credential helpers) -- never from the command line.
 
 Plain HTTP is used for loopback registries (as Docker does) or when asked for; HTTPS otherwise.
+
+Credentials go to the origin they belong to and nowhere else: :func:`headers_for` decides, for every
+request and every redirect hop, which headers go to which URL.  The registry's Basic header or bearer
+token goes only to the registry's own scheme, host and port, never to an upload ``Location`` or a
+redirect elsewhere (blob storage gets none, as with Docker's client); Basic credentials go to a token
+service only over HTTPS, on loopback, or on the registry's own origin.  Redirects are followed here, not by
+requests, so that one function sees every hop; ``~/.netrc`` adds nothing and no cookies are kept.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.cookiejar
 import ipaddress
 import json
 import os
@@ -20,11 +28,11 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlparse
+from typing import Any, Literal
+from urllib.parse import urljoin, urlparse, urlsplit
 
 import requests
 
@@ -33,6 +41,9 @@ from airgap.errors import ConflictError, IntegrityError, RegistryError, UsageErr
 DEFAULT_CHUNK = 128 << 20  # one PATCH request at most; registries refuse very large single requests
 READ_BLOCK = 1 << 20
 MANIFEST_LIMIT = 4 << 20
+TOKEN_LIMIT = 1 << 20  # a token service's answer
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -92,14 +103,100 @@ def parse_ref(text: str, scheme: str, need_reference: bool = True) -> RegistryRe
 
 
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
+    """``host`` is ``HOST[:PORT]`` (an IPv6 address in brackets): localhost, 127.0.0.0/8 or ::1."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    return name is not None and _loopback_name(name)
+
+
+def _loopback_name(name: str) -> bool:
+    name = name.lower().removesuffix(".")
     if name == "localhost":
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+# --- who gets which headers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Scheme, host and port of a URL: credentials belong to exactly one."""
+
+    scheme: str
+    host: str  # lower case, an IPv6 address without brackets
+    port: int
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        """The origin of an absolute http(s) URL; anything else (other schemes, user@host, odd characters that
+        parsers read differently) is refused."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise RegistryError(f"the registry sent an unreadable URL {url[:200]!r}") from e
+        scheme = parts.scheme.lower()
+        odd = any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url)
+        if scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or odd:
+            raise RegistryError(f"the registry sent a URL airgap does not follow: {url[:200]!r}")
+        return cls(scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80))
+
+    @property
+    def loopback(self) -> bool:
+        return _loopback_name(self.host)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An ``Authorization`` value and the origin it belongs to.  ``to`` is ``registry`` for the registry's
+    Basic header or bearer token, ``token-service`` for the Basic login sent to the registry's token realm."""
+
+    origin: Origin
+    header: str
+    to: Literal["registry", "token-service"]
+
+
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+def headers_for(url: str, headers: Mapping[str, str], credential: Credential | None, registry: Origin) -> dict[str, str]:
+    """The one decision of what goes to ``url``: ``headers`` (never with credentials of their own), plus
+    ``credential`` only when ``url`` is on its origin.  Basic credentials for a token service go only over
+    HTTPS, to loopback, or to the registry's own origin (plain HTTP there is already the user's choice:
+    a loopback registry or ``--plain-http``); a token service on plain HTTP elsewhere is refused before any
+    byte is sent."""
+    out = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+    target = Origin.of(url)
+    if credential is None or target != credential.origin:
+        return out  # another origin: a redirect to blob storage, an upload Location elsewhere
+    if credential.to == "token-service" and target.scheme != "https" and not target.loopback and target != registry:
+        raise RegistryError(
+            f"the token service {url.split('?', 1)[0][:200]} named by registry {registry} is plain HTTP on "
+            f"another host; airgap does not send credentials there in clear",
+            hint="the registry's token realm must be an https:// URL (or on this machine); fix the registry's auth settings",
+        )
+    out["Authorization"] = credential.header
+    return out
+
+
+class _HeadersAsGiven(requests.auth.AuthBase):
+    """Passed as ``auth`` so that requests adds no credentials of its own (``~/.netrc``)."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
+_AS_GIVEN = _HeadersAsGiven()
 
 
 # --- credentials ----------------------------------------------------------------------------
@@ -212,9 +309,13 @@ class Registry:
         self.host = host
         self.scheme = "http" if plain_http or is_loopback(host) else "https"
         self.base = f"{self.scheme}://{host}"
+        self.origin = Origin.of(self.base)
         self.timeout = timeout
         self._session = requests.Session()
         self._session.headers["User-Agent"] = "airgap"
+        # no cookies kept or sent (as Docker's client): a cookie is not scoped to a port, so it would reach
+        # origins that headers_for keeps credentials from
+        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._expires: dict[str, float] = {}  # scope -> when its bearer token is renewed (monotonic)
         self._bearer_challenge: dict[str, str] = {}
@@ -258,23 +359,28 @@ class Registry:
     def _fetch_token(self, scope: str) -> None:
         params = self._bearer_challenge
         creds = self._credentials()
+        realm = params["realm"]
         query = {"service": params.get("service", "")}
         if scope:
             query["scope"] = scope
-        auth = (creds.username, creds.password) if creds else None
-        try:
-            res = self._session.get(params["realm"], params=query, auth=auth, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise RegistryError(f"token service of {self.host} did not answer: {e}") from e
-        if res.status_code in (401, 403):
-            raise RegistryError(
-                f"registry {self.host} refused the credentials for {scope or 'access'}",
-                hint=f"check 'docker login {self.host}', or {USER_ENV} and {PASSWORD_ENV}",
-            )
+        login = None
+        if creds is not None:
+            basic = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            login = Credential(Origin.of(realm), f"Basic {basic}", "token-service")
+        res = self._send(
+            "GET", realm, login, {}, params=query, stream=True, what="a token request", peer=f"token service of {self.host}"
+        )
+        with res:
+            if res.status_code in (401, 403):
+                raise RegistryError(
+                    f"registry {self.host} refused the credentials for {scope or 'access'}",
+                    hint=f"check 'docker login {self.host}', or {USER_ENV} and {PASSWORD_ENV}",
+                )
+            data = _read_capped(res, TOKEN_LIMIT, f"the answer of the token service of {self.host}")
         bearer: object = None
         lifetime: object = None
         with contextlib.suppress(ValueError, AttributeError):
-            body = res.json()
+            body = json.loads(data)
             bearer = body.get("token") or body.get("access_token")
             lifetime = body.get("expires_in")
         if not isinstance(bearer, str) or not bearer:
@@ -302,22 +408,15 @@ class Registry:
         if scope in self._expires and time.monotonic() >= self._expires[scope]:
             self._fetch_token(scope)
         for attempt in range(2):
-            hdrs = dict(headers or {})
             auth = self._auth.get(scope) or self._basic
-            if auth and scope:
-                hdrs["Authorization"] = auth
-            try:
-                res = self._session.request(
-                    method, full, headers=hdrs, data=data, params=params, stream=stream, timeout=self.timeout
-                )
-            except requests.exceptions.SSLError as e:
-                raise RegistryError(
-                    f"TLS with registry {self.host} failed: {str(e)[:200]}",
-                    hint="trust its CA with REQUESTS_CA_BUNDLE=FILE, or pass --plain-http for a plain-HTTP registry",
-                ) from e
-            except requests.RequestException as e:
-                raise RegistryError(f"registry {self.host} did not answer {what or method}: {str(e)[:200]}") from e
-            if res.status_code == 401 and 401 not in ok and attempt == 0 and data is None:
+            credential = Credential(self.origin, auth, "registry") if auth and scope else None
+            res = self._send(
+                method, full, credential, headers or {}, data=data, params=params, stream=stream, what=what or method
+            )
+            # only the registry itself may ask for a login: a challenge from blob storage or an upload
+            # Location elsewhere is an error, not a reason to fetch a token
+            from_registry = Origin.of(res.url) == self.origin
+            if res.status_code == 401 and 401 not in ok and attempt == 0 and data is None and from_registry:
                 challenge = res.headers.get("WWW-Authenticate", "")
                 res.close()
                 self._authorize(challenge, scope)
@@ -333,6 +432,50 @@ class Registry:
                 )
             raise RegistryError(f"registry {self.host} answered {res.status_code} to {what or method}{detail}")
         raise RegistryError(f"registry {self.host} asked for authentication twice for {what or method}")
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        credential: Credential | None,
+        headers: Mapping[str, str],
+        data: Any = None,
+        params: dict[str, str] | None = None,
+        stream: bool = False,
+        what: str = "",
+        peer: str = "",
+    ) -> requests.Response:
+        """Every request goes out here, one hop at a time: :func:`headers_for` decides each hop's headers.
+        Redirects are followed for GET and HEAD only (a body is never sent twice)."""
+        peer = peer or f"registry {self.host}"
+        for _ in range(MAX_REDIRECTS + 1):
+            hop_headers = headers_for(url, headers, credential, self.origin)
+            try:
+                res = self._session.request(
+                    method,
+                    url,
+                    headers=hop_headers,
+                    data=data,
+                    params=params,
+                    stream=stream,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    auth=_AS_GIVEN,
+                )
+            except requests.exceptions.SSLError as e:
+                raise RegistryError(
+                    f"TLS with {peer} failed: {str(e)[:200]}",
+                    hint="trust its CA with REQUESTS_CA_BUNDLE=FILE, or pass --plain-http for a plain-HTTP registry",
+                ) from e
+            except requests.RequestException as e:
+                raise RegistryError(f"{peer} did not answer {what or method}: {str(e)[:200]}") from e
+            location = res.headers.get("Location")
+            if res.status_code not in _REDIRECTS or method not in ("GET", "HEAD") or not location:
+                return res
+            res.close()
+            url = urljoin(res.url, location)
+            params = None  # the Location carries its own query
+        raise RegistryError(f"{peer} redirected {what or method} more than {MAX_REDIRECTS} times")
 
     def ensure_auth(self, repository: str, push: bool) -> None:
         """Answer the registry's challenge before a request whose body cannot be sent twice."""
@@ -499,10 +642,13 @@ def _scope(repository: str, push: bool) -> str:
 
 
 def _location(res: requests.Response, base: str) -> str:
+    """Where an upload goes on: any origin the registry names (credentials follow only to its own)."""
     location = res.headers.get("Location")
     if not location:
         raise RegistryError(f"registry at {base} started an upload without a Location")
-    return urljoin(base + "/", location)
+    url = urljoin(res.url or base + "/", location)
+    Origin.of(url)  # http(s) and readable, or refused
+    return url
 
 
 def _error_detail(res: requests.Response) -> str:

@@ -6,18 +6,28 @@ from the parts through :func:`~airgap._internal.bundle.iter_blob` (every part ha
 digest), and the engine checks each blob's digest again.  A part that fails its check cuts the
 response short; the failure is kept and re-raised once the pull has ended.
 
-Only one repository exists, under a random name, and the server listens on loopback only.
+Only one repository exists, under a random name, and the server listens on loopback only.  Any local
+process can connect, so the server holds at most :data:`MAX_CONNECTIONS` connections (more are closed at
+once), gives a client :data:`HEADER_SECONDS` to send each request's headers and :data:`IDLE_SECONDS` for any
+single read or write, and treats a client that hangs up or resets as routine: nothing on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import os
 import re
 import secrets
+import socket
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from airgap._internal import oci
 from airgap._internal.bundle import LoadedBundle, iter_blob
@@ -25,6 +35,10 @@ from airgap._internal.cache import VerifiedCache
 from airgap._internal.engine import Engine
 from airgap.errors import DockerError, Error, UsageError
 from airgap.models import Image
+
+MAX_CONNECTIONS = 16  # the engine opens a few (3 downloads by default); a bound, not a tuning knob
+HEADER_SECONDS = 20.0  # to send a request line and headers, idle keep-alive time included (slow-loris)
+IDLE_SECONDS = 60.0  # any one read or write of the connection (a client that stops reading a blob)
 
 _PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9/._-]+)/(?P<kind>manifests|blobs)/(?P<ref>[A-Za-z0-9_.:-]+)$")
 
@@ -40,6 +54,79 @@ class _State:
     on_bytes: Callable[[int], None]
     errors: list[Error] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """A threading HTTP server with a bound on connections, a deadline for each request's headers, and no
+    traceback for a client that goes away."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64  # connections beyond the bound are accepted and closed, not left to time out
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._deadlines: dict[socket.socket, float] = {}  # connection -> when it is cut if its headers are not in
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.open_connections = 0
+        super().__init__(("127.0.0.1", 0), handler)
+        self._watchdog = threading.Thread(target=self._watch, name="airgap-serve-deadlines", daemon=True)
+        self._watchdog.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the bound: closed at once, no thread
+            return
+        with self._lock:
+            self.open_connections += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._lock:
+            self._deadlines.pop(request, None)
+            self.open_connections -= 1
+        self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that hangs up, resets or stalls is routine (OSError); anything else is a bug in the
+        # handler: the engine's pull fails and says so, the traceback is for AIRGAP_DEBUG
+        if os.environ.get("AIRGAP_DEBUG") and not isinstance(sys.exc_info()[1], OSError):
+            traceback.print_exc()
+
+    def arm(self, connection: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._deadlines[connection] = time.monotonic() + seconds
+
+    def disarm(self, connection: socket.socket) -> bool:
+        """Whether the connection was still within its deadline."""
+        with self._lock:
+            return self._deadlines.pop(connection, None) is not None
+
+    def _watch(self) -> None:
+        while not self._closing.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, t in self._deadlines.items() if t <= now]
+                for connection in late:
+                    del self._deadlines[connection]
+            for connection in late:  # the handler's read returns at once, and its thread ends
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self._closing.set()
+        super().server_close()
 
 
 class BundleRegistry:
@@ -63,8 +150,7 @@ class BundleRegistry:
             self.tags[image.image_id] = tag
         blobs = {d.digest: d.size for image in images for d in (image.config, *image.layers)}
         self._state = _State(bundle, repo, manifests, blobs, cache, counts, on_bytes)
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self._state))
-        self._server.daemon_threads = True
+        self._server = _Server(_handler(self._state))
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="airgap-serve", daemon=True)
 
@@ -74,6 +160,11 @@ class BundleRegistry:
     @property
     def repository(self) -> str:
         return f"{self.host}/{self._state.repo}"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now (at most MAX_CONNECTIONS)."""
+        return self._server.open_connections
 
     def first_error(self) -> Error | None:
         with self._state.lock:
@@ -91,9 +182,26 @@ class BundleRegistry:
 def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = IDLE_SECONDS  # any one read or write of the connection
+        server: _Server
 
         def log_message(self, *args: object) -> None:
             pass
+
+        def handle_one_request(self) -> None:
+            # the request line and headers must be in within HEADER_SECONDS, however slowly they trickle
+            self.server.arm(self.connection, HEADER_SECONDS)
+            try:
+                super().handle_one_request()
+            finally:
+                self.server.disarm(self.connection)
+
+        def parse_request(self) -> bool:
+            ok = super().parse_request()  # has read the headers, or what came before the deadline cut them off
+            if not self.server.disarm(self.connection):
+                self.close_connection = True
+                return False
+            return ok
 
         def _empty(self, code: int) -> None:
             self.send_response(code)
