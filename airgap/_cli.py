@@ -517,10 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.USAGE)
     except click.Abort:
         click.echo("error: aborted", err=True)
-        return 130
+        return int(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
-        return 130
+        return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitCode.INTERNAL)
     except Exception as e:

@@ -23,6 +23,8 @@ class ExitCode(IntEnum):
     TRUST = 5  # signature missing, invalid, or from no trusted key
     ENVIRONMENT = 6  # Docker unreachable or failing, not enough disk space, I/O errors
     CONFLICT = 7  # refused to overwrite output or move an existing tag
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
+    TERMINATED = 143  # SIGTERM: 128 + 15
 
 
 class Error(Exception):
@@ -31,10 +33,30 @@ class Error(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
     default_hint = "this is a bug in airgap; rerun with AIRGAP_DEBUG=1 and report what it prints"
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        path: str | None = None,
+        volume: str | None = None,
+        digest: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.path = path  # the bundle file, part or source at fault, when there is one
+        self.volume = volume  # the medium (vol-NN) it travels on, in a bundle split over media
+        self.digest = digest  # the blob or layer at fault
+
+    def with_hint(self, extra: str) -> Error:
+        """The same error with ``extra`` added to its hint (a caller that knows what to do next)."""
+        self.hint = f"{self.hint}; {extra}" if self.hint else extra
+        return self
+
+    def fields(self) -> dict[str, str]:
+        """The structured facts of this error, for JSON output and receipts."""
+        return {k: v for k, v in (("path", self.path), ("volume", self.volume), ("digest", self.digest)) if v}
 
     def diagnostics(self) -> str:
         """One line, plus a hint line: each shown escaped, whatever a file name or a source put in them."""

@@ -516,7 +516,7 @@ def _pack(
         error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
         if writer.keep_for_resume() and isinstance(error, Error):
             resume = "the parts staged so far are kept: run the same pack again to resume"
-            error.hint = f"{error.hint}; {resume}" if error.hint else resume
+            error.with_hint(resume)
         if error is e:
             raise
         raise error from e

@@ -308,12 +308,11 @@ def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
 
 
 class PartProblem(IntegrityError):
-    """A part or listed file is missing, not a regular file, or of the wrong size; says which and where."""
+    """A part or listed file is missing, not a regular file, or of the wrong size; ``path`` and ``volume`` say
+    which and where."""
 
     def __init__(self, message: str, hint: str | None, path: str, volume: str | None, missing: bool = False) -> None:
-        super().__init__(message, hint)
-        self.path = path
-        self.volume = volume
+        super().__init__(message, hint, path=path, volume=volume)
         self.missing = missing
 
 
