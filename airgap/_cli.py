@@ -34,6 +34,9 @@ def _passphrase(env_name: str | None) -> bytes | None:
 
 def _key_passphrase(key_path: Path, env_name: str | None) -> bytes | None:
     """The passphrase for a private key: from $VAR, else asked on a terminal when the key is encrypted."""
+    warning = keys.weak_key_warning(key_path)
+    if warning:
+        _echo(warning, err=True)
     if env_name:
         return _passphrase(env_name)
     if keys.is_encrypted(key_path) and sys.stdin.isatty():
@@ -317,6 +320,10 @@ def verify(
     options = core.VerifyOptions(
         bundle, tuple(keys.load_trusted(list(trust))), threshold, jobs, allow_expired, allow_unexpected, search
     )
+    if receipt is not None:
+        from airgap import receipt as receipts
+
+        receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
     signer = keys.load_private(receipt_key, _key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
     try:
         if receipt is not None:

@@ -1,21 +1,68 @@
-"""Ed25519 signing keys: generate, load, fingerprint.
+"""Ed25519 signing keys: generate, load, fingerprint, and how well a key file's passphrase protects it.
 
-Private keys are PKCS#8 PEM (encrypted when a passphrase is given), public keys SubjectPublicKeyInfo
-PEM, so ``openssl`` reads both.  A key's fingerprint is the hex sha256 of its public key DER.
+Private keys are PKCS#8 PEM, public keys SubjectPublicKeyInfo PEM, so ``openssl`` reads both.  A key's
+fingerprint is the hex sha256 of its public key DER.
+
+An encrypted private key is a PKCS#8 EncryptedPrivateKeyInfo with PBES2: scrypt (N=2^14, r=8, p=5, the
+OWASP minimum; N=2^14 with r=8 is the most memory OpenSSL allows itself, 32 MiB, when it reads a key)
+and AES-256-CBC.  cryptography's ``BestAvailableEncryption`` does not let us choose the KDF (it wrote
+PBKDF2 with 2,048 iterations, about a thousand times cheaper to guess), so the DER is built here.  Keys
+written by older airgap versions still load; :func:`protection` tells how costly a key file's passphrase
+is to guess, so the CLI can warn about weak ones.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import os
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from airgap._internal.fsutil import atomic_write
 from airgap.errors import ConflictError, FormatError, TrustError, UsageError
+
+# scrypt work factor for new keys: 16 MiB per guess, 5 passes (OWASP: N=2^14, r=8, p=5)
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 5
+# below these a key file's passphrase counts as weak (cheap to guess offline if the file is stolen)
+_MIN_SCRYPT_COST = SCRYPT_N * SCRYPT_R * SCRYPT_P
+_MIN_PBKDF2_ITERATIONS = {"sha1": 1_300_000, "sha224": 600_000, "sha256": 600_000, "sha384": 210_000, "sha512": 210_000}
+# above these a key file is damaged (or hostile): deriving the key would take hours or all memory
+_MAX_SCRYPT_MEMORY = 1 << 30
+_MAX_SCRYPT_COST = 1 << 31
+_MAX_PBKDF2_ITERATIONS = 100_000_000
+MAX_KEY_FILE_BYTES = 64 << 10
+
+_DAMAGED_HINT = "restore the key file from your backup, or pass the PREFIX.key written by 'airgap keygen'"
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+_OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
+_OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+_HMAC_OIDS = {
+    "1.2.840.113549.2.7": "sha1",
+    "1.2.840.113549.2.8": "sha224",
+    "1.2.840.113549.2.9": "sha256",
+    "1.2.840.113549.2.10": "sha384",
+    "1.2.840.113549.2.11": "sha512",
+}
+_CIPHER_OIDS = {  # PBES2 encryption schemes cryptography decrypts: name, key length
+    "2.16.840.1.101.3.4.1.2": ("aes-128-cbc", 16),
+    "2.16.840.1.101.3.4.1.22": ("aes-192-cbc", 24),
+    _OID_AES256_CBC: ("aes-256-cbc", 32),
+    "1.2.840.113549.3.7": ("des-ede3-cbc", 24),
+}
+
+_SEQUENCE, _INTEGER, _OCTET_STRING, _OID, _NULL = 0x30, 0x02, 0x04, 0x06, 0x05
+_PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -23,6 +70,39 @@ class PublicKey:
     key: Ed25519PublicKey
     fingerprint: str
     source: str
+
+
+@dataclass(frozen=True)
+class KeyProtection:
+    """How a private key file is protected: its KDF and that KDF's parameters."""
+
+    encrypted: bool
+    kdf: str  # "none", "scrypt", "pbkdf2-hmac-sha256" (or -sha1, ...), or "other <oid>" (PBES1 and the like)
+    cipher: str = ""
+    iterations: int = 0  # PBKDF2
+    scrypt_n: int = 0
+    scrypt_r: int = 0
+    scrypt_p: int = 0
+
+    @property
+    def weak(self) -> bool:
+        """An encrypted key whose passphrase is cheap to guess (below OWASP's 2023+ work factors)."""
+        if not self.encrypted:
+            return False  # unencrypted on purpose (--no-passphrase): nothing to guess
+        if self.kdf == "scrypt":
+            return self.scrypt_n * self.scrypt_r * self.scrypt_p < _MIN_SCRYPT_COST
+        if self.kdf.startswith("pbkdf2-hmac-"):
+            return self.iterations < _MIN_PBKDF2_ITERATIONS[self.kdf.removeprefix("pbkdf2-hmac-")]
+        return True  # PBES1 and other legacy schemes
+
+    def describe(self) -> str:
+        if not self.encrypted:
+            return "not encrypted"
+        if self.kdf == "scrypt":
+            return f"scrypt N={self.scrypt_n} r={self.scrypt_r} p={self.scrypt_p}, {self.cipher}"
+        if self.kdf.startswith("pbkdf2-"):
+            return f"{self.kdf} with {self.iterations:,} iterations, {self.cipher}"
+        return f"legacy scheme {self.kdf.removeprefix('other ')}"
 
 
 def fingerprint(public: Ed25519PublicKey) -> str:
@@ -37,14 +117,27 @@ def generate(prefix: Path, passphrase: bytes | None) -> tuple[Path, Path, str]:
         if path.exists():
             raise ConflictError(f"{path} already exists", hint="choose another --out prefix or move the old key away")
     private = Ed25519PrivateKey.generate()
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    key_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     pub_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(key_path, private_pem(private, passphrase), mode=0o600)
     atomic_write(pub_path, pub_pem, mode=0o644)
     return key_path, pub_path, fingerprint(private.public_key())
+
+
+def private_pem(private: Ed25519PrivateKey, passphrase: bytes | None) -> bytes:
+    """PKCS#8 PEM of the key: encrypted (PBES2, scrypt, AES-256-CBC) when a passphrase is given."""
+    plain = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    if not passphrase:
+        return _pem("PRIVATE KEY", plain)
+    salt, iv = os.urandom(16), os.urandom(16)
+    key = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P).derive(passphrase)
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plain) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    encrypted = encryptor.update(padded) + encryptor.finalize()
+    kdf = _seq(_oid(_OID_SCRYPT), _seq(_der(_OCTET_STRING, salt), _int(SCRYPT_N), _int(SCRYPT_R), _int(SCRYPT_P), _int(32)))
+    scheme = _seq(_oid(_OID_AES256_CBC), _der(_OCTET_STRING, iv))
+    info = _seq(_seq(_oid(_OID_PBES2), _seq(kdf, scheme)), _der(_OCTET_STRING, encrypted))
+    return _pem("ENCRYPTED PRIVATE KEY", info)
 
 
 def is_encrypted(path: Path) -> bool:
@@ -55,20 +148,49 @@ def is_encrypted(path: Path) -> bool:
         return False  # load_private reports the problem
 
 
+def protection(path: Path) -> KeyProtection:
+    """How the private key file at PATH is protected (no passphrase needed); FormatError if it is no key."""
+    return _protection(_read_key_file(path), path)
+
+
+def weak_key_warning(path: Path) -> str | None:
+    """A warning line for the CLI when PATH is an encrypted key whose passphrase is cheap to guess, else None."""
+    try:
+        prot = protection(path)
+    except (FormatError, UsageError):
+        return None  # load_private reports the problem
+    if not prot.weak:
+        return None
+    q = shlex.quote(str(path))
+    return (
+        f"warning: key {path} is protected by {prot.describe()}: its passphrase is cheap to guess if the file is "
+        f"stolen; re-encrypt it with scrypt: (umask 077 && openssl pkcs8 -topk8 -scrypt -scrypt_p {SCRYPT_P} -in {q} "
+        f"-passin env:VAR -passout env:VAR -out {q}.new) && mv {q}.new {q}"
+    )
+
+
 def load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    data = _read_key_file(path)
+    prot = _protection(data, path)
+    if prot.encrypted and not passphrase:
+        raise UsageError(f"key {path} is encrypted", hint="give its passphrase with --passphrase-env VAR")
+    if not prot.encrypted and passphrase:
+        raise UsageError(f"key {path} is not encrypted but a passphrase was given")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read key {path}: {e.strerror}", hint="pass the PREFIX.key written by 'airgap keygen'") from e
-    try:
-        key = serialization.load_pem_private_key(data, password=passphrase)
-    except TypeError as e:
-        if passphrase is None:
-            raise UsageError(f"key {path} is encrypted", hint="give its passphrase with --passphrase-env VAR") from e
-        raise UsageError(f"key {path} is not encrypted but a passphrase was given") from e
-    except (ValueError, UnsupportedAlgorithm) as e:
-        hint = "check the passphrase" if passphrase else "pass the PREFIX.key written by 'airgap keygen'"
-        raise FormatError(f"cannot load private key {path}: wrong passphrase or not a PEM key", hint=hint) from e
+        key = serialization.load_pem_private_key(data, password=passphrase if prot.encrypted else None)
+    except UnsupportedAlgorithm as e:
+        raise FormatError(
+            f"key file {path} uses an algorithm or encryption this airgap cannot read",
+            hint="pass the PREFIX.key written by 'airgap keygen' (Ed25519, PKCS#8 PEM)",
+        ) from e
+    except (ValueError, TypeError) as e:
+        if prot.encrypted:
+            # the structure parsed above, so what fails is the decryption: the passphrase
+            raise FormatError(
+                f"cannot load private key {path}: wrong passphrase",
+                hint="check the passphrase; if it is right, the key file is damaged: restore it from your backup",
+            ) from e
+        raise FormatError(f"key file {path} is damaged or not a private key", hint=_DAMAGED_HINT) from e
     if not isinstance(key, Ed25519PrivateKey):
         raise FormatError(f"key {path} is not an Ed25519 key", hint="airgap signs with Ed25519 keys from 'airgap keygen'")
     return key
@@ -104,3 +226,207 @@ def load_trusted(paths: list[Path]) -> list[PublicKey]:
     if not keys:
         raise TrustError("no trusted key given", hint="pass --trust KEY.pub (a bundle is never accepted without one)")
     return keys
+
+
+# -- key files ----------------------------------------------------------------------------------
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read key {path}: {e.strerror}", hint="pass the PREFIX.key written by 'airgap keygen'") from e
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise FormatError(f"key file {path} is damaged or not a private key (larger than any key)", hint=_DAMAGED_HINT)
+    return data
+
+
+def _protection(data: bytes, path: Path) -> KeyProtection:
+    """Parse the first PEM block's structure (not its secret): refuse a damaged file before any passphrase."""
+    m = _PEM_RE.search(data)
+    if m is None:
+        raise FormatError(f"key file {path} is damaged or not a private key (no complete PEM block)", hint=_DAMAGED_HINT)
+    label = m.group(1)
+    if label not in (b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"):
+        # another PEM private key format (e.g. EC PRIVATE KEY, legacy-encrypted): cryptography decides
+        return KeyProtection(encrypted=b"ENCRYPTED" in m.group(2)[:200], kdf="other (not PKCS#8)")
+    try:
+        der = base64.b64decode(b"".join(m.group(2).split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise FormatError(f"key file {path} is damaged or not a private key (bad base64)", hint=_DAMAGED_HINT) from e
+    if label == b"PRIVATE KEY":
+        return KeyProtection(encrypted=False, kdf="none")
+    try:
+        return _parse_encrypted_info(der)
+    except _Malformed as e:
+        raise FormatError(f"key file {path} is damaged or not a private key ({e})", hint=_DAMAGED_HINT) from e
+
+
+def _parse_encrypted_info(der: bytes) -> KeyProtection:
+    """EncryptedPrivateKeyInfo (RFC 5958) with PBES2 (RFC 8018) and scrypt (RFC 7914) or PBKDF2."""
+    algorithm, encrypted = _items(_whole(der, _SEQUENCE), _SEQUENCE, _OCTET_STRING)
+    if not encrypted or len(encrypted) % 8:
+        raise _Malformed("encrypted data of a bad length")
+    alg_items = _items_any(algorithm)
+    oid = _parse_oid(_expect(alg_items[0], _OID))
+    if oid != _OID_PBES2:
+        return KeyProtection(encrypted=True, kdf=f"other {oid}")
+    if len(alg_items) != 2:
+        raise _Malformed("PBES2 without parameters")
+    kdf_alg, scheme = _items(_expect(alg_items[1], _SEQUENCE), _SEQUENCE, _SEQUENCE)
+    scheme_items = _items_any(scheme)
+    scheme_oid = _parse_oid(_expect(scheme_items[0], _OID))
+    if scheme_oid not in _CIPHER_OIDS:
+        return KeyProtection(encrypted=True, kdf=f"other {scheme_oid}")
+    cipher, key_length = _CIPHER_OIDS[scheme_oid]
+    if len(scheme_items) != 2 or len(_expect(scheme_items[1], _OCTET_STRING)) != (8 if cipher == "des-ede3-cbc" else 16):
+        raise _Malformed("the cipher's IV is missing or has a bad length")
+    kdf_items = _items_any(kdf_alg)
+    kdf_oid = _parse_oid(_expect(kdf_items[0], _OID))
+    if len(kdf_items) != 2:
+        raise _Malformed("the KDF has no parameters")
+    params = _items_any(_expect(kdf_items[1], _SEQUENCE))
+    if kdf_oid == _OID_SCRYPT:
+        if len(params) not in (4, 5):
+            raise _Malformed("scrypt parameters of a bad shape")
+        salt = _expect(params[0], _OCTET_STRING)
+        n, r, p = (_parse_int(_expect(x, _INTEGER)) for x in params[1:4])
+        if len(params) == 5 and _parse_int(_expect(params[4], _INTEGER)) != key_length:
+            raise _Malformed("scrypt key length does not fit the cipher")
+        if not salt or n < 2 or n & (n - 1) or r < 1 or p < 1:
+            raise _Malformed("scrypt parameters out of range")
+        if 128 * r * n > _MAX_SCRYPT_MEMORY or n * r * p > _MAX_SCRYPT_COST:
+            raise _Malformed(f"scrypt parameters N={n} r={r} p={p} beyond any airgap accepts")
+        return KeyProtection(encrypted=True, kdf="scrypt", cipher=cipher, scrypt_n=n, scrypt_r=r, scrypt_p=p)
+    if kdf_oid == _OID_PBKDF2:
+        if not 2 <= len(params) <= 4:
+            raise _Malformed("PBKDF2 parameters of a bad shape")
+        salt = _expect(params[0], _OCTET_STRING)
+        iterations = _parse_int(_expect(params[1], _INTEGER))
+        rest = list(params[2:])
+        if rest and rest[0][0] == _INTEGER and _parse_int(rest.pop(0)[1]) != key_length:
+            raise _Malformed("PBKDF2 key length does not fit the cipher")
+        digest = "sha1"  # RFC 8018 default PRF
+        if rest:
+            prf = _items_any(_expect(rest.pop(0), _SEQUENCE))
+            prf_oid = _parse_oid(_expect(prf[0], _OID))
+            if prf_oid not in _HMAC_OIDS:
+                return KeyProtection(encrypted=True, kdf=f"other {prf_oid}")
+            digest = _HMAC_OIDS[prf_oid]
+        if rest or not salt or iterations < 1:
+            raise _Malformed("PBKDF2 parameters out of range")
+        if iterations > _MAX_PBKDF2_ITERATIONS:
+            raise _Malformed(f"PBKDF2 with {iterations} iterations is beyond any airgap accepts")
+        return KeyProtection(encrypted=True, kdf=f"pbkdf2-hmac-{digest}", cipher=cipher, iterations=iterations)
+    return KeyProtection(encrypted=True, kdf=f"other {kdf_oid}")
+
+
+# -- a minimal DER writer and reader (only what PKCS#8 PBES2 needs) -----------------------------
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + body
+
+
+def _seq(*items: bytes) -> bytes:
+    return _der(_SEQUENCE, b"".join(items))
+
+
+def _int(value: int) -> bytes:
+    return _der(_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(x) for x in dotted.split(".")]
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _der(_OID, bytes(body))
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    text = base64.b64encode(der).decode("ascii")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return ("\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----"]) + "\n").encode("ascii")
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, bytes, int]:
+    """One DER element at POS: tag, contents, position after it (definite lengths only)."""
+    if pos + 2 > len(data):
+        raise _Malformed("truncated")
+    tag, n = data[pos], data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 1 <= k <= 4 or pos + k > len(data):
+            raise _Malformed("bad length")
+        n = int.from_bytes(data[pos : pos + k], "big")
+        pos += k
+    if pos + n > len(data):
+        raise _Malformed("truncated")
+    return tag, data[pos : pos + n], pos + n
+
+
+def _whole(data: bytes, tag: int) -> bytes:
+    got, body, end = _tlv(data, 0)
+    if got != tag or end != len(data):
+        raise _Malformed("not a DER structure of the expected kind" if got != tag else "trailing bytes")
+    return body
+
+
+def _items_any(body: bytes) -> list[tuple[int, bytes]]:
+    items, pos = [], 0
+    while pos < len(body):
+        tag, contents, pos = _tlv(body, pos)
+        items.append((tag, contents))
+    if not items:
+        raise _Malformed("empty structure")
+    return items
+
+
+def _items(body: bytes, *tags: int) -> list[bytes]:
+    items = _items_any(body)
+    if len(items) != len(tags):
+        raise _Malformed("structure of a bad shape")
+    return [_expect(item, tag) for item, tag in zip(items, tags, strict=True)]
+
+
+def _expect(item: tuple[int, bytes], tag: int) -> bytes:
+    if item[0] != tag:
+        raise _Malformed(f"found tag {item[0]:#x} where {tag:#x} belongs")
+    return item[1]
+
+
+def _parse_int(body: bytes) -> int:
+    if not body or body[0] & 0x80:
+        raise _Malformed("a negative or empty integer")
+    if len(body) > 9:
+        raise _Malformed("an integer out of range")
+    return int.from_bytes(body, "big")
+
+
+def _parse_oid(body: bytes) -> str:
+    if not body or body[-1] & 0x80 or len(body) > 64:
+        raise _Malformed("a bad object identifier")
+    arcs, value = [], 0
+    for byte in body:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])

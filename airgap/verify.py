@@ -239,6 +239,7 @@ def verify_with_receipt(
     """verify, then write a receipt of the outcome, failed or not."""
     from airgap import receipt
 
+    receipt.start(receipt_path, options.bundle)  # a receipt present always belongs to a finished run
     try:
         report = verify(options, reporter)
     except Error as e:
