@@ -177,3 +177,13 @@ def test_install_base_bundle_with_symlinked_parts_directory_refused(cli, samples
     with pytest.raises(IntegrityError, match="symbolic link"):
         install(InstallOptions(delta, pub, base=old), connect=lambda: engine)  # type: ignore[arg-type,return-value]
     assert engine.load_calls == 0
+
+
+def test_both_installers_cap_the_manifest_alike() -> None:
+    import re
+
+    from airgap._internal.bundle import MAX_MANIFEST_BYTES
+    from airgap._internal.installer import script
+
+    m = re.search(rb"^MAX_MANIFEST=(\d+)", script(), re.MULTILINE)
+    assert m is not None and int(m.group(1)) == MAX_MANIFEST_BYTES

@@ -1,7 +1,10 @@
 """The POSIX installer that travels in every bundle: ``installer/install.sh`` and, per platform, a
 load plan with the tar headers it needs, so plain ``sh``, ``zstd`` and ``dd`` can stream the same
 docker-save archive that ``airgap install`` builds.  All of them are listed, with their sha256, in the
-signed manifest's ``files``.
+signed manifest's ``files``: install.sh uses only plans the manifest lists, checks a private copy of
+the plan and blocks against it, and takes each part's size and sha256 from the manifest (the plan
+names parts only by path).  The tail block, the archive's ``manifest.json``, is what makes the engine
+load anything, so install.sh cuts the stream before it when a part fails.
 
 Plan lines (``installer/docker-OS-ARCH[-VARIANT].plan``)::
 
