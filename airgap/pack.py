@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -124,6 +125,25 @@ class PackResult:
             "hashed_only_bytes": self.hashed_only_bytes,
             "seconds": round(self.seconds, 3),
         }
+
+
+def _resume_key(options: PackOptions, private: Ed25519PrivateKey) -> str:
+    """Names this pack in its resume journal: staging is reused only by a pack of the same sources with the
+    same part-shaping options and signer.  An Ed25519 signature (deterministic) over them, so whoever lacks
+    the key cannot forge a journal entry.  Leaves out what does not shape parts (name, expiry, volumes,
+    installer) and speculate/overwrite, which the retry after a SpeculationMiss changes."""
+    inputs = {
+        "sources": [[s.kind, s.ref, s.name] for s in options.sources],
+        "part_size": options.part_size,
+        "level": options.level,
+        "long_distance": options.long_distance,
+        "platform": options.platform,
+        "plain_http": options.plain_http,
+        "since": str(options.since) if options.since is not None else None,
+        "chunk_deltas": options.chunk_deltas,
+        "tool": __version__,
+    }
+    return private.sign(b"airgap pack resume\0" + json.dumps(inputs, sort_keys=True).encode()).hex()
 
 
 def _created() -> datetime:
@@ -428,7 +448,14 @@ def _pack(
     since = _load_base(options.since, _trusted_for_base(options, private)) if options.since is not None else None
     # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
     guesses = _guesses(since.bundle, since.layers) if since and options.speculate else {}
-    writer = BundleWriter(options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level, guesses)
+    writer = BundleWriter(
+        options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level, guesses,
+        resume_key=_resume_key(options, private),
+    )  # fmt: skip
+    if writer.discarded_parts:
+        reporter.note(
+            f"{options.out_dir} held {writer.discarded_parts} part(s) staged by a pack of other sources, options or key: discarded"
+        )
     if writer.resumable_parts:
         reporter.note(
             f"resuming an interrupted pack: {writer.resumable_parts} part(s) already staged are checked, not compressed again"
@@ -483,14 +510,14 @@ def _pack(
         for part in parts:
             parts_by_blob.setdefault(part.blob, []).append(part)
         side: dict[str, bytes | Path] = dict(installer_files(images, parts_by_blob.get))
-        with tempfile.TemporaryDirectory(prefix=".airgap-wheels-", dir=options.out_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="wheels-", dir=writer.staging) as tmp:
             if options.with_installer:
                 if options.wheelhouse is None:
                     reporter.note(
                         "building the wheelhouse (airgap and its dependencies for CPython 3.10-3.13, x86_64 and aarch64)"
                     )
-                wheel_files = wheelhouse.wheels(options.wheelhouse) if options.wheelhouse else wheelhouse.build(Path(tmp))
-                side.update({f"{wheelhouse.WHEELS_DIR}/{w.name}": w for w in wheel_files})
+                    wheelhouse.build(Path(tmp))
+                side.update(wheelhouse.bundle_files(options.wheelhouse or Path(tmp)))
             files = writer.write_files(side)
         manifest = Manifest(
             name=options.name or _default_name(images),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,18 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airgap._internal.parts import BlobWriter, compress_bound, iter_part_data, make_compressor, raw_chunk_size
-from airgap.errors import IntegrityError, UsageError
+from airgap._internal.parts import (
+    BlobWriter,
+    FrameShape,
+    NotOneFrame,
+    StagedBlob,
+    StagedPart,
+    compress_bound,
+    iter_part_data,
+    make_compressor,
+    raw_chunk_size,
+)
+from airgap.errors import ConflictError, IntegrityError, UsageError
 from airgap.models import Part, part_path
 
 
@@ -115,3 +126,101 @@ def test_last_block_held_back_until_hash_checked() -> None:
 def test_tiny_part_size_refused() -> None:
     with pytest.raises(UsageError, match="too small"):
         raw_chunk_size(100)
+
+
+# -- resuming: a staged part is reused only if it is exactly the one frame pack writes ----------------
+
+SKIPPABLE_FRAME = b"\x50\x2a\x4d\x18" + (8).to_bytes(4, "little") + b"backdoor"
+
+
+def shape_of(data: bytes, length: int, step: int) -> str:
+    shape = FrameShape(length)
+    try:
+        for i in range(0, len(data), step):
+            shape.feed(data[i : i + step])
+        shape.finish()
+    except NotOneFrame as e:
+        return str(e)
+    return "ok"
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(0, 400_000), step=st.sampled_from([1, 3, 4096, 1 << 20]), long_distance=st.booleans())
+def test_frame_shape_accepts_what_pack_writes_and_nothing_more(size: int, step: int, long_distance: bool) -> None:
+    raw = (os.urandom(size // 3) + b"z" * size)[:size]
+    out = io.BytesIO()
+    with make_compressor(3, 1, long_distance).stream_writer(out, size=size, closefd=False) as zw:
+        zw.write(raw)
+    frame = out.getvalue()
+    step = step if step > 1 or len(frame) < 20_000 else 4096  # byte by byte only for small frames
+    assert shape_of(frame, size, step) == "ok"
+    assert shape_of(frame + SKIPPABLE_FRAME, size, step) != "ok"
+    assert shape_of(frame + frame, size, step) != "ok"
+    assert shape_of(frame[:-1], size, step) != "ok"
+    assert shape_of(frame, size + 1, step) != "ok"
+    assert shape_of(SKIPPABLE_FRAME + frame, size, step) != "ok"
+
+
+def stage(tmp: Path, data: bytes, part_size: int = 40_000) -> StagedBlob:
+    writer = BlobWriter(tmp, "t", len(data), part_size, make_compressor(3, 1), lambda n: None)
+    writer.write(data)
+    return writer.finish()
+
+
+def resume(tmp: Path, data: bytes, reuse: dict[int, StagedPart], part_size: int = 40_000) -> BlobWriter:
+    writer = BlobWriter(tmp, "t", len(data), part_size, make_compressor(3, 1), lambda n: None, reuse=reuse)
+    writer.write(data)
+    writer.finish()
+    return writer
+
+
+def test_intact_staged_parts_are_reused(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    staged = stage(tmp_path, data)
+    assert resume(tmp_path, data, dict(enumerate(staged.parts))).reused == len(staged.parts) == 3
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [
+        (SKIPPABLE_FRAME, "bytes follow its zstd frame"),
+        (zstandard.ZstdCompressor().compress(b"x"), "bytes follow its zstd frame"),
+    ],
+    ids=["skippable-frame", "second-frame"],
+)
+def test_staged_part_with_bytes_after_its_frame_refused_even_with_a_fixed_journal(tmp_path: Path, tail: bytes, why: str) -> None:
+    """The attacker appends to a staged part and fixes its journal entry (size, sha256): the part's content
+    still decompresses to the source, so only its frame structure gives it away."""
+    data = os.urandom(100_000)
+    staged = stage(tmp_path, data)
+    victim = staged.parts[1]
+    with open(victim.tmp_path, "ab") as fh:
+        fh.write(tail)
+    tampered = victim.tmp_path.read_bytes()
+    forged = replace(victim, size=len(tampered), sha256=hashlib.sha256(tampered).hexdigest())
+    with pytest.raises(ConflictError, match=f"{victim.tmp_path.name} .*changed after pack wrote it: {why}") as e:
+        resume(tmp_path, data, {**dict(enumerate(staged.parts)), 1: forged})
+    assert e.value.exit_code == 7 and "--overwrite" in (e.value.hint or "")
+
+
+def test_staged_part_recompressed_without_checksum_refused(tmp_path: Path) -> None:
+    """Same content, another frame (no checksum, as plain zstd writes it): not what pack writes."""
+    data = os.urandom(100_000)
+    staged = stage(tmp_path, data)
+    victim = staged.parts[0]
+    other = zstandard.ZstdCompressor(write_checksum=False).compress(data[: victim.length])
+    victim.tmp_path.write_bytes(other)
+    forged = replace(victim, size=len(other), sha256=hashlib.sha256(other).hexdigest())
+    with pytest.raises(ConflictError, match="frame header is not one pack writes"):
+        resume(tmp_path, data, {**dict(enumerate(staged.parts)), 0: forged})
+
+
+def test_staged_part_replaced_by_a_symlink_refused(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    staged = stage(tmp_path, data)
+    victim = staged.parts[2]
+    elsewhere = tmp_path / "elsewhere.zst"
+    os.replace(victim.tmp_path, elsewhere)
+    victim.tmp_path.symlink_to(elsewhere)
+    with pytest.raises(ConflictError, match="not a regular file"):
+        resume(tmp_path, data, dict(enumerate(staged.parts)))

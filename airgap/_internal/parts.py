@@ -9,8 +9,10 @@ not to exceed the part size (``raw_chunk_size`` leaves room for zstd's worst-cas
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +112,111 @@ class StagedBlob:
     head: bytes  # first bytes of the blob, to recognise compressed layers
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BLOCK_MAX = 128 << 10  # zstd's Block_Maximum_Size
+
+
+class NotOneFrame(ValueError):
+    """Bytes that are not exactly one zstd frame of the kind pack writes."""
+
+
+class FrameShape:
+    """Follows the structure of one zstd frame as its bytes pass, without decompressing: the frame header
+    (no dictionary, content size equal to ``length``, checksum flag set), its blocks, the checksum, and
+    nothing after it (no second frame, no skippable frame).  A resumed pack signs a staged part only if it
+    is exactly such a frame and its content, decompressed, equals the source."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+        self._pending = b""  # header or block-header bytes not yet complete
+        self._need = 5  # magic and frame header descriptor first
+        self._state = "header"
+        self._skip = 0  # block bytes (or the checksum) still to pass
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                take = min(self._skip, end - pos)
+                self._skip -= take
+                pos += take
+                continue
+            if self._state == "done":
+                raise NotOneFrame("bytes follow its zstd frame (a skippable frame, or a second frame)")
+            take = min(self._need - len(self._pending), end - pos)
+            self._pending += data[pos : pos + take]
+            pos += take
+            if len(self._pending) == self._need:
+                self._advance()
+
+    def finish(self) -> None:
+        if self._state != "done" or self._skip:
+            raise NotOneFrame("the zstd frame is cut short")
+
+    def _advance(self) -> None:
+        head = self._pending
+        if self._state == "header" and self._need == 5:
+            if head[:4] != _ZSTD_MAGIC:
+                raise NotOneFrame("it does not start with a zstd frame (a skippable frame, or not zstd)")
+            fhd = head[4]
+            single_segment, checksum, dict_flag, fcs_flag = fhd >> 5 & 1, fhd >> 2 & 1, fhd & 3, fhd >> 6
+            if fhd & 0x08 or dict_flag or not checksum or (fcs_flag == 0 and not single_segment):
+                raise NotOneFrame("its frame header is not one pack writes (dictionary, no checksum or no content size)")
+            fcs_size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+            self._need = 5 + (0 if single_segment else 1) + fcs_size
+            return
+        if self._state == "header":
+            fcs_flag = head[4] >> 6
+            fcs_size = (1, 2, 4, 8)[fcs_flag]  # flag 0 means one byte here: a single-segment frame
+            size = int.from_bytes(head[-fcs_size:], "little") + (256 if fcs_flag == 1 else 0)
+            if size != self._length:
+                raise NotOneFrame(f"its frame header declares {size} bytes of content, not {self._length}")
+            self._state, self._pending, self._need = "block", b"", 3
+            return
+        value = int.from_bytes(head, "little")
+        last, kind, size = value & 1, value >> 1 & 3, value >> 3
+        if kind == 3 or size > _BLOCK_MAX:
+            raise NotOneFrame("it holds a malformed zstd block")
+        self._skip = 1 if kind == 1 else size  # an RLE block carries one byte
+        self._pending = b""
+        if last:
+            self._skip += 4  # the content checksum
+            self._state = "done"
+
+
+def _open_flags(write: bool) -> int:
+    if write:
+        return os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_staged(path: Path, dir_fd: int | None, write: bool = False) -> BinaryIO:
+    """A staged part file, opened without following a symbolic link (relative to ``dir_fd`` when given).
+    Writing creates a new file: an old one of that name is removed first, never written through."""
+    name: str | Path = path.name if dir_fd is not None else path
+    if write:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(name, _open_flags(True), 0o666, dir_fd=dir_fd)
+        return os.fdopen(fd, "wb")
+    fd = os.open(name, _open_flags(False), dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 class _CompressingPart:
     """A new part: the chunk is compressed into a fresh file under a temporary name."""
 
-    def __init__(self, path: Path, start: int, length: int, part_size: int, cctx: zstandard.ZstdCompressor) -> None:
+    def __init__(
+        self, path: Path, start: int, length: int, part_size: int, cctx: zstandard.ZstdCompressor, dir_fd: int | None
+    ) -> None:
         self.path = path
+        self._dir_fd = dir_fd
         self._start, self._length, self._part_size = start, length, part_size
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed in close() or abort()
+        self._fh = open_staged(path, dir_fd, write=True)
         self._hw = _HashingWriter(self._fh)
         self._zw = cctx.stream_writer(self._hw, size=length, closefd=False, write_return_read=True)  # type: ignore[arg-type]
 
@@ -139,17 +239,20 @@ class _CompressingPart:
     def abort(self) -> None:
         with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
             self._fh.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path.name if self._dir_fd is not None else self.path, dir_fd=self._dir_fd)
 
 
 class _ComparingPart:
-    """Resuming: an interrupted pack staged this chunk already.  The source's bytes are compared with
-    the staged part's decompressed bytes instead of being compressed again; nothing is written."""
+    """Resuming: an interrupted pack staged this chunk already.  Nothing is written; instead the staged
+    file must be exactly what pack writes for this chunk: every byte of it hashes to the journal's sha256,
+    it is exactly one zstd frame (:class:`FrameShape`), and that frame decompresses to the source's bytes."""
 
-    def __init__(self, staged: StagedPart) -> None:
+    def __init__(self, staged: StagedPart, fh: BinaryIO) -> None:
         self.staged = staged
-        self._fh = open(staged.tmp_path, "rb")  # noqa: SIM115 - closed in close() or abort()
-        self._reader = _HashingReader(self._fh)
+        self._fh = fh
+        self._shape = FrameShape(staged.length)
+        self._reader = _HashingReader(self._fh, on_data=self._shape.feed)
         dctx = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
         self._zr = dctx.stream_reader(self._reader, read_size=READ_BLOCK, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
 
@@ -159,9 +262,14 @@ class _ComparingPart:
             hint="the image changed since the first attempt: pack again with --overwrite to start afresh",
         )
 
+    def _tampered(self, why: str) -> ConflictError:
+        return staged_part_changed(self.staged.tmp_path.name, why)
+
     def write(self, data: memoryview) -> None:
         try:
             staged = read_exact(self._zr, len(data))
+        except NotOneFrame as e:
+            raise self._tampered(str(e)) from e
         except zstandard.ZstdError as e:
             raise self._changed() from e
         if staged != data:
@@ -172,16 +280,28 @@ class _ComparingPart:
             leftover = self._zr.read(1)
             while self._reader.read(READ_BLOCK):
                 pass
+            self._shape.finish()
+        except NotOneFrame as e:
+            raise self._tampered(str(e)) from e
         except zstandard.ZstdError as e:
             raise self._changed() from e
         finally:
             self._fh.close()
-        if leftover or self._reader.size != self.staged.size or self._reader.sha.hexdigest() != self.staged.sha256:  # type: ignore[union-attr]
+        if leftover:
             raise self._changed()
+        if self._reader.size != self.staged.size or self._reader.sha.hexdigest() != self.staged.sha256:  # type: ignore[union-attr]
+            raise self._tampered("its bytes are not the ones journaled")
         return self.staged
 
     def abort(self) -> None:
         self._fh.close()
+
+
+def staged_part_changed(name: str, why: str) -> ConflictError:
+    return ConflictError(
+        f"staged part {name} of the interrupted pack was changed after pack wrote it: {why}",
+        hint="something other than airgap wrote to the staging area: pack again with --overwrite to start afresh",
+    )
 
 
 class BlobWriter:
@@ -189,7 +309,8 @@ class BlobWriter:
 
     ``reuse`` holds parts an interrupted pack staged for this blob (by index): those chunks are
     checked against the source instead of compressed again.  ``on_part`` hears of each new part once
-    it is on disk (the bundle writer journals it).
+    it is on disk (the bundle writer journals it).  With ``dir_fd`` (the staging directory, opened),
+    part files are opened relative to it, so a directory swapped in by name is never written to.
     """
 
     def __init__(
@@ -202,6 +323,7 @@ class BlobWriter:
         on_bytes: Callable[[int], None],
         reuse: Mapping[int, StagedPart] | None = None,
         on_part: Callable[[int, StagedPart], None] | None = None,
+        dir_fd: int | None = None,
     ) -> None:
         self._staging = staging
         self._stem = stem
@@ -212,6 +334,7 @@ class BlobWriter:
         self._on_bytes = on_bytes
         self._reuse = reuse or {}
         self._on_part = on_part
+        self._dir_fd = dir_fd
         self._sha = hashlib.sha256()
         self._written = 0
         self._parts: list[StagedPart] = []
@@ -228,17 +351,33 @@ class BlobWriter:
         self._part_start = self._written
         self._part_len = min(self._chunk, self._size - self._written)
         staged = self._reuse.get(index)
-        if (
-            staged is not None
-            and staged.offset == self._part_start
-            and staged.length == self._part_len
-            and staged.tmp_path.is_file()
-            and staged.tmp_path.stat().st_size == staged.size
-        ):
-            self._sink = _ComparingPart(staged)
-        else:
-            path = self._staging / f"{self._stem}.{index:05d}.tmp"
-            self._sink = _CompressingPart(path, self._part_start, self._part_len, self._part_size, self._cctx)
+        if staged is not None and staged.offset == self._part_start and staged.length == self._part_len:
+            fh = self._open_reused(staged)
+            if fh is not None:
+                self._sink = _ComparingPart(staged, fh)
+                return
+        path = self._staging / f"{self._stem}.{index:05d}.tmp"
+        self._sink = _CompressingPart(path, self._part_start, self._part_len, self._part_size, self._cctx, self._dir_fd)
+
+    def _open_reused(self, staged: StagedPart) -> BinaryIO | None:
+        """The staged file, or None when it is gone (it is compressed again).  One that is there but is
+        not a regular file of the journaled size, owned by this user, stops the resume."""
+        try:
+            fh = open_staged(staged.tmp_path, self._dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise staged_part_changed(staged.tmp_path.name, "it is not a regular file") from e
+        st = os.fstat(fh.fileno())
+        why = (
+            f"it belongs to uid {st.st_uid}" if st.st_uid != os.geteuid()
+            else f"it is {st.st_size} bytes, the journal says {staged.size}" if st.st_size != staged.size
+            else ""
+        )  # fmt: skip
+        if why:
+            fh.close()
+            raise staged_part_changed(staged.tmp_path.name, why)
+        return fh
 
     def _close_part(self) -> None:
         sink, self._sink = self._sink, None
@@ -264,7 +403,11 @@ class BlobWriter:
                 self._open_part()
             room = self._part_start + self._part_len - self._written
             take = view[:room]
-            self._sink.write(take)  # type: ignore[union-attr]
+            try:
+                self._sink.write(take)  # type: ignore[union-attr]
+            except BaseException:
+                self.abort()
+                raise
             self._written += len(take)
             view = view[len(take) :]
             if self._written == self._part_start + self._part_len:
@@ -286,15 +429,18 @@ class BlobWriter:
 
 
 class _HashingReader:
-    def __init__(self, fh: BinaryIO, hashing: bool = True) -> None:
+    def __init__(self, fh: BinaryIO, hashing: bool = True, on_data: Callable[[bytes], None] | None = None) -> None:
         self._fh = fh
         self.sha = hashlib.sha256() if hashing else None
+        self._on_data = on_data
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._fh.read(n)
         if self.sha is not None:
             self.sha.update(data)
+        if self._on_data is not None:
+            self._on_data(data)
         self.size += len(data)
         return data
 
