@@ -14,7 +14,7 @@ import click
 from airgap import __version__, keys
 from airgap._internal.fsutil import human_bytes
 from airgap._internal.reporters import for_terminal
-from airgap._internal.text import printable, printable_lines
+from airgap._internal.text import json_safe, printable, printable_lines
 from airgap.errors import Error, ExitCode, UsageError
 from airgap.progress import Reporter
 
@@ -64,7 +64,7 @@ def _echo(line: str, err: bool = False) -> None:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    click.echo(json.dumps(json_safe(data), indent=2, sort_keys=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from airgap._internal import fsutil
 from airgap._internal.bundle import MAX_MANIFEST_BYTES, locate, read_manifest_bytes
+from airgap._internal.text import printable
 from airgap.errors import FormatError, IntegrityError, UsageError
 from airgap.models import Manifest
 
@@ -78,7 +79,7 @@ class BundleDiff:
         }
 
     def render(self) -> str:
-        lines = [f"images ({self.a} -> {self.b}):"]
+        lines = [f"images ({printable(str(self.a))} -> {printable(str(self.b))}):"]
         for i in self.images:
             ids = {"added": f"{i.new}", "removed": f"{i.old}", "same": f"{i.new}", "changed": f"{i.old} -> {i.new}"}[i.status]
             lines.append(f"  {i.status:<8} {i.name}  {i.platform}  {ids}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from airgap._internal.bundle import LoadedBundle, load_bundle
 from airgap._internal.fsutil import human_bytes
+from airgap._internal.text import printable
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Inspection:
     def render(self) -> str:
         m = self.bundle.manifest
         lines = [
-            f"bundle    {self.bundle.path}",
+            f"bundle    {printable(str(self.bundle.path))}",
             f"name      {m.name}  (sequence {m.sequence})",
             f"created   {m.created}  by airgap {m.tool_version}" + (f"  expires {m.expires}" if m.expires else ""),
             f"manifest  sha256:{hashlib.sha256(self.bundle.manifest_bytes).hexdigest()}",

@@ -19,6 +19,7 @@ from pathlib import Path
 from airgap._internal import fsutil, tarstream
 from airgap._internal.bundle import LoadedBundle, attach_base, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
 from airgap._internal.cache import VerifiedCache
+from airgap._internal.check import PartsFailed, check_part
 from airgap._internal.engine import Engine
 from airgap._internal.enginelayers import ExportPlan, exported_layers, held_layers, plan_exports
 from airgap._internal.oci import docker_save_layout
@@ -171,6 +172,11 @@ def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool,
     ``skip``: layers the target already holds or that come from the engine (they are not read here).
     Layers of a delta's base bundle are checked in that bundle; rebuilt layers by their recipe and source."""
     refuse_unexpected(bundle, allow_unexpected)
+    # the signed side files (the POSIX installer, its plans, volume listings, wheels) are small: a bundle with
+    # one of them changed is not the bundle that was signed, whichever installer reads it
+    bad = [r for r in (check_part(bundle, f) for f in bundle.manifest.files) if not r.ok]
+    if bad:
+        raise PartsFailed(bad)
     total = 0
     for digest in {d.digest for image in images for d in (image.config, *image.layers)} - skip:
         for source, blob in _where(bundle, digest):

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from airgap._internal.fsutil import atomic_write
-from airgap.errors import ConflictError, FormatError, TrustError, UsageError
+from airgap._internal.fsutil import atomic_write, read_capped
+from airgap.errors import ConflictError, EnvironmentProblem, FormatError, IntegrityError, TrustError, UsageError
 
 # scrypt work factor for new keys: 16 MiB per guess, 5 passes (OWASP: N=2^14, r=8, p=5)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 5
@@ -142,10 +142,22 @@ def private_pem(private: Ed25519PrivateKey, passphrase: bytes | None) -> bytes:
 
 def is_encrypted(path: Path) -> bool:
     try:
-        with open(path, "rb") as fh:
-            return b"ENCRYPTED" in fh.read(64)
-    except OSError:
+        return b"ENCRYPTED" in _read_key_file(path)[:64]
+    except (UsageError, FormatError):
         return False  # load_private reports the problem
+
+
+def _read_file(path: Path, what: str, hint: str) -> bytes:
+    """A key file's bytes: a regular file (never a FIFO or device, which would block), at most
+    MAX_KEY_FILE_BYTES."""
+    try:
+        return read_capped(path, f"{what} {path}", MAX_KEY_FILE_BYTES)
+    except IntegrityError as e:  # missing, a link's target, not a regular file: the operator's input, not a bundle
+        raise UsageError(f"cannot read {what} {path}: {e.message.removeprefix(f'{what} {path} ')}", hint=hint) from e
+    except FormatError as e:
+        raise FormatError(f"{what} file {path} is damaged or not a key (larger than any key)", hint=_DAMAGED_HINT) from e
+    except EnvironmentProblem as e:
+        raise UsageError(e.message, hint=hint) from e
 
 
 def protection(path: Path) -> KeyProtection:
@@ -197,10 +209,7 @@ def load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
 
 
 def load_public(path: Path) -> PublicKey:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read trusted key {path}: {e.strerror}") from e
+    data = _read_file(path, "trusted key", "pass the signer's .pub file, or a directory of them")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as e:
@@ -232,14 +241,7 @@ def load_trusted(paths: list[Path]) -> list[PublicKey]:
 
 
 def _read_key_file(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as e:
-        raise UsageError(f"cannot read key {path}: {e.strerror}", hint="pass the PREFIX.key written by 'airgap keygen'") from e
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise FormatError(f"key file {path} is damaged or not a private key (larger than any key)", hint=_DAMAGED_HINT)
-    return data
+    return _read_file(path, "key", "pass the PREFIX.key written by 'airgap keygen'")
 
 
 def _protection(data: bytes, path: Path) -> KeyProtection:

@@ -25,7 +25,7 @@ PARTS_DIR = "parts"
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 # Docker reference: [registry[:port]/]path[:tag] (digest references are not tags and are not kept).
 _REF_RE = re.compile(
@@ -52,7 +52,7 @@ def parse_time(text: str) -> datetime:
 
 
 def valid_ref(ref: str) -> bool:
-    return bool(_REF_RE.match(ref))
+    return bool(_REF_RE.fullmatch(ref))
 
 
 # --- strict field readers -------------------------------------------------------------------
@@ -71,14 +71,17 @@ def _obj(value: Any, where: str, required: set[str], optional: frozenset[str] = 
     return value
 
 
+MAX_INT = (1 << 63) - 1  # sizes, offsets and sequences: what every tool reading the manifest can hold
+
+
 def _int(value: Any, where: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise FormatError(f"manifest: {where} must be an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise FormatError(f"manifest: {where} must be an integer from {minimum} to 2^63-1")
     return value
 
 
 def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise FormatError(f"manifest: {where} is not a valid value: {str(value)[:80]!r}")
     return value
 
@@ -91,13 +94,13 @@ def _list(value: Any, where: str) -> list[Any]:
 
 def _checked(value: Any, what: str, pattern: re.Pattern[str]) -> str:
     """A value from a source or a bundle that must match its grammar before it is used anywhere."""
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise FormatError(f"{what} {str(value)[:120]!r} is not valid")
     return value
 
 
 def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
         raise FormatError(f"{what} {str(value)[:40]!r} is not a whole number of bytes")
     return value
 
@@ -523,8 +526,16 @@ class Manifest:
             if expected_offset[digest] != size:
                 raise FormatError(f"manifest: the parts of blob {digest} do not add up to its size")
         for label, stamp in (("created", self.created), ("expires", self.expires)):
-            if stamp is not None and not _TIME_RE.match(stamp):
+            if stamp is None:
+                continue
+            try:
+                valid = isinstance(stamp, str) and bool(_TIME_RE.fullmatch(stamp)) and bool(parse_time(stamp))
+            except ValueError:
+                valid = False
+            if not valid:
                 raise FormatError(f"manifest: {label} is not a UTC time like 2026-01-31T12:00:00Z")
+        for label, number in (("sequence", self.sequence), ("part_size", self.part_size)):
+            _int(number, label, 1 if label == "part_size" else 0)
 
     # -- queries --------------------------------------------------------------------------------
     def external_layers(self) -> list[Descriptor]:
@@ -636,7 +647,7 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> Manifest:
         try:
             parsed = json.loads(data.decode("utf-8"), parse_float=_reject_float, parse_constant=_reject_float)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer of thousands of digits, deep nesting
             raise FormatError(f"manifest: not valid JSON ({str(e)[:80]})") from e
         return cls.from_dict(parsed)
 

@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__, keys, trust
 from airgap._internal import fsutil, rebuild, wheelhouse
-from airgap._internal.bundle import MAX_MANIFEST_BYTES, LoadedBundle, iter_blob, load_trusted_bundle, read_signatures
+from airgap._internal.bundle import (
+    MAX_MANIFEST_BYTES,
+    LoadedBundle,
+    iter_blob,
+    load_trusted_bundle,
+    read_signatures,
+    refuse_unexpected,
+)
 from airgap._internal.engine import Engine
 from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.installer import installer_files
@@ -368,6 +375,7 @@ def _load_base(since: Path, trusted: tuple[PublicKey, ...]) -> _Base:
     try:
         if since.is_dir():
             bundle, _ = load_trusted_bundle(since, trusted, 1, allow_expired=True)
+            refuse_unexpected(bundle, allow=False)  # held to the same line as install --base
             data, manifest = bundle.manifest_bytes, bundle.manifest
         else:
             bundle = None

@@ -33,10 +33,10 @@ from types import TracebackType
 import requests
 
 from airgap._internal import fsutil
-from airgap._internal.bundle import load_bundle, open_part, read_signatures
+from airgap._internal.bundle import LoadedBundle, load_bundle, open_part, read_signatures
 from airgap._internal.registry import DEFAULT_CHUNK, MT_OCI_MANIFEST, Registry, RegistryRef, parse_ref
 from airgap.errors import ConflictError, FormatError, IntegrityError, RegistryError, UsageError
-from airgap.models import MANIFEST_NAME, Manifest
+from airgap.models import MANIFEST_NAME, BundleFile, Manifest, Part
 from airgap.progress import NullReporter, Reporter
 
 ARTIFACT_TYPE = "application/vnd.airgap.bundle.v1"
@@ -79,8 +79,8 @@ class TransferResult:
         }
 
 
-def _file_blocks(path: Path, label: str) -> Iterator[bytes]:
-    with fsutil.open_regular(path, label) as fh:
+def _file_blocks(bundle: LoadedBundle, item: Part | BundleFile) -> Iterator[bytes]:
+    with open_part(bundle, item) as fh:  # the bundle's one checked way in: no link on the path, never a FIFO
         while block := fh.read(BLOCK):
             yield block
 
@@ -108,18 +108,18 @@ def publish(
                 hint="sign the bundle again ('airgap sign'), or remove that file",
             )
     files: list[tuple[str, str, str, int]] = []  # (path, media type, digest, size)
-    located: dict[str, Path] = {}  # parts and files: where they are (a split bundle spreads them over volumes)
+    located: dict[str, Part | BundleFile] = {}  # parts and files, by path (a split bundle spreads them over volumes)
     files.append((MANIFEST_NAME, MT_FILE["manifest"], _digest(bundle.manifest_bytes), len(bundle.manifest_bytes)))
     for fp, sig in sorted(signatures.items()):
         files.append((f"signatures/{fp}.sig", MT_FILE["signature"], _digest(sig), len(sig)))
     for part in bundle.manifest.parts:
         open_part(bundle, part).close()  # present, regular, of the right size: before any upload
         files.append((part.path, MT_FILE["part"], f"sha256:{part.sha256}", part.size))
-        located[part.path] = bundle.part_file(part)
+        located[part.path] = part
     for side in bundle.manifest.files:
         open_part(bundle, side).close()
         files.append((side.path, MT_FILE["file"], f"sha256:{side.sha256}", side.size))
-        located[side.path] = bundle.part_file(side)
+        located[side.path] = side
     artifact = _artifact_manifest(bundle.manifest, files)
     total = sum(size for *_, size in files)
     sent = 0
@@ -133,14 +133,14 @@ def publish(
             if registry.has_blob(ref.repository, digest, push=True):
                 reporter.advance(size)
                 continue
-            label = str(located.get(path, bundle.path / path))
+            label = str(bundle.part_file(located[path])) if path in located else str(bundle.path / path)
             blocks: Iterator[bytes]
             if path == MANIFEST_NAME:
                 blocks = iter([bundle.manifest_bytes])
             elif path.startswith("signatures/"):
                 blocks = iter([signatures[path.split("/")[1].removesuffix(".sig")]])
             else:
-                blocks = _file_blocks(located[path], path)
+                blocks = _file_blocks(bundle, located[path])
             try:
                 registry.upload_blob(ref.repository, digest, size, _advancing(blocks, reporter), chunk)
             except IntegrityError as e:
@@ -200,9 +200,9 @@ def _read_artifact(data: bytes, ref: RegistryRef) -> list[tuple[str, str, int]]:
             raise FormatError(f"{where}: malformed layer descriptor")
         title = (layer.get("annotations") or {}).get(TITLE)
         digest, size = layer.get("digest"), layer.get("size")
-        if not isinstance(title, str) or not _SAFE_PATH.match(title) or title in seen:
+        if not isinstance(title, str) or not _SAFE_PATH.fullmatch(title) or title in seen:
             raise FormatError(f"{where}: file name {str(title)[:100]!r} is not one an airgap bundle has")
-        if not isinstance(digest, str) or not re.match(r"^sha256:[0-9a-f]{64}$", digest):
+        if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise FormatError(f"{where}: {title} has no sha256 digest")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise FormatError(f"{where}: {title} has no valid size")

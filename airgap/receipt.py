@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from airgap import __version__, trust
 from airgap._internal.bundle import locate, read_manifest_bytes
 from airgap._internal.fsutil import atomic_write, io_error
+from airgap._internal.text import json_safe
 from airgap.errors import Error
 from airgap.keys import fingerprint
 from airgap.models import Manifest, format_time
@@ -139,7 +140,7 @@ def _delta(data: bytes | None, report: dict[str, Any] | None) -> dict[str, Any] 
 def write(path: Path, data: dict[str, Any], key: Ed25519PrivateKey | None) -> str | None:
     """Write the receipt (and RECEIPT.sig when a key is given); return the signer's fingerprint."""
     signer = fingerprint(key.public_key()) if key is not None else None
-    body = (json.dumps({**data, "signed_by": signer}, indent=2, sort_keys=True) + "\n").encode()
+    body = (json.dumps(json_safe({**data, "signed_by": signer}), indent=2, sort_keys=True) + "\n").encode()
     if key is not None:
         _, signature = trust.sign(body, key)
         atomic_write(Path(f"{path}.sig"), signature)

@@ -15,12 +15,12 @@ from pathlib import Path
 from airgap import keys, trust
 from airgap._internal import fsutil
 from airgap._internal.bundle import find_unexpected, load_trusted_bundle
+from airgap._internal.check import PartsFailed, check_parts
 from airgap.errors import IntegrityError
 from airgap.keys import PublicKey
 from airgap.models import SIGNATURES_DIR, Manifest
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import TrustResult
-from airgap.verify import PartsFailed, check_parts
 
 
 @dataclass(frozen=True)

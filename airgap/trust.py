@@ -37,9 +37,7 @@ class TrustResult:
         """What a person should read about the signatures, one line each."""
         lines = [f"signatures OK: {len(self.valid)} of {self.threshold} required, by {', '.join(fp[:16] for fp in self.valid)}"]
         if self.unknown:
-            lines.append(
-                f"ignored {len(self.unknown)} signature(s) from keys not trusted here: {', '.join(fp[:16] for fp in self.unknown)}"
-            )
+            lines.append(f"ignored {len(self.unknown)} signature(s) from keys not trusted here: {_some(self.unknown)}")
         if self.expired:
             lines.append(f"warning: the bundle expired at {self.expires} (allowed by --allow-expired)")
         return lines
@@ -53,6 +51,12 @@ class TrustResult:
             "expires": self.expires,
             "expired": self.expired,
         }
+
+
+def _some(fingerprints: Sequence[str], shown: int = 5) -> str:
+    """A few fingerprints (16 hex digits each) and how many more: one short line however many there are."""
+    more = f" and {len(fingerprints) - shown} more" if len(fingerprints) > shown else ""
+    return ", ".join(fp[:16] for fp in fingerprints[:shown]) + more
 
 
 def verify_signatures(
@@ -93,7 +97,7 @@ def verify_signatures(
         if not valid:
             raise TrustError(
                 f"no signature from a trusted key ({len(unknown)} from unknown keys)",
-                hint="check that --trust names the signer's .pub file; fingerprints: " + ", ".join(f[:16] for f in unknown),
+                hint=f"check that --trust names the signer's .pub file; fingerprints: {_some(unknown)}",
             )
         raise TrustError(f"only {len(valid)} valid signature(s) from trusted keys, {threshold} required")
     return result

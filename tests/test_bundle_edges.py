@@ -187,3 +187,66 @@ def test_both_installers_cap_the_manifest_alike() -> None:
 
     m = re.search(rb"^MAX_MANIFEST=(\d+)", script(), re.MULTILINE)
     assert m is not None and int(m.group(1)) == MAX_MANIFEST_BYTES
+
+
+def test_planted_listing_copy_does_not_make_a_volume_accept_other_volumes_parts(cli, split: Path, keypair) -> None:  # type: ignore[no-untyped-def]
+    victim = _a_part_on(split, "vol-02")
+    shutil.copy(split / "vol-02" / "volume-02.txt", split / "vol-01" / "volume-02.txt")
+    (split / "vol-01" / "parts").mkdir(exist_ok=True)
+    (split / "vol-01" / victim).write_bytes(b"planted")
+    froms = [a for v in sorted(split.iterdir())[1:] for a in ("--from", str(v))]
+    r = cli("verify", str(split / "vol-01"), "--trust", str(keypair[1]), *froms)
+    assert r.code == 4, r.err
+    assert victim in r.err and "volume-02.txt" in r.err
+
+
+def test_trailing_newline_in_an_unsigned_name_is_refused_by_inspect(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    _pack(cli, samples["docker"], out, keypair[0])
+    m = out / "manifest.json"
+    m.write_text(m.read_text().replace(samples["docker"].tag + '"', samples["docker"].tag + '\\n"', 1))
+    r = cli("inspect", str(out))
+    assert r.code == 3 and "ref_names" in r.err
+    assert "\n" not in r.err.split("\nhint:")[0]
+
+
+def test_json_output_stays_valid_unicode_for_undecodable_file_names(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "b"
+    _pack(cli, samples["docker"], out, keypair[0])
+    (out / "parts" / "bad\udcffname").write_bytes(b"x")  # a file name with the byte 0xff, as Python holds it
+    r = cli("verify", str(out), "--trust", str(keypair[1]), "--json")
+    assert r.code == 4
+    report = json.loads(r.out)
+    json.dumps(report).encode("utf-8")
+    r.out.encode("utf-8")  # no lone surrogates reach the output
+    assert any("bad\\udcffname" in f for f in report["unexpected_files"])
+
+
+def test_fifo_in_a_trust_directory_does_not_hang(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    out = tmp_path / "b"
+    _pack(cli, samples["docker"], out, keypair[0])
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keypair[1], trusted / "team.pub")
+    os.mkfifo(trusted / "planted.pub")
+    r = cli("verify", str(out), "--trust", str(trusted))
+    assert r.code == 2 and "planted.pub" in r.err and "not a regular file" in r.err
+
+
+def test_pack_since_a_base_with_unlisted_files_refused(cli, samples, keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    old = tmp_path / "old"
+    _pack(cli, samples["docker"], old, keypair[0])
+    (old / ".payload").write_text("x")
+    r = cli(
+        "pack",
+        f"docker-archive:{samples['docker2'].path}",
+        "-o",
+        str(tmp_path / "new"),
+        "--key",
+        str(keypair[0]),
+        "--since",
+        str(old),
+    )
+    assert r.code == 4 and ".payload" in r.err

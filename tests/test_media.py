@@ -89,7 +89,7 @@ def test_medium_smaller_than_a_part_is_refused(cli, samples, keypair, tmp_path: 
     r = _pack_split(cli, samples, keypair, out, "2MiB", "2MiB")
     assert r.code == 2, r.err
     assert "does not fit on a medium" in r.err or "leaves no room" in r.err
-    assert not any(out.rglob("manifest.json"))
+    assert not list(out.rglob("manifest.json"))
 
 
 def test_overwrite_replaces_a_split_bundle_entirely(cli, samples, keypair, split_bundle: Path) -> None:

@@ -78,7 +78,9 @@ def _retag(archive: Path, out: Path, tags: list[str]) -> Path:
     return out
 
 
-@pytest.mark.parametrize("tag", ["Evil Tag:1", "evil/app:1\nOK: forged", "evil/app:" + "x" * 200, "evil/app:-dash"])
+@pytest.mark.parametrize(
+    "tag", ["Evil Tag:1", "evil/app:1\n", "evil/app:1\nOK: forged", "evil/app:" + "x" * 200, "evil/app:-dash"]
+)
 def test_tag_docker_refuses_is_refused_not_dropped(cli, samples, keypair, tmp_path: Path, tag: str) -> None:  # type: ignore[no-untyped-def]
     archive = _retag(samples["docker"].path, tmp_path / "retagged.tar", [tag])
     r = cli("pack", f"docker-archive:{archive}", "-o", str(tmp_path / "b"), "--key", str(keypair[0]))

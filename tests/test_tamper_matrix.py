@@ -295,6 +295,55 @@ def _schema_violation(c: Ctx) -> str:
     return "manifest.json"
 
 
+def _second_copy_on_a_from_directory(c: Ctx) -> str:
+    """A listed part's name in another directory given with --from, holding other bytes: never read, and
+    reported, since it is not where the part is read from."""
+    victim = part_paths(c.bundle)[0]
+    (c.tmp / "mnt" / "parts").mkdir(parents=True)
+    (c.tmp / "mnt" / victim).write_bytes(os.urandom(4096))
+    return victim
+
+
+def _stuffed_signature(c: Ctx) -> str:
+    name = "ab" * 32 + ".sig"
+    (c.bundle / "signatures" / name).write_bytes(os.urandom(5 << 20))
+    return name
+
+
+def _many_signatures(c: Ctx) -> str:
+    for i in range(300):
+        (c.bundle / "signatures" / f"{i:064x}.sig").write_bytes(b"\0" * 64)
+    return "signatures/"
+
+
+def _resigned(field: str, value: object) -> Callable[[Ctx], str]:
+    def tamper(c: Ctx) -> str:
+        def edit(d: dict) -> None:  # type: ignore[type-arg]
+            d[field] = value
+
+        resign(c.bundle, c.key, edit)
+        return "manifest.json"
+
+    return tamper
+
+
+def _huge_number(c: Ctx) -> str:
+    path = c.bundle / "manifest.json"
+    raw = path.read_bytes().replace(b'"sequence": ', b'"sequence": ' + b"9" * 5000, 1)
+    path.write_bytes(raw)
+    fp, sig = sign(raw, load_private(c.key, None))
+    (c.bundle / "signatures" / f"{fp}.sig").write_bytes(sig)
+    return "manifest.json"
+
+
+def _tampered_side_file(c: Ctx) -> str:
+    plan = next(p for p in sorted((c.bundle / "installer").iterdir()) if p.name.endswith(".blocks"))
+    data = bytearray(plan.read_bytes())
+    data[0] ^= 0xFF
+    plan.write_bytes(bytes(data))
+    return f"installer/{plan.name}"
+
+
 ATTACKS = [
     Attack("truncated_part", _truncated_part, 4),
     Attack("unlisted_file", _unlisted("parts/payload.sh"), 4),
@@ -327,6 +376,13 @@ ATTACKS = [
     Attack("malformed_json_signed_by_trusted_key", _malformed_json_signed, 3),
     # install.sh reads only the fields it needs from a trusted manifest, in airgap's canonical layout
     Attack("schema_violation_signed_by_trusted_key", _schema_violation, 3, runners=("install", "verify")),
+    Attack("second_copy_of_a_part_on_a_from_directory", _second_copy_on_a_from_directory, 4, ("--from", "{tmp}/mnt")),
+    Attack("stuffed_unknown_signature_file", _stuffed_signature, 4),
+    Attack("three_hundred_signature_files", _many_signatures, 4),
+    Attack("impossible_expiry_date_signed", _resigned("expires", "2030-02-30T00:00:00Z"), 3, runners=("install", "verify")),
+    Attack("part_size_beyond_64_bits_signed", _resigned("part_size", 10**400), 3, runners=("install", "verify")),
+    Attack("sequence_of_5000_digits_signed", _huge_number, 3, runners=("install", "verify")),
+    Attack("signed_side_file_changed", _tampered_side_file, 4),
 ]
 
 
@@ -338,7 +394,7 @@ ATTACKS = [
 def test_attack_refused(attack: Attack, runner: str, bundle: Path, refused, keypair, other_keypair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ctx = Ctx(bundle, keypair[0], other_keypair[0], other_keypair[1], tmp_path)
     culprit = attack.tamper(ctx)
-    extra = tuple(a.replace("{other_pub}", str(other_keypair[1])) for a in attack.extra)
+    extra = tuple(a.replace("{other_pub}", str(other_keypair[1])).replace("{tmp}", str(tmp_path)) for a in attack.extra)
     refused(bundle, attack.code, culprit, *extra, runner=runner)
 
 

@@ -192,7 +192,7 @@ def test_unlisted_wheel_not_installed(bundle: Path, tmp_path: Path) -> None:
 
 def test_replaced_wheel_refused_by_pip(bundle: Path, tmp_path: Path) -> None:
     wheels = bundle / "installer" / "wheels"
-    listed = next(wheels.glob(f"airgap-{__version__}-*.whl"))
+    listed = sorted(wheels.glob(f"airgap-{__version__}-*.whl"))[0]
     listed.unlink()
     (tmp_path / "forged").mkdir()
     os.replace(_fake_airgap_wheel(tmp_path / "forged", __version__), listed)  # same name, other bytes
@@ -243,7 +243,7 @@ def test_the_install_commands_tested_here_are_the_readme_commands() -> None:
 
 
 def test_tampered_wheel_fails_verify(cli, bundle: Path, keypair) -> None:  # type: ignore[no-untyped-def]
-    wheel = next((bundle / "installer" / "wheels").glob("airgap-*.whl"))
+    wheel = sorted((bundle / "installer" / "wheels").glob("airgap-*.whl"))[0]
     with open(wheel, "ab") as fh:
         fh.write(b"backdoor")
     r = cli("verify", str(bundle), "--trust", str(keypair[1]))

@@ -5,6 +5,7 @@ The layout is described in :mod:`airgap._internal.writer`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ from airgap.trust import TrustResult, check_trust
 
 MAX_MANIFEST_BYTES = 16 << 20  # about 45,000 parts; pack refuses a bundle whose manifest would be larger
 SIGNATURE_BYTES = 64
+MAX_SIGNATURES = 256  # files in signatures/ (read before any signature is checked: bounded)
 _SIG_RE = re.compile(r"^([0-9a-f]{64})\.sig$")
 _VOLUME_DIR_RE = re.compile(r"^vol-[0-9]{2,3}$")
 
@@ -52,8 +54,16 @@ class LoadedBundle:
     base: LoadedBundle | None = None  # a delta's base bundle (install --base): where its external layers come from
     root: Path | None = None  # a split bundle given as its top directory: the folder holding the vol-NN folders
 
+    @functools.cached_property
+    def _places(self) -> tuple[Place, ...]:
+        return self._find_places()
+
     def places(self) -> tuple[Place, ...]:
-        """Every directory the bundle spans, home first, each with the volume it holds when known."""
+        """Every directory the bundle spans, home first, each with the volume it holds when known (looked up
+        once per loaded bundle)."""
+        return self._places
+
+    def _find_places(self) -> tuple[Place, ...]:
         volumes = self.manifest.volumes
         known = {v.name for v in volumes}
         listings = {path: v.name for v in volumes for path in v.paths if path.startswith("volume-")}
@@ -110,7 +120,9 @@ def locate(bundle: Path, extra: Sequence[Path] = ()) -> tuple[Path, tuple[Path, 
         return bundle, tuple(extra), None
     try:
         with os.scandir(bundle) as entries:
-            volumes = sorted(bundle / e.name for e in entries if _VOLUME_DIR_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+            volumes = sorted(
+                bundle / e.name for e in entries if _VOLUME_DIR_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+            )
     except OSError as e:
         raise fsutil.io_error(e, str(bundle)) from e
     primary = [v for v in volumes if os.path.lexists(v / MANIFEST_NAME)]
@@ -152,8 +164,13 @@ def read_signatures(bundle: Path, wanted: frozenset[str] = frozenset()) -> dict[
             names = sorted(e.name for e in entries)
     except OSError as e:
         raise fsutil.io_error(e, str(sig_dir)) from e
+    if len(names) > MAX_SIGNATURES:
+        raise IntegrityError(
+            f"{SIGNATURES_DIR}/ holds {len(names)} files; a bundle carries at most {MAX_SIGNATURES} signatures",
+            hint="the bundle was stuffed with files; copy it again from the original medium",
+        )
     for name in names:
-        m = _SIG_RE.match(name)
+        m = _SIG_RE.fullmatch(name)
         if not m:
             continue  # reported as an unexpected file
         fp = m.group(1)
@@ -285,7 +302,8 @@ def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
     on = f" (on {volume})" if volume else ""
     place = bundle.place_of(part)
     try:
-        fh = fsutil.open_regular(place.path / part.path, label, root=place.path)
+        inside = bundle.root is not None and place.path.parent == bundle.root  # a vol-NN folder: no link either
+        fh = fsutil.open_regular(place.path / part.path, label, root=place.path, root_is_ours=inside)
     except IntegrityError as e:
         missing = e.message == f"{label} is missing"
         raise PartProblem(
@@ -329,27 +347,33 @@ def unexpected_files(bundle: LoadedBundle) -> list[str]:
 
 
 def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
-    """Every file in every directory the bundle spans that airgap did not write for this bundle: unlisted
-    files, files on the wrong volume, links, FIFOs and devices, staging leftovers, nested signature folders.
-    Scanned iteratively, links never followed."""
+    """Every file in every directory the bundle spans that airgap would not read for this bundle: unlisted
+    files, second copies of a listed file (a listed file is expected only where it is read from), files on
+    the wrong volume, signature files that are not 64 bytes, links, FIFOs and devices, staging leftovers,
+    nested folders.  Scanned iteratively, links never followed, depth bounded."""
     m = bundle.manifest
-    by_volume: dict[str | None, set[str]] = {}
-    for path in [p.path for p in m.parts] + [f.path for f in m.files]:
-        by_volume.setdefault(m.volume_of(path), set()).add(path)
-    everything = set().union(*by_volume.values()) if by_volume else set()
+    read_from: dict[Path, set[str]] = {}
+    items: list[Part | BundleFile] = [*m.parts, *m.files]
+    for item in items:
+        read_from.setdefault(bundle.place_of(item).path, set()).add(item.path)
     found: list[Unexpected] = []
+
+    def odd(entry: fsutil.TreeEntry, name: str) -> bool:
+        why = {"symlink": "is a symbolic link", "other": "is not a regular file", "deep": "is nested too deep"}.get(entry.kind)
+        if why:
+            found.append(Unexpected(name, why))
+        return why is not None
 
     def scan(top: Path, shown: str, expected: set[str], home: bool) -> None:
         for entry in fsutil.walk_files(top):
             name = f"{shown}{entry.rel}"
-            if entry.kind == "symlink":
-                found.append(Unexpected(name, "is a symbolic link"))
-            elif entry.kind == "other":
-                found.append(Unexpected(name, "is not a regular file"))
-            elif entry.rel in expected or (home and (entry.rel == MANIFEST_NAME or _is_signature_path(entry.rel))):
+            if odd(entry, name) or entry.rel in expected or (home and entry.rel == MANIFEST_NAME):
                 continue
-            else:
-                found.append(Unexpected(name))
+            if home and _is_signature_path(entry.rel):
+                if entry.size != SIGNATURE_BYTES:
+                    found.append(Unexpected(name, f"is {entry.size} bytes, not a signature (64 bytes)"))
+                continue
+            found.append(Unexpected(name))
 
     places = bundle.places()
     if bundle.root is not None:
@@ -357,17 +381,16 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
         inside = {p.path.name for p in places if p.path.parent == bundle.root}
         for entry in fsutil.walk_files(bundle.root):
             head, _, rest = entry.rel.partition("/")
-            if not rest or head not in inside:
-                found.append(Unexpected(entry.rel, "is a symbolic link" if entry.kind == "symlink" else Unexpected.why))
+            if (not rest or head not in inside) and not odd(entry, entry.rel):
+                found.append(Unexpected(entry.rel))
     for place in places:
-        expected = by_volume.get(place.volume, set()) if place.volume else everything
         if bundle.root is not None and place.path.parent == bundle.root:
             shown = f"{place.path.name}/"
         elif place.path == bundle.path:
             shown = ""
         else:
             shown = f"{place.path}/"
-        scan(place.path, shown, expected, home=place.path == bundle.path)
+        scan(place.path, shown, read_from.get(place.path, set()), home=place.path == bundle.path)
     unique: dict[str, Unexpected] = {}
     for u in found:
         unique.setdefault(u.path, u)
@@ -376,7 +399,7 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
 
 def _is_signature_path(rel: str) -> bool:
     head, _, name = rel.partition("/")
-    return head == SIGNATURES_DIR and "/" not in name and bool(_SIG_RE.match(name))
+    return head == SIGNATURES_DIR and "/" not in name and bool(_SIG_RE.fullmatch(name))
 
 
 def refuse_unexpected(bundle: LoadedBundle, allow: bool) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from airgap._internal.text import printable
 from airgap.errors import DiskSpaceError, EnvironmentProblem, FormatError, IntegrityError
 
 
@@ -73,12 +74,13 @@ def _open_failed(e: OSError, label: str) -> Exception:
     return EnvironmentProblem(f"cannot read {label}: {e.strerror}")
 
 
-def open_regular(path: Path, label: str, root: Path | None = None) -> BinaryIO:
+def open_regular(path: Path, label: str, root: Path | None = None, root_is_ours: bool = False) -> BinaryIO:
     """Open a bundle file for reading: the one way every reader opens one.
 
     Refuses symbolic links (the file itself and, with ``root``, every directory between ``root`` and the
     file), FIFOs, devices and sockets, without ever blocking on them (``O_NONBLOCK``; the type is checked
-    with ``fstat`` on the open descriptor, before a byte is read)."""
+    with ``fstat`` on the open descriptor, before a byte is read).  ``root`` itself may be a link (the
+    directory the user named) unless ``root_is_ours`` (a vol-NN folder found inside it)."""
     dir_fd = None
     try:
         if root is not None:
@@ -86,7 +88,7 @@ def open_regular(path: Path, label: str, root: Path | None = None) -> BinaryIO:
             names = rel.split(os.sep)
             if rel.startswith("..") or os.path.isabs(rel) or any(n in ("", ".", "..") for n in names):
                 raise IntegrityError(f"{label} lies outside the bundle")
-            dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = os.open(root, _DIR_FLAGS if root_is_ours else os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             for name in names[:-1]:
                 next_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                 os.close(dir_fd)
@@ -119,17 +121,23 @@ def read_capped(path: Path, label: str, cap: int, root: Path | None = None) -> b
     return data
 
 
+MAX_TREE_DEPTH = 16  # airgap writes at most three levels (installer/wheels/x.whl); deeper is reported, not entered
+
+
 @dataclass(frozen=True)
 class TreeEntry:
-    """A file found under a directory: its path relative to the top, and what it is."""
+    """A file found under a directory: its path relative to the top, what it is, and its size."""
 
     rel: str
-    kind: str  # "file", "symlink", "other" (FIFO, device, socket)
+    kind: str  # "file", "symlink", "other" (FIFO, device, socket), "deep" (a directory nested past MAX_TREE_DEPTH)
+    size: int = 0
 
 
 def walk_files(top: Path) -> Iterator[TreeEntry]:
-    """Every non-directory entry under ``top``, depth first, iteratively (no recursion limit), never
-    following a symbolic link; a linked directory is reported as a symlink, not entered."""
+    """Every non-directory entry under ``top``, depth first, iteratively, never following a symbolic link: a
+    linked directory is reported as a symlink, not entered, and a directory deeper than
+    :data:`MAX_TREE_DEPTH` is reported as "deep", not entered (a hostile tree cannot make paths too long
+    to open or lists too long to hold)."""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -137,15 +145,19 @@ def walk_files(top: Path) -> Iterator[TreeEntry]:
             with os.scandir(top / rel_dir if rel_dir else top) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            raise EnvironmentProblem(f"cannot list {top / rel_dir}: {e.strerror}") from e
+            raise EnvironmentProblem(f"cannot list {printable(str(top / rel_dir))[:300]}: {e.strerror}") from e
+        depth = rel_dir.count("/") + 1 if rel_dir else 0
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.is_symlink():
                 yield TreeEntry(rel, "symlink")
             elif entry.is_dir(follow_symlinks=False):
-                stack.append(rel)
+                if depth >= MAX_TREE_DEPTH:
+                    yield TreeEntry(rel, "deep")
+                else:
+                    stack.append(rel)
             elif entry.is_file(follow_symlinks=False):
-                yield TreeEntry(rel, "file")
+                yield TreeEntry(rel, "file", entry.stat(follow_symlinks=False).st_size)
             else:
                 yield TreeEntry(rel, "other")
 

@@ -470,13 +470,27 @@ while IFS= read -r dir; do
     die 4 "$where${first#./} is not a regular file" "bundles hold regular files only; copy the bundle again"
   fi
   (cd "$dir" && find . -type f -print) >"$tmp/found" 2>/dev/null || die 6 "cannot list the files in $dir"
+  # signatures live beside the manifest only, 64 bytes each, at most 256 of them
+  : >"$tmp/badsigs"
+  if [ -z "$where" ] && [ -d "$dir/signatures" ]; then
+    (cd "$dir" && find ./signatures -type f ! -size 64c -print) >"$tmp/badsigs" 2>/dev/null || die 6 "cannot list $dir/signatures"
+    nsig=$(find "$dir/signatures" -type f -print 2>/dev/null | wc -l)
+    [ "$nsig" -le 256 ] || die 4 "signatures/ holds $nsig files; a bundle carries at most 256 signatures" \
+      "the bundle was stuffed with files; copy it again from the original medium"
+  fi
+  # a listed file is expected only in the first directory that holds it: the one it is read from (locate)
+  : >>"$tmp/claimed"
   where=$where awk '
-    NR == FNR { ok[$0] = 1; next }
+    FILENAME == ARGV[1] { ok[$0] = 1; next }
+    FILENAME == ARGV[2] { claimed[$0] = 1; next }
+    FILENAME == ARGV[3] { bad[substr($0, 3)] = 1; next }
     { p = substr($0, 3) }
-    p in ok || p == "manifest.json" { next }
-    p ~ /^signatures\/[0-9a-f]+\.sig$/ && length(p) == 79 { next }
+    (p in ok) && !(p in claimed) { next }
+    ENVIRON["where"] == "" && p == "manifest.json" { next }
+    ENVIRON["where"] == "" && p ~ /^signatures\/[0-9a-f]+\.sig$/ && length(p) == 79 && !(p in bad) { next }
     { print ENVIRON["where"] p }
-  ' "$tmp/listed" "$tmp/found" | sort >>"$tmp/unexpected"
+  ' "$tmp/listed" "$tmp/claimed" "$tmp/badsigs" "$tmp/found" | sort >>"$tmp/unexpected"
+  awk 'NR == FNR { ok[$0] = 1; next } (substr($0, 3) in ok) { print substr($0, 3) }' "$tmp/listed" "$tmp/found" >>"$tmp/claimed"
 done <"$tmp/dirs"
 if [ -s "$tmp/unexpected" ]; then
   n=$(wc -l <"$tmp/unexpected")

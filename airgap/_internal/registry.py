@@ -89,13 +89,13 @@ def parse_ref(text: str, scheme: str, need_reference: bool = True) -> RegistryRe
     reference: str | None = None
     if "@" in path:
         path, _, reference = path.partition("@")
-        if not _DIGEST_RE.match(reference):
+        if not _DIGEST_RE.fullmatch(reference):
             raise UsageError(f"{text!r}: {reference[:80]!r} is not a sha256 digest", hint=f"write it like {example}")
     elif ":" in path.rsplit("/", 1)[-1]:
         path, _, reference = path.rpartition(":")
-        if not _TAG_RE.match(reference):
+        if not _TAG_RE.fullmatch(reference):
             raise UsageError(f"{text!r}: {reference[:80]!r} is not a valid tag", hint=f"write it like {example}")
-    if not _HOST_RE.match(host) or not _REPO_RE.match(path):
+    if not _HOST_RE.fullmatch(host) or not _REPO_RE.fullmatch(path):
         raise UsageError(f"cannot read registry reference {text!r}", hint=f"write it like {example} (lower-case repository)")
     if need_reference and reference is None:
         raise UsageError(f"{text!r} names no tag or digest", hint=f"write it like {example}")

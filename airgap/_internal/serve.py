@@ -218,7 +218,7 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
                 if body:
                     self.wfile.write(b"{}")
                 return
-            m = _PATH.match(self.path.split("?", 1)[0])
+            m = _PATH.fullmatch(self.path.split("?", 1)[0])
             if not m or m.group("repo") != state.repo:
                 self._empty(404)
                 return
@@ -247,7 +247,7 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
 
         def _blob(self, digest: str, size: int, body: bool) -> None:
             start = 0
-            rng = re.match(r"^bytes=(\d+)-$", self.headers.get("Range", ""))
+            rng = re.fullmatch(r"bytes=([0-9]+)-", self.headers.get("Range", ""))
             if rng and int(rng.group(1)) < size:
                 start = int(rng.group(1))
             self.send_response(206 if start else 200)
