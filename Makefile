@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 ## airgap and its dependencies as wheels (CPython 3.10-3.13, x86_64 and aarch64) for pack --wheelhouse
 wheelhouse: $(STAMP)
-	$(BIN)/python -c 'import pathlib, sys; from airgap._internal import wheelhouse; print(len(wheelhouse.build(pathlib.Path(sys.argv[1]))), "wheels in", sys.argv[1])' dist/wheelhouse
+	$(BIN)/python -c 'import pathlib, sys; from airgap._internal.format import wheelhouse; print(len(wheelhouse.build(pathlib.Path(sys.argv[1]))), "wheels in", sys.argv[1])' dist/wheelhouse
 
 lint: $(STAMP)
 	$(BIN)/ruff check airgap tests scripts

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap._internal import fsutil
-from airgap._internal.bundle import MAX_MANIFEST_BYTES, locate, read_manifest_bytes
-from airgap._internal.text import printable
+from airgap._internal.format.reader import MAX_MANIFEST_BYTES, locate, read_manifest_bytes
+from airgap._internal.util import fsutil
+from airgap._internal.util.text import printable
 from airgap.errors import FormatError, IntegrityError, UsageError
-from airgap.models import Manifest
+from airgap.model.manifest import Manifest
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from airgap._internal.text import printable
+from airgap._internal.util.text import printable
 
 
 class ExitCode(IntEnum):

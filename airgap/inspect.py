@@ -6,9 +6,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap._internal.bundle import LoadedBundle, load_bundle
-from airgap._internal.fsutil import human_bytes
-from airgap._internal.text import printable
+from airgap._internal.format.reader import LoadedBundle, load_bundle
+from airgap._internal.util.fsutil import human_bytes
+from airgap._internal.util.text import printable
 
 
 @dataclass(frozen=True)

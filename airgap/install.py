@@ -16,24 +16,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from airgap._internal import fsutil, tarstream
-from airgap._internal.bundle import LoadedBundle, attach_base, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
-from airgap._internal.cache import VerifiedCache
-from airgap._internal.check import PartsFailed, check_part
-from airgap._internal.engine import Engine
-from airgap._internal.enginelayers import ExportPlan, exported_layers, held_layers, plan_exports
-from airgap._internal.oci import docker_save_layout
-from airgap._internal.pipeline import threaded
-from airgap._internal.registry import DEFAULT_CHUNK
-from airgap._internal.serve import pull_from_loopback
-from airgap._internal.sinks import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
-from airgap._internal.state import InstallState, cache_path
-from airgap._internal.state import default_path as default_state_path
+from airgap._internal.clients.distribution import DEFAULT_CHUNK
+from airgap._internal.clients.docker import Engine
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.check import PartsFailed, check_part
+from airgap._internal.format.reader import LoadedBundle, attach_base, iter_blob, load_trusted_bundle, open_part, refuse_unexpected
+from airgap._internal.sinks.engine_layers import ExportPlan, exported_layers, held_layers, plan_exports
+from airgap._internal.sinks.engine_pull import pull_from_loopback
+from airgap._internal.sinks.outputs import Target, oci_archive_stream, parse_target, push_to_registry, write_archive
+from airgap._internal.util import fsutil, tarstream
+from airgap._internal.util.pipeline import threaded
 from airgap.errors import ConflictError, DockerError, IntegrityError, UsageError
-from airgap.keys import PublicKey
-from airgap.models import Image, Platform, format_time
+from airgap.model.manifest import Image, Platform, format_time
+from airgap.model.oci import docker_save_layout
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult, check_rollback
+from airgap.trust.keys import PublicKey
+from airgap.trust.policy import TrustResult, check_rollback
+from airgap.trust.rollback import InstallState, cache_path
+from airgap.trust.rollback import default_path as default_state_path
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,15 @@ from pathlib import Path
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import __version__, keys, trust
-from airgap._internal import fsutil, rebuild, wheelhouse
-from airgap._internal.bundle import (
+from airgap import __version__
+from airgap._internal.clients.distribution import Registry, RegistryRef, parse_ref
+from airgap._internal.clients.docker import Engine
+from airgap._internal.delta import rebuild
+from airgap._internal.format import wheelhouse
+from airgap._internal.format.installer import installer_files
+from airgap._internal.format.media import listing, listing_name, plan_volumes, volume_name
+from airgap._internal.format.parts import make_compressor, raw_chunk_size
+from airgap._internal.format.reader import (
     MAX_MANIFEST_BYTES,
     LoadedBundle,
     iter_blob,
@@ -27,20 +33,18 @@ from airgap._internal.bundle import (
     read_signatures,
     refuse_unexpected,
 )
-from airgap._internal.engine import Engine
-from airgap._internal.fromregistry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
-from airgap._internal.installer import installer_files
-from airgap._internal.layout import MT_DOCKER_LAYER, MT_OCI_LAYER, images_from_archive, read_archive
-from airgap._internal.media import listing, listing_name, plan_volumes, volume_name
-from airgap._internal.parts import make_compressor, raw_chunk_size
-from airgap._internal.pipeline import PrefetchReader
-from airgap._internal.registry import Registry, RegistryRef, parse_ref
-from airgap._internal.tarstream import EntryReader
-from airgap._internal.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
+from airgap._internal.format.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
+from airgap._internal.sources.archive import MT_DOCKER_LAYER, MT_OCI_LAYER, images_from_archive, read_archive
+from airgap._internal.sources.registry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
+from airgap._internal.util import fsutil
+from airgap._internal.util.pipeline import PrefetchReader
+from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
-from airgap.keys import PublicKey
-from airgap.models import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
+from airgap.model.manifest import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.progress import NullReporter, Reporter
+from airgap.trust import keys
+from airgap.trust import policy as trust
+from airgap.trust.keys import PublicKey
 
 DEFAULT_PART_SIZE = 1 << 30
 DEFAULT_LEVEL = 3

@@ -26,13 +26,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import __version__, trust
-from airgap._internal.bundle import locate, read_manifest_bytes
-from airgap._internal.fsutil import atomic_write, io_error
-from airgap._internal.text import json_safe
+from airgap import __version__
+from airgap._internal.format.reader import locate, read_manifest_bytes
+from airgap._internal.util.fsutil import atomic_write, io_error
+from airgap._internal.util.text import json_safe
 from airgap.errors import Error
-from airgap.keys import fingerprint
-from airgap.models import Manifest, format_time
+from airgap.model.manifest import Manifest, format_time
+from airgap.trust import policy as trust
+from airgap.trust.keys import fingerprint
 
 RECEIPT_VERSION = 1
 NOT_CHECKED = "not checked here: checked against their digests at install"

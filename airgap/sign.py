@@ -12,15 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap import keys, trust
-from airgap._internal import fsutil
-from airgap._internal.bundle import find_unexpected, load_trusted_bundle
-from airgap._internal.check import PartsFailed, check_parts
+from airgap._internal.format.check import PartsFailed, check_parts
+from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
+from airgap._internal.util import fsutil
 from airgap.errors import IntegrityError
-from airgap.keys import PublicKey
-from airgap.models import SIGNATURES_DIR, Manifest
+from airgap.model.manifest import SIGNATURES_DIR, Manifest
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult
+from airgap.trust import keys
+from airgap.trust import policy as trust
+from airgap.trust.keys import PublicKey
+from airgap.trust.policy import TrustResult
 
 
 @dataclass(frozen=True)

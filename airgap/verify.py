@@ -12,16 +12,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap import __version__
-from airgap._internal.bundle import find_unexpected, load_trusted_bundle
-from airgap._internal.cache import VerifiedCache
-from airgap._internal.check import PartResult, PartsFailed, check_parts
-from airgap._internal.state import cache_path
-from airgap._internal.state import default_path as default_state_path
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.check import PartResult, PartsFailed, check_parts
+from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
 from airgap.errors import Error
-from airgap.keys import PublicKey
-from airgap.models import format_time
+from airgap.model.manifest import format_time
 from airgap.progress import NullReporter, Reporter
-from airgap.trust import TrustResult
+from airgap.trust.keys import PublicKey
+from airgap.trust.policy import TrustResult
+from airgap.trust.rollback import cache_path
+from airgap.trust.rollback import default_path as default_state_path
 
 __all__ = ["PartResult", "PartsFailed", "VerifyOptions", "VerifyReport", "verify", "verify_with_receipt"]
 

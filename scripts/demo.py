@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import sample_image  # noqa: E402
 
-from airgap._internal.engine import engine_answers  # noqa: E402
+from airgap._internal.clients.docker import engine_answers  # noqa: E402
 
 
 def run(*args: str) -> None:

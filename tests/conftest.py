@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import sample_image  # noqa: E402
 
 from airgap._cli import main  # noqa: E402
-from airgap._internal.engine import engine_answers  # noqa: E402
+from airgap._internal.clients.docker import engine_answers  # noqa: E402
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -120,7 +120,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sample_image.
 
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from airgap import keys
+    from airgap.trust import keys
 
     d = tmp_path_factory.mktemp("keys")
     key, pub, _ = keys.generate(d / "signer", None)
@@ -129,7 +129,7 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def other_keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from airgap import keys
+    from airgap.trust import keys
 
     d = tmp_path_factory.mktemp("otherkeys")
     key, pub, _ = keys.generate(d / "stranger", None)

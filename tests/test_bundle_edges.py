@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 from airgap.errors import IntegrityError
 from airgap.install import InstallOptions, install
-from airgap.keys import load_public
+from airgap.trust.keys import load_public
 from tests.test_install_unit import FakeEngine
 
 MiB = 1 << 20
@@ -182,8 +182,8 @@ def test_install_base_bundle_with_symlinked_parts_directory_refused(cli, samples
 def test_both_installers_cap_the_manifest_alike() -> None:
     import re
 
-    from airgap._internal.bundle import MAX_MANIFEST_BYTES
-    from airgap._internal.installer import script
+    from airgap._internal.format.installer import script
+    from airgap._internal.format.reader import MAX_MANIFEST_BYTES
 
     m = re.search(rb"^MAX_MANIFEST=(\d+)", script(), re.MULTILINE)
     assert m is not None and int(m.group(1)) == MAX_MANIFEST_BYTES

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 from tests.conftest import ROOT, evict_images_sharing_layers
 
 pytestmark = pytest.mark.docker

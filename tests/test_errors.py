@@ -31,7 +31,8 @@ def test_each_kind_has_its_own_exit_code() -> None:
 
 
 def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from airgap import _cli, inspect
+    from airgap import inspect
+    from airgap._cli import commands as _cli
 
     def boom(path: object) -> None:
         raise RuntimeError("surprise")

@@ -15,7 +15,8 @@ import docker
 import pytest
 import sample_image
 
-from airgap import keys, trust
+from airgap.trust import keys
+from airgap.trust import policy as trust
 from tests.conftest import two_platform_pack
 from tests.test_e2e_docker import remove
 
@@ -563,8 +564,8 @@ def _state_path() -> Path:
 
 
 def test_install_sh_refuses_a_rollback(cli, samples, keypair, clean_engine, tmp_path: Path) -> None:
-    from airgap._internal.state import InstallState
-    from airgap.trust import Installed
+    from airgap.trust.policy import Installed
+    from airgap.trust.rollback import InstallState
 
     new, old = _pack_seq(cli, samples, keypair, tmp_path, 100), _pack_seq(cli, samples, keypair, tmp_path, 99)
     name = _manifest(new)["name"]
@@ -591,8 +592,8 @@ def test_install_sh_refuses_another_bundle_with_the_same_sequence(cli, samples, 
 
 
 def test_install_sh_records_the_state_as_airgap_install_writes_it(cli, samples, keypair, clean_engine, tmp_path: Path) -> None:
-    from airgap._internal.state import InstallState
-    from airgap.trust import Installed
+    from airgap.trust.policy import Installed
+    from airgap.trust.rollback import InstallState
 
     state = _state_path()
     state.parent.mkdir(parents=True)
@@ -623,7 +624,7 @@ def test_install_sh_creates_a_private_state_directory(bundle: Path, keypair, cle
 def test_install_sh_refuses_an_unsafe_state_file(
     bundle: Path, keypair, samples, clean_engine, tmp_path: Path, unsafe: str
 ) -> None:
-    from airgap._internal.state import InstallState
+    from airgap.trust.rollback import InstallState
 
     state = _state_path()
     state.parent.mkdir(parents=True)

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import keys
 from airgap.errors import ExitCode, FormatError, UsageError
+from airgap.trust import keys
 
 PASS = b"correct horse"
 

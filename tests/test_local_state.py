@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from airgap import receipt
-from airgap._internal import cache as cache_mod
-from airgap._internal.bundle import load_bundle
-from airgap._internal.cache import VerifiedCache
-from airgap._internal.state import InstallState, cache_path
+from airgap._internal.format import cache as cache_mod
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.reader import load_bundle
 from airgap.errors import EnvironmentProblem, ExitCode
 from airgap.install import InstallOptions, install
-from airgap.keys import load_public
-from airgap.models import Manifest
-from airgap.trust import Installed
+from airgap.model.manifest import Manifest
+from airgap.trust.keys import load_public
+from airgap.trust.policy import Installed
+from airgap.trust.rollback import InstallState, cache_path
 from tests.conftest import openssl_verifies
 from tests.test_install_unit import FakeEngine
 
@@ -71,7 +71,7 @@ def test_state_directory_created_0700_and_file_0600_whatever_the_umask(state_pat
 
 
 def test_missing_state_directories_created_0700_under_xdg_state_home(tmp_path: Path, monkeypatch, umask_000: None) -> None:  # type: ignore[no-untyped-def]
-    from airgap._internal.state import default_path
+    from airgap.trust.rollback import default_path
 
     monkeypatch.delenv("AIRGAP_STATE")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg" / "state"))

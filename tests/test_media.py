@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.units import MEDIA, parse_media_size
+from airgap.model.units import MEDIA, parse_media_size
 from tests.test_e2e_docker import remove
 from tests.test_install_sh import run_sh
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airgap.errors import FormatError
-from airgap.models import Blob, Compression, Descriptor, Image, Manifest, Part, Platform, part_path
+from airgap.model.manifest import Blob, Compression, Descriptor, Image, Manifest, Part, Platform, part_path
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "manifests" / "bundle-v1.schema.json").read_text())
 D1 = "sha256:" + "a" * 64

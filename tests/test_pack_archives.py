@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import sample_image
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 from airgap.install import load_stream
-from airgap.models import MANIFEST_NAME
+from airgap.model.manifest import MANIFEST_NAME
 from tests.test_models import SCHEMA
 
 

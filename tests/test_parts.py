@@ -11,7 +11,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airgap._internal.parts import (
+from airgap._internal.format.parts import (
     BlobWriter,
     FrameShape,
     NotOneFrame,
@@ -23,7 +23,7 @@ from airgap._internal.parts import (
     raw_chunk_size,
 )
 from airgap.errors import ConflictError, IntegrityError, UsageError
-from airgap.models import Part, part_path
+from airgap.model.manifest import Part, part_path
 
 
 def split(tmp: Path, data: bytes, part_size: int, level: int = 3, feed: int = 1 << 16) -> tuple[str, list[Part]]:

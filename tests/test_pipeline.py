@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from airgap._internal.parts import BlobWriter, make_compressor
-from airgap._internal.pipeline import PrefetchReader, threaded
-from airgap._internal.tarstream import read_exact
+from airgap._internal.format.parts import BlobWriter, make_compressor
+from airgap._internal.util.pipeline import PrefetchReader, threaded
+from airgap._internal.util.tarstream import read_exact
 
 
 def test_prefetch_reader_returns_the_stream_exactly() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 from tests.conftest import openssl_verifies
 
 

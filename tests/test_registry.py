@@ -14,8 +14,8 @@ import docker
 import pytest
 import sample_image
 
-from airgap._internal.registry import Registry, credentials_for, parse_ref
-from airgap._internal.sinks import _split_ref, parse_target
+from airgap._internal.clients.distribution import Registry, credentials_for, parse_ref
+from airgap._internal.sinks.outputs import _split_ref, parse_target
 from airgap.errors import UsageError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry, two_platform_pack
 
@@ -556,7 +556,7 @@ def test_token_authentication_as_harbor_and_quay_use_it(
 def test_bearer_token_is_renewed_before_it_expires(token_registry, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from airgap._internal import registry as registry_module
+    from airgap._internal.clients import distribution as registry_module
 
     registry, tokens = token_registry
     monkeypatch.setenv("AIRGAP_REGISTRY_USER", REGISTRY_USER)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from airgap._internal import serve
-from airgap._internal.registry import Credential, Origin, Registry, headers_for
+from airgap._internal.clients.distribution import Credential, Origin, Registry, headers_for
+from airgap._internal.sinks import engine_pull as serve
 from airgap.errors import RegistryError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry
 

@@ -16,13 +16,13 @@ import docker
 import pytest
 import sample_image
 
-from airgap._internal.bundle import load_bundle
-from airgap._internal.parts import make_compressor
-from airgap._internal.tarstream import EntryReader
-from airgap._internal.writer import BundleWriter, journal_mac, journal_mac_key
+from airgap._internal.format.parts import make_compressor
+from airgap._internal.format.reader import load_bundle
+from airgap._internal.format.writer import BundleWriter, journal_mac, journal_mac_key
+from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import ConflictError, EnvironmentProblem, IntegrityError
 from airgap.install import InstallOptions, install
-from airgap.keys import load_public
+from airgap.trust.keys import load_public
 from tests.conftest import ROOT
 from tests.test_install_unit import FakeEngine
 

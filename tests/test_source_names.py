@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sample_image
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 
 EVIL_ARCH = "amd64/../../../escaped"
 

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from airgap._internal import tarstream
+from airgap._internal.util import tarstream
 from airgap.errors import FormatError
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import keys, trust
 from airgap.errors import FormatError, TrustError, UsageError
+from airgap.trust import keys
+from airgap.trust import policy as trust
 from tests.conftest import openssl_verifies
 
 MANIFEST = b'{"schema_version": 1}\n'

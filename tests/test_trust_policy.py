@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from airgap._internal.bundle import load_bundle
+from airgap._internal.format.reader import load_bundle
 from airgap.errors import TrustError
 from airgap.install import InstallOptions, install
-from airgap.keys import load_public
+from airgap.trust.keys import load_public
 from tests.test_install_unit import FakeEngine
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from airgap import __version__
 from airgap._cli import main
-from airgap._internal import wheelhouse
+from airgap._internal.format import wheelhouse
 
 pytestmark = pytest.mark.tools
 

@@ -14,9 +14,9 @@ import os
 import stat
 from pathlib import Path
 
-from airgap._internal.fsutil import atomic_write, io_error
+from airgap._internal.util.fsutil import atomic_write, io_error
 from airgap.errors import EnvironmentProblem, FormatError
-from airgap.trust import Installed
+from airgap.trust.policy import Installed
 
 MAX_STATE_BYTES = 16 << 20
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
-from airgap._internal.tarstream import Readable
+from airgap._internal.util.tarstream import Readable
 
 T = TypeVar("T")
 _DONE = object()

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from airgap._internal import oci
-from airgap._internal.bundle import LoadedBundle, iter_blob
-from airgap._internal.cache import VerifiedCache
-from airgap._internal.engine import Engine
+from airgap._internal.clients.docker import Engine
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.reader import LoadedBundle, iter_blob
 from airgap.errors import DockerError, Error, UsageError
-from airgap.models import Image
+from airgap.model import oci
+from airgap.model.manifest import Image
 
 MAX_CONNECTIONS = 16  # the engine opens a few (3 downloads by default); a bound, not a tuning knob
 HEADER_SECONDS = 20.0  # to send a request line and headers, idle keep-alive time included (slow-loris)

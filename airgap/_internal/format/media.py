@@ -7,7 +7,7 @@ signatures.  Every volume carries ``volume-NN.txt``, a listing that is itself a 
 
 from __future__ import annotations
 
-from airgap._internal.fsutil import human_bytes
+from airgap._internal.util.fsutil import human_bytes
 from airgap.errors import UsageError
 
 LISTING_RESERVE = 1 << 20  # per volume: its listing, and file system slack

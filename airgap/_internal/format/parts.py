@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 import zstandard
 
-from airgap._internal.tarstream import read_exact
+from airgap._internal.util.tarstream import read_exact
 from airgap.errors import ConflictError, IntegrityError, InternalError, UsageError
-from airgap.models import Part
+from airgap.model.manifest import Part
 
 MIN_PART_SIZE = 4096
 _FRAME_SLACK = 64  # frame header, checksum and block headers beyond ZSTD_COMPRESSBOUND's margin

@@ -16,15 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from airgap._internal import fsutil
-from airgap._internal.cache import VerifiedCache, file_key
-from airgap._internal.parts import iter_part_data
-from airgap._internal.rebuild import decode
-from airgap._internal.writer import STAGING_DIR
+from airgap._internal.delta.rebuild import decode
+from airgap._internal.format.cache import VerifiedCache, file_key
+from airgap._internal.format.parts import iter_part_data
+from airgap._internal.format.writer import STAGING_DIR
+from airgap._internal.util import fsutil
 from airgap.errors import FormatError, IntegrityError, TrustError, UsageError
-from airgap.keys import PublicKey
-from airgap.models import MANIFEST_NAME, SIGNATURES_DIR, BundleFile, Manifest, Part
-from airgap.trust import TrustResult, check_trust
+from airgap.model.manifest import MANIFEST_NAME, SIGNATURES_DIR, BundleFile, Manifest, Part
+from airgap.trust.keys import PublicKey
+from airgap.trust.policy import TrustResult, check_trust
 
 MAX_MANIFEST_BYTES = 16 << 20  # about 45,000 parts; pack refuses a bundle whose manifest would be larger
 SIGNATURE_BYTES = 64

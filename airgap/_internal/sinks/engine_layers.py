@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from airgap._internal import tarstream
-from airgap._internal.bundle import LoadedBundle, iter_blob
-from airgap._internal.cache import VerifiedCache
-from airgap._internal.engine import Engine, chain_id
-from airgap._internal.pipeline import PrefetchReader
-from airgap._internal.rebuild import decode
+from airgap._internal.clients.docker import Engine, chain_id
+from airgap._internal.delta.rebuild import decode
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.reader import LoadedBundle, iter_blob
+from airgap._internal.util import tarstream
+from airgap._internal.util.pipeline import PrefetchReader
 from airgap.errors import IntegrityError
-from airgap.models import Image
+from airgap.model.manifest import Image
 
 
 def held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:

@@ -37,12 +37,22 @@ from pathlib import Path
 
 import zstandard
 
-from airgap._internal import fsutil
-from airgap._internal.layout import StoredBlob
-from airgap._internal.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data, open_staged, staged_part_changed
-from airgap._internal.tarstream import EntryReader, read_exact
+from airgap._internal.format.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data, open_staged, staged_part_changed
+from airgap._internal.sources.archive import StoredBlob
+from airgap._internal.util import fsutil
+from airgap._internal.util.tarstream import EntryReader, read_exact
 from airgap.errors import ConflictError, FormatError, InternalError, UsageError
-from airgap.models import INSTALLER_DIR, MANIFEST_NAME, PARTS_DIR, SIGNATURES_DIR, Blob, BundleFile, Manifest, Part, part_path
+from airgap.model.manifest import (
+    INSTALLER_DIR,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    SIGNATURES_DIR,
+    Blob,
+    BundleFile,
+    Manifest,
+    Part,
+    part_path,
+)
 
 STAGING_DIR = ".airgap-staging"
 GUESS_HEAD = 1 << 20  # a delta's guess compares the first MiB of a member with the base layer's

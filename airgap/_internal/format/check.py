@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airgap._internal.bundle import LoadedBundle, PartProblem, open_part
-from airgap._internal.cache import VerifiedCache, file_key
+from airgap._internal.format.cache import VerifiedCache, file_key
+from airgap._internal.format.reader import LoadedBundle, PartProblem, open_part
 from airgap.errors import EnvironmentProblem, IntegrityError
-from airgap.models import BundleFile, Part
+from airgap.model.manifest import BundleFile, Part
 from airgap.progress import Reporter
 
 HASH_BLOCK = 4 << 20

@@ -13,9 +13,9 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from airgap._internal.tarstream import EntryReader, Readable, iter_entries
+from airgap._internal.util.tarstream import EntryReader, Readable, iter_entries
 from airgap.errors import FormatError
-from airgap.models import Descriptor, Image, Platform, valid_ref
+from airgap.model.manifest import Descriptor, Image, Platform, valid_ref
 
 SMALL_FILE = 1 << 20  # files up to this size are kept in memory while the archive streams
 SMALL_TOTAL = 64 << 20  # ... up to this much in all

@@ -11,12 +11,13 @@ from typing import Any, NoReturn
 
 import click
 
-from airgap import __version__, keys
-from airgap._internal.fsutil import human_bytes
-from airgap._internal.reporters import for_terminal
-from airgap._internal.text import json_safe, printable, printable_lines
+from airgap import __version__
+from airgap._cli.reporters import for_terminal
+from airgap._internal.util.fsutil import human_bytes
+from airgap._internal.util.text import json_safe, printable, printable_lines
 from airgap.errors import Error, ExitCode, UsageError
 from airgap.progress import Reporter
+from airgap.trust import keys
 
 _PART_SIZE_HELP = "largest part file, e.g. 4GiB, 700MB, or a medium: fat32 (4GiB-1), dvd, dvd-dl, bd25, bd50"
 
@@ -183,7 +184,7 @@ def pack(
     or an image in a registry, oci://HOST[:PORT]/REPO:TAG (no Docker engine needed).
     """
     from airgap import pack as core
-    from airgap.units import parse_media_size
+    from airgap.model.units import parse_media_size
 
     options = core.PackOptions(
         sources=tuple(core.parse_source(s) for s in images),
@@ -418,7 +419,7 @@ def install(
     """Verify a bundle and load its images into the Docker engine (DOCKER_HOST), or push them into a
     registry, or write them as an image archive (--to)."""
     from airgap import install as core
-    from airgap.units import parse_size
+    from airgap.model.units import parse_size
 
     options = core.InstallOptions(
         bundle,
@@ -461,7 +462,7 @@ def publish(
 ) -> None:
     """Upload a bundle to an OCI registry as an artifact (credentials: docker login, or $AIRGAP_REGISTRY_USER/_PASSWORD)."""
     from airgap import publish as core
-    from airgap.units import parse_size
+    from airgap.model.units import parse_size
 
     result = core.publish(bundle, target, plain_http, replace, parse_size(chunk_size), _reporter(ctx))
     if as_json:

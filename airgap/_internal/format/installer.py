@@ -20,15 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import resources
 
-from airgap._internal import tarstream
-from airgap._internal.oci import docker_save_layout
-from airgap.models import INSTALLER_DIR, Image, Part
+from airgap._internal.util import tarstream
+from airgap.model.manifest import INSTALLER_DIR, Image, Part
+from airgap.model.oci import docker_save_layout
 
 SCRIPT_PATH = f"{INSTALLER_DIR}/install.sh"
 
 
 def script() -> bytes:
-    return resources.files("airgap._internal").joinpath("install.sh").read_bytes()
+    return resources.files("airgap._internal.format").joinpath("install.sh").read_bytes()
 
 
 def plan_name(image: Image) -> str:

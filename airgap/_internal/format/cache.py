@@ -19,9 +19,9 @@ import os
 import threading
 from pathlib import Path
 
-from airgap._internal.state import dir_problem, file_problem, make_private_dir
 from airgap.errors import EnvironmentProblem
-from airgap.models import Part
+from airgap.model.manifest import Part
+from airgap.trust.rollback import dir_problem, file_problem, make_private_dir
 
 MAX_READ = 64 << 20  # the newest entries; an older tail end is simply hashed again
 

@@ -15,8 +15,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap.errors import TrustError, UsageError
-from airgap.keys import PublicKey, fingerprint
-from airgap.models import Manifest, parse_time
+from airgap.model.manifest import Manifest, parse_time
+from airgap.trust.keys import PublicKey, fingerprint
 
 
 def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:

@@ -10,8 +10,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from airgap._internal.fsutil import human_bytes
-from airgap._internal.text import printable
+from airgap._internal.util.fsutil import human_bytes
+from airgap._internal.util.text import printable
 
 
 class TqdmReporter:

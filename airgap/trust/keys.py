@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from airgap._internal.fsutil import atomic_write, read_capped
+from airgap._internal.util.fsutil import atomic_write, read_capped
 from airgap.errors import ConflictError, EnvironmentProblem, FormatError, IntegrityError, TrustError, UsageError
 
 # scrypt work factor for new keys: 16 MiB per guess, 5 passes (OWASP: N=2^14, r=8, p=5)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from airgap._internal.text import printable
+from airgap._internal.util.text import printable
 from airgap.errors import DiskSpaceError, EnvironmentProblem, FormatError, IntegrityError
 
 

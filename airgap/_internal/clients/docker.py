@@ -20,7 +20,7 @@ import requests
 import urllib3.exceptions
 
 from airgap.errors import DockerError
-from airgap.models import Platform
+from airgap.model.manifest import Platform
 
 _HINT = "is dockerd running and DOCKER_HOST pointing at it? ('docker info' should answer)"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}

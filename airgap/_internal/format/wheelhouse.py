@@ -45,7 +45,7 @@ def _requirements() -> list[str]:
 
 def project_root() -> Path | None:
     """The source tree airgap runs from, when it has one (an editable or source install)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # airgap/_internal/format/wheelhouse.py -> the source tree
     return root if (root / "pyproject.toml").is_file() and (root / "airgap").is_dir() else None
 
 

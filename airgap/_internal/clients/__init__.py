@@ -1,0 +1,1 @@
+"""Protocol clients: the Docker Engine API and the OCI distribution API."""

@@ -1,0 +1,1 @@
+"""Deltas: content-defined recipes for layers rebuilt from a base bundle."""

@@ -1,0 +1,1 @@
+"""Where install delivers images: the engine's load, the loopback registry, registries, archives."""

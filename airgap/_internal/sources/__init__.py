@@ -1,0 +1,1 @@
+"""Image sources for pack: image archives (docker-save, OCI) and registries."""

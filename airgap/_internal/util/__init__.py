@@ -1,0 +1,1 @@
+"""Small shared pieces: safe file I/O, tar streams, pipelines, terminal text."""

@@ -1,0 +1,1 @@
+"""Data models: the bundle manifest, image names and platforms, sizes, image manifests."""

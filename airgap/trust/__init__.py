@@ -1,0 +1,1 @@
+"""Trust: keys, signature policy, freshness and rollback."""
