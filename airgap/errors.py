@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from airgap._internal.util.text import printable
-
 
 class ExitCode(IntEnum):
     """Documented process exit codes (README "Exit codes")."""
@@ -59,8 +57,8 @@ class Error(Exception):
         return {k: v for k, v in (("path", self.path), ("volume", self.volume), ("digest", self.digest)) if v}
 
     def diagnostics(self) -> str:
-        """One line, plus a hint line: each shown escaped, whatever a file name or a source put in them."""
-        return f"error: {printable(self.message)}\nhint: {printable(self.hint or self.default_hint)}"
+        """One line, plus a hint line (the CLI shows each escaped, whatever a file name or a source put in them)."""
+        return f"error: {self.message}\nhint: {self.hint or self.default_hint}"
 
     def kind(self) -> str:
         return self.exit_code.name.lower()

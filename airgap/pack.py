@@ -34,13 +34,14 @@ from airgap._internal.format.reader import (
     refuse_unexpected,
 )
 from airgap._internal.format.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
-from airgap._internal.sources.archive import MT_DOCKER_LAYER, MT_OCI_LAYER, images_from_archive, read_archive
+from airgap._internal.sources.archive import images_from_archive, read_archive
 from airgap._internal.sources.registry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
 from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
 from airgap.model.manifest import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
+from airgap.model.mediatypes import MT_DOCKER_LAYER, MT_OCI_LAYER
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import keys
 from airgap.trust import policy as trust

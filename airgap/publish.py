@@ -32,11 +32,12 @@ from types import TracebackType
 
 import requests
 
-from airgap._internal.clients.distribution import DEFAULT_CHUNK, MT_OCI_MANIFEST, Registry, RegistryRef, parse_ref
+from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, RegistryRef, parse_ref
 from airgap._internal.format.reader import LoadedBundle, load_bundle, open_part, read_signatures
 from airgap._internal.util import fsutil
 from airgap.errors import ConflictError, FormatError, IntegrityError, RegistryError, UsageError
 from airgap.model.manifest import MANIFEST_NAME, BundleFile, Manifest, Part
+from airgap.model.mediatypes import MT_OCI_MANIFEST
 from airgap.progress import NullReporter, Reporter
 
 ARTIFACT_TYPE = "application/vnd.airgap.bundle.v1"

@@ -516,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="airgap", standalone_mode=False)
     except Error as e:
-        click.echo(e.diagnostics(), err=True)
+        _echo(f"error: {e.message}", err=True)  # escaped: names in a message never reach the terminal raw
+        _echo(f"hint: {e.hint or e.default_hint}", err=True)
         return int(e.exit_code)
     except click.exceptions.Exit as e:
         return int(e.exit_code)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 
-from airgap._internal.clients.distribution import MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST
-from airgap._internal.sources.archive import (
+from airgap.model.manifest import Descriptor, Image, Platform
+from airgap.model.mediatypes import (
     MT_DOCKER_CONFIG,
     MT_DOCKER_LAYER,
+    MT_DOCKER_LAYER_GZIP,
+    MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST,
     MT_OCI_CONFIG,
+    MT_OCI_INDEX,
     MT_OCI_LAYER,
     MT_OCI_LAYER_GZIP,
+    MT_OCI_MANIFEST,
 )
-from airgap.model.manifest import Descriptor, Image, Platform
-
-MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 _AS_DOCKER = {MT_OCI_LAYER: MT_DOCKER_LAYER, MT_DOCKER_LAYER: MT_DOCKER_LAYER, MT_OCI_LAYER_GZIP: MT_DOCKER_LAYER_GZIP}
 _AS_OCI = {MT_DOCKER_LAYER: MT_OCI_LAYER, MT_DOCKER_LAYER_GZIP: MT_OCI_LAYER_GZIP}

@@ -37,6 +37,7 @@ from urllib.parse import urljoin, urlparse, urlsplit
 import requests
 
 from airgap.errors import ConflictError, IntegrityError, RegistryError, UsageError
+from airgap.model.mediatypes import MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST
 
 DEFAULT_CHUNK = 128 << 20  # one PATCH request at most; registries refuse very large single requests
 READ_BLOCK = 1 << 20
@@ -45,12 +46,7 @@ TOKEN_LIMIT = 1 << 20  # a token service's answer
 MAX_REDIRECTS = 10
 _REDIRECTS = (301, 302, 303, 307, 308)
 
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
-INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
 _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")

@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap._internal.clients.distribution import MT_OCI_INDEX, Registry, parse_ref
+from airgap._internal.clients.distribution import Registry, parse_ref
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.reader import LoadedBundle, iter_blob
 from airgap._internal.util import fsutil, tarstream
 from airgap.errors import ConflictError, UsageError
 from airgap.model import oci
 from airgap.model.manifest import Image
+from airgap.model.mediatypes import MT_OCI_INDEX
 
 DOCKER_ARCHIVE = "docker-archive:"
 OCI_ARCHIVE = "oci-archive:"

@@ -16,20 +16,19 @@ from typing import Any, Protocol
 from airgap._internal.util.tarstream import EntryReader, Readable, iter_entries
 from airgap.errors import FormatError
 from airgap.model.manifest import Descriptor, Image, Platform, valid_ref
+from airgap.model.mediatypes import (
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_LAYER,
+    MT_DOCKER_LIST,
+    MT_OCI_CONFIG,
+    MT_OCI_INDEX,
+    MT_OCI_LAYER,
+    MT_OCI_LAYER_GZIP,
+    MT_OCI_LAYER_ZSTD,
+)
 
 SMALL_FILE = 1 << 20  # files up to this size are kept in memory while the archive streams
 SMALL_TOTAL = 64 << 20  # ... up to this much in all
-
-MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 @dataclass(frozen=True)

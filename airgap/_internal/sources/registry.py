@@ -17,20 +17,20 @@ from typing import Any
 import requests
 import urllib3
 
-from airgap._internal.clients.distribution import INDEX_TYPES, MT_DOCKER_MANIFEST, Registry, RegistryRef
-from airgap._internal.sources.archive import (
-    MT_DOCKER_CONFIG,
-    MT_DOCKER_LAYER,
-    MT_OCI_CONFIG,
-    MT_OCI_LAYER,
-    BlobStore,
-    _config_facts,
-    _normalize_layer_type,
-)
+from airgap._internal.clients.distribution import Registry, RegistryRef
+from airgap._internal.sources.archive import BlobStore, _config_facts, _normalize_layer_type
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import FormatError, IntegrityError, RegistryError, UsageError
 from airgap.model.manifest import Descriptor, Image, Platform
+from airgap.model.mediatypes import (
+    INDEX_TYPES,
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_LAYER,
+    MT_DOCKER_MANIFEST,
+    MT_OCI_CONFIG,
+    MT_OCI_LAYER,
+)
 
 CONFIG_LIMIT = 16 << 20
 _MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
