@@ -172,11 +172,6 @@ def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool,
     ``skip``: layers the target already holds or that come from the engine (they are not read here).
     Layers of a delta's base bundle are checked in that bundle; rebuilt layers by their recipe and source."""
     refuse_unexpected(bundle, allow_unexpected)
-    # the signed side files (the POSIX installer, its plans, volume listings, wheels) are small: a bundle with
-    # one of them changed is not the bundle that was signed, whichever installer reads it
-    bad = [r for r in (check_part(bundle, f) for f in bundle.manifest.files) if not r.ok]
-    if bad:
-        raise PartsFailed(bad)
     total = 0
     for digest in {d.digest for image in images for d in (image.config, *image.layers)} - skip:
         for source, blob in _where(bundle, digest):
@@ -184,6 +179,11 @@ def _precheck(bundle: LoadedBundle, images: list[Image], allow_unexpected: bool,
                 open_part(source, part).close()
         rebuilt = bundle.manifest.rebuild_of(digest) if not bundle.manifest.has_blob(digest) else None
         total += rebuilt.size if rebuilt is not None else _owner(bundle, digest).manifest.blob(digest).size
+    # the signed side files (the POSIX installer, its plans, volume listings, wheels) are small: a bundle with
+    # one of them changed is not the bundle that was signed, whichever installer reads it
+    bad = [r for r in (check_part(bundle, f) for f in bundle.manifest.files) if not r.ok]
+    if bad:
+        raise PartsFailed(bad)
     return total
 
 
