@@ -378,10 +378,9 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
     places = bundle.places()
     if bundle.root is not None:
         # the top folder of a split bundle holds the vol-NN folders the manifest names, and nothing else
-        inside = {p.path.name for p in places if p.path.parent == bundle.root}
-        for entry in fsutil.walk_files(bundle.root):
-            head, _, rest = entry.rel.partition("/")
-            if (not rest or head not in inside) and not odd(entry, entry.rel):
+        inside = frozenset(p.path.name for p in places if p.path.parent == bundle.root)  # scanned as places below
+        for entry in fsutil.walk_files(bundle.root, skip=inside):
+            if not odd(entry, entry.rel):
                 found.append(Unexpected(entry.rel))
     for place in places:
         if bundle.root is not None and place.path.parent == bundle.root:

@@ -133,11 +133,12 @@ class TreeEntry:
     size: int = 0
 
 
-def walk_files(top: Path) -> Iterator[TreeEntry]:
+def walk_files(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[TreeEntry]:
     """Every non-directory entry under ``top``, depth first, iteratively, never following a symbolic link: a
     linked directory is reported as a symlink, not entered, and a directory deeper than
     :data:`MAX_TREE_DEPTH` is reported as "deep", not entered (a hostile tree cannot make paths too long
-    to open or lists too long to hold)."""
+    to open or lists too long to hold).  Directories directly under ``top`` named in ``skip`` are not entered
+    (another scan covers them)."""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -152,6 +153,8 @@ def walk_files(top: Path) -> Iterator[TreeEntry]:
             if entry.is_symlink():
                 yield TreeEntry(rel, "symlink")
             elif entry.is_dir(follow_symlinks=False):
+                if not rel_dir and entry.name in skip:
+                    continue
                 if depth >= MAX_TREE_DEPTH:
                     yield TreeEntry(rel, "deep")
                 else:
