@@ -24,11 +24,11 @@ from airgap._internal.delta import rebuild
 from airgap._internal.format import wheelhouse
 from airgap._internal.format.installer import installer_files
 from airgap._internal.format.media import listing, listing_name, plan_volumes, volume_name
+from airgap._internal.format.origins import iter_blob
 from airgap._internal.format.parts import make_compressor, raw_chunk_size
 from airgap._internal.format.reader import (
     MAX_MANIFEST_BYTES,
     LoadedBundle,
-    iter_blob,
     load_trusted_bundle,
     read_signatures,
     refuse_unexpected,
@@ -42,7 +42,7 @@ from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
 from airgap.model.manifest import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.model.mediatypes import MT_DOCKER_LAYER, MT_OCI_LAYER
-from airgap.progress import NullReporter, Reporter
+from airgap.progress import NullReporter, Reporter, Transfer
 from airgap.trust import keys
 from airgap.trust import policy as trust
 from airgap.trust.keys import PublicKey
@@ -449,20 +449,14 @@ def _pack(
         # worst case: incompressible data; zstd adds well under 1 %
         fsutil.require_space(target, estimate + estimate // 100 + (16 << 20), "packing")
 
-    moved = 0
-
-    def on_bytes(n: int) -> None:
-        nonlocal moved
-        moved += n
-        reporter.advance(n)
-
+    transfer = Transfer(reporter)
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
     since = _load_base(options.since, _trusted_for_base(options, private)) if options.since is not None else None
     # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
     guesses = _guesses(since.bundle, since.layers) if since and options.speculate else {}
     writer = BundleWriter(
-        options.out_dir, options.part_size, compressor, options.overwrite, on_bytes, options.level, guesses,
+        options.out_dir, options.part_size, compressor, options.overwrite, transfer, options.level, guesses,
         resume_key=_resume_key(options, private),
     )  # fmt: skip
     if writer.discarded_parts:
@@ -562,6 +556,6 @@ def _pack(
         raise error from e
     writer.cleanup()
     return PackResult(
-        options.out_dir, manifest, fingerprint, moved, time.monotonic() - started, writer.reused_parts,
+        options.out_dir, manifest, fingerprint, transfer.bytes, time.monotonic() - started, writer.reused_parts,
         sum(writer.hashed_only.values()),
     )  # fmt: skip

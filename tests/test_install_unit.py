@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from airgap._internal.format.reader import load_bundle
+from airgap._internal.sinks.base import select_images
 from airgap._internal.util import fsutil
 from airgap._internal.util.tarstream import iter_entries
 from airgap.errors import ConflictError, DiskSpaceError, IntegrityError, UsageError
-from airgap.install import InstallOptions, install, select_images
+from airgap.install import InstallOptions, install
 from airgap.model.manifest import Platform
 from airgap.trust.keys import load_public
 from tests.test_models import make_manifest

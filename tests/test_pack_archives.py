@@ -13,8 +13,10 @@ import pytest
 import sample_image
 
 from airgap._internal.format.reader import load_bundle
-from airgap.install import load_stream
+from airgap._internal.sinks.archives import save_stream
+from airgap._internal.sinks.base import make_plan
 from airgap.model.manifest import MANIFEST_NAME
+from airgap.progress import Transfer
 from tests.test_models import SCHEMA
 
 
@@ -231,7 +233,8 @@ def test_install_stream_is_an_archive_skopeo_accepts(cli, samples, keypair, tmp_
     bundle = load_bundle(out)
     archive = tmp_path / "stream.tar"
     with open(archive, "wb") as fh:
-        for chunk in load_stream(bundle, list(bundle.manifest.images), lambda n: None):
+        images = list(bundle.manifest.images)
+        for chunk in save_stream(images, make_plan(bundle, images, allow_unexpected=False), Transfer()):
             fh.write(chunk)
     info = subprocess.run(
         ["skopeo", "inspect", "--raw", "--config", f"docker-archive:{archive}"], check=True, capture_output=True

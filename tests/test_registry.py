@@ -15,7 +15,8 @@ import pytest
 import sample_image
 
 from airgap._internal.clients.distribution import Registry, credentials_for, parse_ref
-from airgap._internal.sinks.outputs import _split_ref, parse_target
+from airgap._internal.sinks.base import parse_target
+from airgap._internal.sinks.registry import split_ref
 from airgap.errors import UsageError
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry, two_platform_pack
 
@@ -68,8 +69,8 @@ def test_install_targets_and_repository_mapping() -> None:
         parse_target("registry://127.0.0.1:5000/Bad Prefix")
     with pytest.raises(UsageError):
         parse_target("s3://bucket/x")
-    assert _split_ref("registry.example:5000/team/agent:1.0") == ("team/agent", "1.0")
-    assert _split_ref("team/agent:1.0") == ("team/agent", "1.0")
+    assert split_ref("registry.example:5000/team/agent:1.0") == ("team/agent", "1.0")
+    assert split_ref("team/agent:1.0") == ("team/agent", "1.0")
 
 
 def test_credentials_come_from_docker_config_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

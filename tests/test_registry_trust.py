@@ -23,6 +23,7 @@ import requests
 from airgap._internal.clients.distribution import Credential, Origin, Registry, headers_for
 from airgap._internal.sinks import engine_pull as serve
 from airgap.errors import RegistryError
+from airgap.progress import Transfer
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PrivateRegistry
 
 BASIC = "Basic " + base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
@@ -369,7 +370,7 @@ def test_pull_keeps_its_staging_area_private(
 
 @pytest.fixture
 def loopback() -> Iterator[serve.BundleRegistry]:
-    served = serve.BundleRegistry(None, [], None, {}, lambda n: None)  # type: ignore[arg-type]
+    served = serve.BundleRegistry({}, [], None, Transfer())
     with served:
         yield served
 

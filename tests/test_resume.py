@@ -22,6 +22,7 @@ from airgap._internal.format.writer import BundleWriter, journal_mac, journal_ma
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import ConflictError, EnvironmentProblem, IntegrityError
 from airgap.install import InstallOptions, install
+from airgap.progress import Transfer
 from airgap.trust.keys import load_public
 from tests.conftest import ROOT
 from tests.test_install_unit import FakeEngine
@@ -219,7 +220,7 @@ def test_resume_refuses_appended_skippable_frame(interrupted: Path, cli, samples
 
 
 def _writer(out: Path, key: str | None, overwrite: bool = False) -> BundleWriter:
-    return BundleWriter(out, 64 << 10, make_compressor(3, 1), overwrite, lambda n: None, 3, resume_key=key)
+    return BundleWriter(out, 64 << 10, make_compressor(3, 1), overwrite, Transfer(), 3, resume_key=key)
 
 
 def _store(writer: BundleWriter, data: bytes) -> str:

@@ -23,6 +23,7 @@ import zstandard
 from airgap._internal.util.tarstream import read_exact
 from airgap.errors import ConflictError, IntegrityError, InternalError, UsageError
 from airgap.model.manifest import Part
+from airgap.progress import Transfer
 
 MIN_PART_SIZE = 4096
 _FRAME_SLACK = 64  # frame header, checksum and block headers beyond ZSTD_COMPRESSBOUND's margin
@@ -320,7 +321,7 @@ class BlobWriter:
         size: int,
         part_size: int,
         compressor: zstandard.ZstdCompressor,
-        on_bytes: Callable[[int], None],
+        transfer: Transfer,
         reuse: Mapping[int, StagedPart] | None = None,
         on_part: Callable[[int, StagedPart], None] | None = None,
         dir_fd: int | None = None,
@@ -331,7 +332,7 @@ class BlobWriter:
         self._chunk = raw_chunk_size(part_size)
         self._part_size = part_size
         self._cctx = compressor
-        self._on_bytes = on_bytes
+        self._transfer = transfer
         self._reuse = reuse or {}
         self._on_part = on_part
         self._dir_fd = dir_fd
@@ -412,7 +413,7 @@ class BlobWriter:
             view = view[len(take) :]
             if self._written == self._part_start + self._part_len:
                 self._close_part()
-        self._on_bytes(len(data))
+        self._transfer.moved(len(data))
 
     def finish(self) -> StagedBlob:
         if self._written != self._size:

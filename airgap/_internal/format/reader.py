@@ -9,16 +9,12 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Generator, Sequence
-from contextlib import closing
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from airgap._internal.delta.rebuild import decode
-from airgap._internal.format.cache import VerifiedCache, file_key
-from airgap._internal.format.parts import iter_part_data
 from airgap._internal.format.writer import STAGING_DIR
 from airgap._internal.util import fsutil
 from airgap.errors import FormatError, IntegrityError, TrustError, UsageError
@@ -225,60 +221,6 @@ def load_trusted_bundle(
         raise _naming_manifest(home, e) from e
     _check_home(home, root, manifest)
     return LoadedBundle(home, data, manifest, signatures, search, root=root), result
-
-
-def iter_blob(
-    bundle: LoadedBundle,
-    digest: str,
-    block: int = 1 << 20,
-    cache: VerifiedCache | None = None,
-    counts: dict[str, int] | None = None,
-) -> Generator[bytes, None, None]:
-    """Yield a blob's bytes from its parts, checking every part and finally the blob digest.
-
-    Parts found in ``cache`` are not hashed again (the blob digest still covers them); parts hashed
-    here are added to it.  ``counts`` tallies "hashed" and "cached" parts.
-    """
-    rebuild = None if bundle.manifest.has_blob(digest) else bundle.manifest.rebuild_of(digest)
-    if rebuild is not None:
-        if bundle.base is None:
-            raise UsageError(
-                f"layer {digest[:19]} is rebuilt from the base bundle of this delta",
-                hint="pass the base bundle with --base OLD_BUNDLE",
-            )
-        with (
-            closing(iter_blob(bundle, rebuild.recipe, block, cache, counts)) as recipe,
-            closing(iter_blob(bundle.base, rebuild.source, block, cache, counts)) as source,
-        ):
-            yield from decode(recipe, source, digest, rebuild.size, f"layer {digest[:19]}")
-        return
-    if not bundle.manifest.has_blob(digest):
-        if bundle.base is None:
-            raise UsageError(
-                f"blob {digest} is in the base bundle of this delta, not in the delta",
-                hint="pass the base bundle with --base OLD_BUNDLE",
-            )
-        yield from iter_blob(bundle.base, digest, block, cache, counts)
-        return
-    sha = hashlib.sha256()
-    total = 0
-    tally = counts if counts is not None else {}
-    for part in bundle.manifest.parts_of(digest):
-        with open_part(bundle, part) as fh:
-            key = file_key(fh.fileno(), bundle.part_file(part), part) if cache is not None else ""
-            known = cache is not None and key in cache
-            for data in iter_part_data(fh, part, f"part {part.path}", block, check_hash=not known):
-                sha.update(data)
-                total += len(data)
-                yield data
-        tally["cached" if known else "hashed"] = tally.get("cached" if known else "hashed", 0) + 1
-        if cache is not None and not known:
-            cache.add(key)
-    if "sha256:" + sha.hexdigest() != digest or total != bundle.manifest.blob(digest).size:
-        raise IntegrityError(
-            f"blob {digest} rebuilt from its parts does not match its digest",
-            hint="the manifest was built from different data; do not use this bundle",
-        )
 
 
 def attach_base(bundle: LoadedBundle, base: LoadedBundle) -> LoadedBundle:

@@ -53,6 +53,7 @@ from airgap.model.manifest import (
     Part,
     part_path,
 )
+from airgap.progress import Transfer
 
 STAGING_DIR = ".airgap-staging"
 GUESS_HEAD = 1 << 20  # a delta's guess compares the first MiB of a member with the base layer's
@@ -126,7 +127,7 @@ class BundleWriter:
         part_size: int,
         compressor: zstandard.ZstdCompressor,
         overwrite: bool,
-        on_bytes: Callable[[int], None],
+        transfer: Transfer,
         level: int = 0,
         guesses: dict[int, frozenset[str]] | None = None,
         resume_key: str | None = None,
@@ -137,7 +138,7 @@ class BundleWriter:
         self.hashed_only: dict[str, int] = {}  # digest -> size: members hashed, not stored
         self.part_size = part_size
         self._cctx = compressor
-        self._on_bytes = on_bytes
+        self._transfer = transfer
         self._level = level
         self._staged: dict[str, StagedBlob] = {}
         self._counter = 0
@@ -383,7 +384,7 @@ class BundleWriter:
             stem = f"{stem}-{self._counter}"
         self._stems_used.add(stem)
         writer = BlobWriter(
-            self.staging, stem, size, self.part_size, self._cctx, self._on_bytes,
+            self.staging, stem, size, self.part_size, self._cctx, self._transfer,
             reuse=self._journal.get(stem), on_part=lambda index, part: self._journal_part(stem, index, part),
             dir_fd=self._staging_dir_fd(),
         )  # fmt: skip
@@ -406,13 +407,13 @@ class BundleWriter:
     def _hash_only(self, size: int, reader: EntryReader, first: bytes) -> StoredBlob:
         sha = hashlib.sha256(first)
         head = first[:16]
-        self._on_bytes(len(first))
+        self._transfer.moved(len(first))
         while reader.remaining:
             data = reader.read(min(COPY_BLOCK, reader.remaining))
             if len(head) < 16:
                 head += data[: 16 - len(head)]
             sha.update(data)
-            self._on_bytes(len(data))
+            self._transfer.moved(len(data))
         digest = "sha256:" + sha.hexdigest()
         if digest not in self._staged:
             self.hashed_only[digest] = size
@@ -421,7 +422,7 @@ class BundleWriter:
     def store_bytes(self, data: bytes) -> StoredBlob:
         self._counter += 1
         writer = BlobWriter(
-            self.staging, f"b{self._counter}", len(data), self.part_size, self._cctx, lambda n: None,
+            self.staging, f"b{self._counter}", len(data), self.part_size, self._cctx, Transfer(),  # configs: not counted
             dir_fd=self._staging_dir_fd(),
         )  # fmt: skip
         try:

@@ -10,18 +10,20 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 
 from airgap._internal.clients.docker import Engine, chain_id
 from airgap._internal.delta.rebuild import decode
 from airgap._internal.format.cache import VerifiedCache
-from airgap._internal.format.reader import LoadedBundle, iter_blob
+from airgap._internal.format.origins import iter_blob
+from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.util import tarstream
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap.errors import IntegrityError
 from airgap.model.manifest import Image
+from airgap.progress import Transfer
 
 
 def held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:
@@ -90,9 +92,8 @@ def exported_layers(
     plan: ExportPlan,
     names: dict[str, str],
     rebuilt: set[str],
-    on_bytes: Callable[[int], None],
+    transfer: Transfer,
     cache: VerifiedCache | None,
-    counts: dict[str, int] | None,
 ) -> Iterator[bytes]:
     """One pass over the engine's export of each image the plan needs:
 
@@ -120,9 +121,9 @@ def exported_layers(
                 if is_layer and source_of is not None:
                     r = recipes[source_of]
                     yield tarstream.header(f"{source_of.removeprefix('sha256:')}/layer.tar", r.size)
-                    with closing(iter_blob(bundle, r.recipe, cache=cache, counts=counts)) as recipe:
+                    with closing(iter_blob(bundle, r.recipe, cache=cache, transfer=transfer)) as recipe:
                         for data in decode(recipe, _entry_blocks(reader), source_of, r.size, f"layer {source_of[:19]}"):
-                            on_bytes(len(data))
+                            transfer.moved(len(data))
                             yield data
                     yield tarstream.padding(r.size)
                     rebuilt.add(source_of)
@@ -138,7 +139,7 @@ def exported_layers(
                 sha = hashlib.sha256()
                 for data in _entry_blocks(reader):
                     sha.update(data)
-                    on_bytes(len(data))
+                    transfer.moved(len(data))
                     yield data
                 yield tarstream.padding(entry.size)
                 digest = by_diff.get("sha256:" + sha.hexdigest())

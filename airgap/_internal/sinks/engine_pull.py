@@ -24,17 +24,19 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from airgap._internal.clients.docker import Engine
 from airgap._internal.format.cache import VerifiedCache
-from airgap._internal.format.reader import LoadedBundle, iter_blob
+from airgap._internal.format.origins import Origin, iter_origin
 from airgap.errors import DockerError, Error, UsageError
 from airgap.model import oci
 from airgap.model.manifest import Image
+from airgap.progress import Transfer
 
 MAX_CONNECTIONS = 16  # the engine opens a few (3 downloads by default); a bound, not a tuning knob
 HEADER_SECONDS = 20.0  # to send a request line and headers, idle keep-alive time included (slow-loris)
@@ -45,13 +47,12 @@ _PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9/._-]+)/(?P<kind>manifests|blobs)/(?P<
 
 @dataclass
 class _State:
-    bundle: LoadedBundle
+    origins: Mapping[str, Origin]  # where each blob is read from
     repo: str
     manifests: dict[str, tuple[bytes, str]]  # tag or digest -> (bytes, media type)
     blobs: dict[str, int]  # digest -> size
     cache: VerifiedCache | None
-    counts: dict[str, int]
-    on_bytes: Callable[[int], None]
+    transfer: Transfer
     errors: list[Error] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,11 +135,10 @@ class BundleRegistry:
 
     def __init__(
         self,
-        bundle: LoadedBundle,
+        origins: Mapping[str, Origin],
         images: list[Image],
         cache: VerifiedCache | None,
-        counts: dict[str, int],
-        on_bytes: Callable[[int], None],
+        transfer: Transfer,
     ) -> None:
         repo = f"airgap-install/{secrets.token_hex(8)}"
         manifests: dict[str, tuple[bytes, str]] = {}
@@ -149,7 +149,7 @@ class BundleRegistry:
             manifests[tag] = manifests[oci.digest_of(data)] = (data, media_type)
             self.tags[image.image_id] = tag
         blobs = {d.digest: d.size for image in images for d in (image.config, *image.layers)}
-        self._state = _State(bundle, repo, manifests, blobs, cache, counts, on_bytes)
+        self._state = _State(origins, repo, manifests, blobs, cache, transfer)
         self._server = _Server(_handler(self._state))
         self.host = f"127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="airgap-serve", daemon=True)
@@ -260,9 +260,11 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             if not body:
                 return
             try:
-                for block in _skip(iter_blob(state.bundle, digest, cache=state.cache, counts=state.counts), start):
-                    self.wfile.write(block)
-                    state.on_bytes(len(block))
+                blocks = iter_origin(state.origins[digest], cache=state.cache, transfer=state.transfer)
+                with closing(blocks):
+                    for block in _skip(blocks, start):
+                        self.wfile.write(block)
+                        state.transfer.moved(len(block))
             except Error as e:
                 with state.lock:
                     state.errors.append(e)
@@ -289,17 +291,12 @@ def _skip(blocks: Iterator[bytes], n: int) -> Iterator[bytes]:
 
 
 def pull_from_loopback(
-    engine: Engine,
-    bundle: LoadedBundle,
-    images: list[Image],
-    cache: VerifiedCache,
-    counts: dict[str, int],
-    on_bytes: Callable[[int], None],
+    engine: Engine, origins: Mapping[str, Origin], images: list[Image], cache: VerifiedCache, transfer: Transfer
 ) -> None:
     """Serve the bundle on 127.0.0.1 and let the engine pull it; then name the images and drop the loopback names."""
     if not engine.is_local():
         raise UsageError("--via registry needs a Docker engine on this host", hint="use the default, --via load")
-    with BundleRegistry(bundle, images, cache, counts, on_bytes) as served:
+    with BundleRegistry(origins, images, cache, transfer) as served:
         try:
             for image in images:
                 try:

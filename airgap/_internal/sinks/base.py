@@ -1,0 +1,180 @@
+"""What every install target is: the ``Sink`` protocol, the install plan, and the precheck they share.
+
+An install runs the same steps whatever the target: the sink chooses the images it takes (platform),
+refuses conflicts before anything is read (:meth:`Sink.prepare`), says which blobs it holds or takes from
+elsewhere (:meth:`Sink.plan`, built with :func:`make_plan`, which resolves every blob's origin once and
+opens every part that will be read), then receives the blobs (:meth:`Sink.deliver`), reading them only
+through :func:`~airgap._internal.format.origins.iter_origin` (every part hashed, every blob digest checked).
+A new target is one module implementing this protocol and one line where install chooses its sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from airgap._internal.clients.distribution import parse_ref
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.check import PartsFailed, check_part
+from airgap._internal.format.origins import Origin, Rebuilt, parts_to_open, resolve
+from airgap._internal.format.reader import LoadedBundle, open_part, refuse_unexpected
+from airgap.errors import UsageError
+from airgap.model.manifest import Image, Platform
+from airgap.progress import Transfer
+
+DOCKER_ARCHIVE = "docker-archive:"
+OCI_ARCHIVE = "oci-archive:"
+REGISTRY = "registry://"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where install puts the images: ``docker`` (the engine), ``registry``, ``docker-archive`` or ``oci-archive``."""
+
+    kind: str
+    value: str = ""  # registry: HOST[:PORT][/PREFIX]; archives: the path
+
+    def __str__(self) -> str:
+        if self.kind == "docker":
+            return "the Docker engine"
+        return f"{REGISTRY}{self.value}" if self.kind == "registry" else f"{self.kind}:{self.value}"
+
+
+def parse_target(text: str | None) -> Target:
+    """``--to``: nothing or ``docker`` for the engine, ``registry://HOST[:PORT][/PREFIX]``, ``docker-archive:PATH``
+    or ``oci-archive:PATH``."""
+    if not text or text in ("docker", "docker-daemon"):
+        return Target("docker")
+    for kind in ("docker-archive", "oci-archive"):
+        if text.startswith(kind + ":"):
+            path = text[len(kind) + 1 :]
+            if not path:
+                raise UsageError(f"--to {text!r} names no file")
+            return Target(kind, path)
+    if text.startswith(REGISTRY):
+        rest = text[len(REGISTRY) :].rstrip("/")
+        host, _, prefix = rest.partition("/")
+        parse_ref(f"oci://{host}/{prefix or 'x'}", "oci", need_reference=False)  # validates host and prefix
+        return Target("registry", rest)
+    raise UsageError(
+        f"cannot read install target {text!r}",
+        hint="use registry://HOST[:PORT][/PREFIX], docker-archive:PATH or oci-archive:PATH (default: the Docker engine)",
+    )
+
+
+@dataclass(frozen=True)
+class InstalledImage:
+    """One image at the target, and what happened to it."""
+
+    image_id: str
+    ref_names: tuple[str, ...]
+    platform: str
+    action: str  # "loaded", "already present", "pushed", "written"
+    location: str = ""  # registry reference or archive path (not for the engine)
+    manifest_digest: str = ""  # registry sink
+    blobs_sent: int = 0  # registry sink: uploaded now ...
+    blobs_present: int = 0  # ... or already in the registry, not sent again
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each blob of the chosen images comes from, and how many bytes the delivery moves."""
+
+    origins: Mapping[str, Origin]  # every config and layer digest of the chosen images
+    total: int  # bytes read for the delivery (from the bundle, its base, or the engine's export)
+    layers_present: int = 0  # layers the target holds: not read at all
+    layers_from_engine: int = 0  # a delta's base layers exported from the engine's own copy
+
+    @property
+    def layers_rebuilt(self) -> int:
+        """Layers rebuilt from a recipe (over the base bundle or the engine's copy of the old layer)."""
+        return sum(1 for origin in self.origins.values() if isinstance(origin, Rebuilt))
+
+
+def make_plan(
+    bundle: LoadedBundle,
+    images: list[Image],
+    allow_unexpected: bool,
+    held: frozenset[str] = frozenset(),
+    exported: Mapping[str, str] | None = None,
+    rebuilt_over_engine: Mapping[str, str] | None = None,
+) -> dict[str, Origin]:
+    """Resolve every blob's origin and refuse, before anything is sent, unlisted files and missing, linked or
+    truncated parts among those that will be read, then changed signed side files."""
+    refuse_unexpected(bundle, allow_unexpected)
+    digests = dict.fromkeys(d.digest for image in images for d in (image.config, *image.layers))
+    origins = {d: resolve(bundle, d, held, exported, rebuilt_over_engine) for d in digests}
+    for origin in origins.values():
+        for owner, part in parts_to_open(origin):
+            open_part(owner, part).close()
+    # the signed side files (the POSIX installer, its plans, volume listings, wheels) are small: a bundle with
+    # one of them changed is not the bundle that was signed, whichever installer reads it
+    bad = [r for r in (check_part(bundle, f) for f in bundle.manifest.files) if not r.ok]
+    if bad:
+        raise PartsFailed(bad)
+    return origins
+
+
+def plan_total(origins: Mapping[str, Origin]) -> int:
+    """The bytes a delivery reads for these origins."""
+    return sum(origin.size for origin in origins.values())
+
+
+def select_images(images: tuple[Image, ...], wanted: Platform, explicit: bool, note: Callable[[str], None]) -> list[Image]:
+    """The images for the target platform; a single-platform bundle loads on any engine."""
+    chosen = [i for i in images if i.platform.matches(wanted)]
+    if chosen:
+        others = sorted({str(i.platform) for i in images} - {str(i.platform) for i in chosen})
+        if others:
+            how = "as asked" if explicit else "the engine's platform"
+            note(f"installing {wanted} ({how}); the bundle also has {', '.join(others)}")
+        return chosen
+    platforms = sorted({str(i.platform) for i in images})
+    if explicit or len(platforms) > 1:
+        raise UsageError(
+            f"the bundle has no image for {wanted} (it has {', '.join(platforms)})",
+            hint="choose one with --platform",
+        )
+    note(f"note: the bundle's platform {platforms[0]} differs from the engine's {wanted}; loading it anyway")
+    return list(images)
+
+
+def blobs_of(images: list[Image]) -> list[tuple[str, int]]:
+    """Each distinct config and layer of ``images`` (digest, size), in first-use order."""
+    seen: dict[str, int] = {}
+    for image in images:
+        for desc in (image.config, *image.layers):
+            seen.setdefault(desc.digest, desc.size)
+    return list(seen.items())
+
+
+class Sink(Protocol):
+    """An install target.  Used as a context manager: connections live from ``__enter__`` to ``__exit__``.
+    Remarks for the user (steps, notes) go to the ``note`` callable each sink is made with."""
+
+    label: str  # names the target in progress and messages
+
+    def __enter__(self) -> Sink: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    def choose(self, images: tuple[Image, ...]) -> list[Image]:
+        """The bundle's images this target takes (its platform, or --platform)."""
+        ...
+
+    def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
+        """Refuse conflicts (a tag naming another image) before anything is read; the images as installed
+        when the target has them all already (nothing to do), else None."""
+        ...
+
+    def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
+        """Where each blob comes from (see :func:`make_plan`), with the space the delivery needs checked."""
+        ...
+
+    def deliver(
+        self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache
+    ) -> tuple[InstalledImage, ...]:
+        """Send the images, reading blobs as the plan says; check the target holds them afterwards."""
+        ...

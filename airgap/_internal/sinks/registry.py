@@ -1,0 +1,147 @@
+"""An OCI registry as install target: ``install --to registry://HOST[:PORT][/PREFIX]``.
+
+Every blob is read through its checked origin; the registry checks the digest again when each upload
+ends.  Tags are checked for every repository before any blob is sent, so a conflict changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from types import TracebackType
+
+from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry
+from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.origins import BASE_HINT, Held, iter_origin
+from airgap._internal.format.reader import LoadedBundle
+from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
+from airgap.errors import UsageError
+from airgap.model import oci
+from airgap.model.manifest import Image, Platform
+from airgap.progress import Transfer
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """'[host[:port]/]path:tag' -> (path without a registry host, tag)."""
+    name, _, tag = ref.rpartition(":")
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        name = rest
+    return name, tag
+
+
+class RegistrySink:
+    """Pushes every image of the bundle (or those of --platform) under its names, below the target's prefix.
+
+    A delta without --base leaves its base layers to the registry: each is looked up when it is needed,
+    and one the registry lacks stops the push before its manifest is written."""
+
+    def __init__(
+        self,
+        target: Target,
+        note: Callable[[str], None],
+        platform: str | None = None,
+        replace: bool = False,
+        plain_http: bool = False,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        self.label = str(target)
+        self._host, _, self._prefix = target.value.partition("/")
+        self._platform = platform
+        self._replace = replace
+        self._plain_http = plain_http
+        self._chunk = chunk_size
+        self._note = note
+
+    def __enter__(self) -> RegistrySink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        pass
+
+    def choose(self, images: tuple[Image, ...]) -> list[Image]:
+        if self._platform is None:
+            return list(images)
+        return select_images(images, Platform.parse(self._platform), True, self._note)
+
+    def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
+        return None  # tags are checked against the registry at the start of the delivery
+
+    def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
+        # a delta's layers without --base: the registry may hold them already (checked blob by blob)
+        external = frozenset(d.digest for d in bundle.manifest.external_layers()) if bundle.base is None else frozenset()
+        origins = make_plan(bundle, images, allow_unexpected, held=external)
+        return Plan(origins, plan_total(origins))
+
+    def _names(self, bundle: LoadedBundle, images: list[Image]) -> dict[tuple[str, str | None], list[Image]]:
+        """(repository, tag) -> images under that name; untagged images go to PREFIX/<bundle name> by digest."""
+        names: dict[tuple[str, str | None], list[Image]] = {}
+        for image in images:
+            if not image.ref_names:
+                repo = f"{self._prefix}/{bundle.manifest.name}".strip("/").lower()
+                names.setdefault((repo, None), []).append(image)
+            for ref in image.ref_names:
+                path, name_tag = split_ref(ref)
+                names.setdefault((f"{self._prefix}/{path}" if self._prefix else path, name_tag), []).append(image)
+        return names
+
+    def deliver(
+        self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache
+    ) -> tuple[InstalledImage, ...]:
+        plans = []
+        for (repo, tag), group in self._names(bundle, images).items():
+            manifests = [(image, *oci.image_manifest(image)) for image in group]
+            if len(group) == 1:
+                top, top_type = manifests[0][1], manifests[0][2]
+            else:
+                top, top_type = oci.index_manifest([(data, mt, image.platform) for image, data, mt in manifests])
+            plans.append((repo, tag, group, manifests, top, top_type))
+
+        delivered = []
+        with Registry(self._host, self._plain_http) as registry:
+            for repo, tag, _, _, top, _ in plans:  # refuse before sending anything
+                if tag is not None:
+                    registry.check_tag(repo, tag, oci.digest_of(top), self._replace)
+            done: set[tuple[str, str]] = set()
+            homes: dict[str, str] = {}  # blob -> a repository of this registry that has it
+            for repo, tag, group, manifests, top, top_type in plans:
+                sent = present = 0
+                for digest, size in blobs_of(group):
+                    if (repo, digest) in done:
+                        continue
+                    home = homes.get(digest)
+                    if registry.has_blob(repo, digest, push=True) or (
+                        home is not None and registry.mount_blob(repo, digest, home)
+                    ):
+                        present += 1
+                        transfer.moved(size)
+                    else:
+                        origin = plan.origins[digest]
+                        if isinstance(origin, Held):
+                            raise UsageError(
+                                f"layer {digest[:19]} is not in this delta bundle, and {self._host} does not hold it",
+                                hint=BASE_HINT,
+                            )
+                        with closing(iter_origin(origin, cache=cache, transfer=transfer)) as blocks:
+                            registry.upload_blob(repo, digest, size, _counting(blocks, transfer), self._chunk)
+                        sent += 1
+                    done.add((repo, digest))
+                    homes.setdefault(digest, repo)
+                for _image, data, mt in manifests:
+                    registry.put_manifest(repo, oci.digest_of(data), data, mt)
+                digest = registry.put_manifest(repo, tag or oci.digest_of(top), top, top_type)
+                location = f"{self._host}/{repo}:{tag}" if tag else f"{self._host}/{repo}@{digest}"
+                for image in group:
+                    delivered.append(
+                        InstalledImage(
+                            image.image_id, image.ref_names, str(image.platform), "pushed", location, digest, sent, present
+                        )
+                    )
+                self._note(f"pushed {location}  {digest}  ({sent} blob(s) sent, {present} already there)")
+        return tuple(delivered)
+
+
+def _counting(blocks: Iterator[bytes], transfer: Transfer) -> Iterator[bytes]:
+    for block in blocks:
+        transfer.moved(len(block))
+        yield block
