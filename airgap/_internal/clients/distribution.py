@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urljoin, urlparse, urlsplit
 
 import requests
@@ -267,6 +267,66 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+# --- the transport: where requests leave the client ----------------------------------------
+
+
+class Transport(Protocol):
+    """Sends one HTTP request and returns the answer with its body unread when ``stream`` is true.
+
+    It follows no redirect and adds no credentials, cookies or ``~/.netrc`` entries of its own:
+    :meth:`Registry._send` decides every hop's URL and headers.  Transport failures raise
+    :class:`requests.RequestException` (the client reports them as RegistryError)."""
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: Any,
+        params: Mapping[str, str] | None,
+        stream: bool,
+        timeout: float,
+    ) -> requests.Response: ...
+
+    def close(self) -> None: ...
+
+
+class SessionTransport:
+    """The network: one requests session (its TLS settings, connection reuse), keeping no cookies."""
+
+    def __init__(self) -> None:
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "airgap"
+        # no cookies kept or sent (as Docker's client): a cookie is not scoped to a port, so it would reach
+        # origins that headers_for keeps credentials from
+        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: Any,
+        params: Mapping[str, str] | None,
+        stream: bool,
+        timeout: float,
+    ) -> requests.Response:
+        return self._session.request(
+            method,
+            url,
+            headers=dict(headers),
+            data=data,
+            params=params,
+            stream=stream,
+            timeout=timeout,
+            allow_redirects=False,
+            auth=_AS_GIVEN,
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+
 # --- the client -----------------------------------------------------------------------------
 
 
@@ -299,19 +359,17 @@ class _Body:
 
 
 class Registry:
-    """One registry host.  Every network or protocol failure becomes a RegistryError naming the host."""
+    """One registry host.  Every network or protocol failure becomes a RegistryError naming the host.
 
-    def __init__(self, host: str, plain_http: bool = False, timeout: float = 300.0) -> None:
+    ``transport`` sends the requests (default: the network); tests pass an in-memory registry."""
+
+    def __init__(self, host: str, plain_http: bool = False, timeout: float = 300.0, transport: Transport | None = None) -> None:
         self.host = host
         self.scheme = "http" if plain_http or is_loopback(host) else "https"
         self.base = f"{self.scheme}://{host}"
         self.origin = Origin.of(self.base)
         self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = "airgap"
-        # no cookies kept or sent (as Docker's client): a cookie is not scoped to a port, so it would reach
-        # origins that headers_for keeps credentials from
-        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self._transport: Transport = transport if transport is not None else SessionTransport()
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._expires: dict[str, float] = {}  # scope -> when its bearer token is renewed (monotonic)
         self._bearer_challenge: dict[str, str] = {}
@@ -320,7 +378,7 @@ class Registry:
         self._creds: Credentials | None = None
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -447,17 +505,7 @@ class Registry:
         for _ in range(MAX_REDIRECTS + 1):
             hop_headers = headers_for(url, headers, credential, self.origin)
             try:
-                res = self._session.request(
-                    method,
-                    url,
-                    headers=hop_headers,
-                    data=data,
-                    params=params,
-                    stream=stream,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                    auth=_AS_GIVEN,
-                )
+                res = self._transport.send(method, url, hop_headers, data, params, stream, self.timeout)
             except requests.exceptions.SSLError as e:
                 raise RegistryError(
                     f"TLS with {peer} failed: {str(e)[:200]}",
