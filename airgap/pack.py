@@ -1,4 +1,9 @@
-"""pack: image sources -> parts -> signed manifest."""
+"""pack: image sources -> parts -> signed manifest.
+
+:func:`pack` reads as the pipeline: open the sources (each checked as named) -> estimate their bytes and
+check space -> stream each source into the bundle writer -> a delta's recipes -> commit the parts -> side
+files (installer, wheels) -> the manifest (split into volumes) -> sign, and write the manifest last.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +22,13 @@ from pathlib import Path
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import __version__
-from airgap._internal.clients.distribution import Registry, RegistryRef, parse_ref
 from airgap._internal.clients.docker import Engine
 from airgap._internal.delta import rebuild
 from airgap._internal.format import wheelhouse
 from airgap._internal.format.installer import installer_files
 from airgap._internal.format.media import listing, listing_name, plan_volumes, volume_name
 from airgap._internal.format.origins import iter_blob
-from airgap._internal.format.parts import make_compressor, raw_chunk_size
+from airgap._internal.format.parts import MIN_PART_SIZE, make_compressor
 from airgap._internal.format.reader import (
     MAX_MANIFEST_BYTES,
     LoadedBundle,
@@ -34,60 +37,31 @@ from airgap._internal.format.reader import (
     refuse_unexpected,
 )
 from airgap._internal.format.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
-from airgap._internal.sources.archive import images_from_archive, read_archive
-from airgap._internal.sources.registry import ResolvedImage, fetch, host_default, parse_platforms, platform_matches, resolve
+from airgap._internal.sources.base import ImageSource, OpenContext, Source, parse_platforms
+from airgap._internal.sources.kinds import open_sources, parse_source
 from airgap._internal.util import fsutil
-from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
+from airgap._version import __version__
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
-from airgap.model.manifest import Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
+from airgap.model.manifest import BundleFile, Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
 from airgap.model.mediatypes import MT_DOCKER_LAYER, MT_OCI_LAYER
 from airgap.progress import NullReporter, Reporter, Transfer
 from airgap.trust import keys
 from airgap.trust import policy as trust
 from airgap.trust.keys import PublicKey
 
+__all__ = ["DEFAULT_LEVEL", "DEFAULT_PART_SIZE", "PackOptions", "PackResult", "Source", "expiry", "pack", "parse_source"]
+
 DEFAULT_PART_SIZE = 1 << 30
 DEFAULT_LEVEL = 3
 
 
 @dataclass(frozen=True)
-class Source:
-    kind: str  # "docker", "docker-archive", "oci-archive", "registry"
-    ref: str  # image reference (docker, registry: oci://HOST/REPO:TAG) or archive path
-    name: str | None = None  # oci-archive:PATH:NAME, the repository used for bare OCI ref names
-
-    def __str__(self) -> str:
-        return self.ref if self.kind in ("docker", "registry") else f"{self.kind}:{self.ref}"
-
-
-def parse_source(text: str) -> Source:
-    for kind in ("docker-archive", "oci-archive"):
-        if text.startswith(kind + ":"):
-            rest = text[len(kind) + 1 :]
-            path, name = rest, None
-            if kind == "oci-archive" and ":" in rest and not Path(rest).exists():
-                path, _, name = rest.partition(":")
-            if not path:
-                raise UsageError(f"source {text!r} names no file")
-            return Source(kind, path, name)
-    if text.startswith(("oci://", "docker://")):
-        ref = "oci://" + text.split("://", 1)[1]
-        parse_ref(ref, "oci", need_reference=False)  # validates early
-        return Source("registry", ref)
-    if text.startswith("docker-daemon:"):
-        text = text[len("docker-daemon:") :]
-    if not text or "://" in text:
-        raise UsageError(
-            f"cannot read image source {text!r}",
-            hint="name an image in the engine, docker-archive:PATH, oci-archive:PATH or oci://HOST/REPO:TAG",
-        )
-    return Source("docker", text)
-
-
-@dataclass(frozen=True)
 class PackOptions:
-    sources: tuple[Source, ...]
+    """What to pack and how; checked when made (the part size, --platform), so a bad option fails before
+    any work."""
+
+    sources: tuple[Source, ...]  # parsed by parse_source
     out_dir: Path
     key_path: Path
     passphrase: bytes | None = None
@@ -109,9 +83,17 @@ class PackOptions:
     chunk_deltas: bool = True  # with --since DIR: carry changed layers as recipes over the old layers' chunks
     speculate: bool = True  # with --since: only hash members the size of a base layer (retried without on a miss)
 
+    def __post_init__(self) -> None:
+        """The one check of the part size (the parts' writer relies on it) and of --platform."""
+        if self.part_size < MIN_PART_SIZE:
+            raise UsageError(f"part size {self.part_size} is too small", hint=f"use at least {MIN_PART_SIZE} bytes")
+        parse_platforms(self.platform)
+
 
 @dataclass(frozen=True)
 class PackResult:
+    """What a pack made: the bundle's manifest, its signer, and what was read to make it."""
+
     out_dir: Path
     manifest: Manifest
     signer: str
@@ -121,6 +103,7 @@ class PackResult:
     hashed_only_bytes: int = 0  # a delta's left-out layers, read and hashed but never compressed or written
 
     def to_dict(self) -> dict[str, object]:
+        """The result as ``pack --json`` prints it."""
         return {
             "bundle": str(self.out_dir),
             "name": self.manifest.name,
@@ -139,13 +122,187 @@ class PackResult:
         }
 
 
+# -- the pipeline ---------------------------------------------------------------------------------------
+def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], Engine] = Engine.connect) -> PackResult:
+    """Pack the images ``options`` names into a signed bundle in ``options.out_dir``.
+
+    ``reporter`` hears the progress and the notes; ``connect`` reaches the Docker engine (made only when an
+    engine image is named).  A pack that fails keeps the parts it staged: the same pack, run again, resumes
+    from them.  Every failure is an :class:`airgap.errors.Error`."""
+    reporter = reporter or NullReporter()
+    if not options.sources:
+        raise UsageError("no image to pack", hint="name at least one image or archive")
+    compressor = make_compressor(options.level, options.threads, options.long_distance)
+    private = keys.load_private(options.key_path, options.passphrase)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        ctx = OpenContext(stack, connect, reporter, options.platform, options.plain_http)
+        sources = tuple(open_sources(options.sources, ctx))
+        estimate = sum(source.estimate() for source in sources)
+        run = _Run(options, reporter, compressor, private, sources, estimate, started)
+        try:
+            return _pack(run)
+        except SpeculationMiss:
+            reporter.note(
+                "a new layer looked like a base layer (same size and first MiB): reading the sources again, storing every layer"
+            )
+            retry = replace(options, speculate=False, overwrite=False)  # resumes from the parts staged so far
+            return _pack(replace(run, options=retry))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One pack's context, handed down the pipeline."""
+
+    options: PackOptions
+    reporter: Reporter
+    compressor: zstandard.ZstdCompressor
+    private: Ed25519PrivateKey  # signs the manifest and names the pack in its resume journal
+    sources: tuple[ImageSource, ...]  # opened, in the order they stream
+    estimate: int  # the bytes they will stream
+    started: float  # time.monotonic() when the pack began
+
+
+def _pack(run: _Run) -> PackResult:
+    """The pipeline from the space checks on: stream the sources into the writer, a delta's recipes, commit
+    the parts, the side files, the manifest, sign.  Run again without guessing after a SpeculationMiss."""
+    options, reporter = run.options, run.reporter
+    _check_space(run)
+    transfer = Transfer(reporter)
+    created = _created()
+    expires = expiry(options.expires, created)  # a bad --expires fails before any work
+    base = _load_base(options.since, _trusted_for_base(options, run.private)) if options.since is not None else None
+    writer = _open_writer(run, base, transfer)
+    try:
+        images = _stream_sources(run, writer, base)
+        digests, rebuilds = _delta(images, base, writer, options, reporter)
+        blobs, parts = writer.commit_parts(digests)
+        files = _side_files(images, parts, writer, options, reporter)
+        manifest = Manifest(
+            name=options.name or _default_name(images),
+            sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
+            expires=expires,
+            created=format_time(created),
+            tool_version=__version__,
+            part_size=options.part_size,
+            compression=Compression("zstd", options.level),
+            images=tuple(images),
+            blobs=tuple(blobs),
+            parts=tuple(parts),
+            files=tuple(files),
+            base=base.digest if base is not None else None,
+            rebuilds=tuple(rebuilds),
+        )
+        if options.media_dir_size:
+            manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
+        _check_manifest_size(len(manifest.to_bytes()), options.part_size)
+        fingerprint, signature = trust.sign(manifest.to_bytes(), run.private)
+        writer.write_manifest(manifest, {fingerprint: signature})
+    except BaseException as e:
+        error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
+        if writer.keep_for_resume() and isinstance(error, Error):
+            resume = "the parts staged so far are kept: run the same pack again to resume"
+            error.with_hint(resume)
+        if error is e:
+            raise
+        raise error from e
+    writer.cleanup()
+    return PackResult(
+        options.out_dir, manifest, fingerprint, transfer.bytes, time.monotonic() - run.started, writer.reused_parts,
+        sum(writer.hashed_only.values()),
+    )  # fmt: skip
+
+
+# -- the steps --------------------------------------------------------------------------------------------
+def _check_space(run: _Run) -> None:
+    """Before any work: the manifest will stay readable, each source has the room it needs of its own, and
+    the output directory's disk holds the worst case."""
+    options = run.options
+    _check_manifest_size(run.estimate // options.part_size * PART_ENTRY_BYTES, options.part_size)
+    for source in run.sources:
+        source.check_room()
+    target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
+    if target.exists():
+        # worst case: incompressible data; zstd adds well under 1 %
+        fsutil.require_space(target, run.estimate + run.estimate // 100 + (16 << 20), "packing")
+
+
+def _open_writer(run: _Run, base: _Base | None, transfer: Transfer) -> BundleWriter:
+    """The bundle writer for the output directory, keeping what an interrupted run of this same pack staged."""
+    options = run.options
+    # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
+    guesses = _guesses(base.bundle, base.layers) if base and options.speculate else {}
+    writer = BundleWriter(
+        options.out_dir, options.part_size, run.compressor, options.overwrite, transfer, options.level, guesses,
+        resume_key=_resume_key(options, run.private),
+    )  # fmt: skip
+    if writer.discarded_parts:
+        run.reporter.note(
+            f"{options.out_dir} held {writer.discarded_parts} part(s) staged by a pack of other sources, options or key: discarded"
+        )
+    if writer.resumable_parts:
+        run.reporter.note(
+            f"resuming an interrupted pack: {writer.resumable_parts} part(s) already staged are checked, not compressed again"
+        )
+    return writer
+
+
+def _stream_sources(run: _Run, writer: BundleWriter, base: _Base | None) -> list[Image]:
+    """Stream every source into the writer, in order; the images, one per image ID with every name kept."""
+    left_out = frozenset(base.layers) if base else frozenset()
+    run.reporter.start("pack", run.estimate)
+    images = [image for source in run.sources for image in source.stream(writer, left_out)]
+    run.reporter.finish()
+    return _merge(images)
+
+
+def _delta(
+    images: list[Image], base: _Base | None, writer: BundleWriter, options: PackOptions, reporter: Reporter
+) -> tuple[list[str], list[Rebuild]]:
+    """The blobs the bundle carries: every config and layer, but for a delta not the base's layers (configs
+    always), and changed layers as recipes over the base's old ones where that pays.  Also the recipes."""
+    digests = [d.digest for image in images for d in (image.config, *image.layers)]
+    if base is None:
+        return digests, []
+    configs = {image.config.digest for image in images}
+    digests = [d for d in digests if d not in base.layers or d in configs]
+    wanted = {layer.digest for image in images for layer in image.layers}
+    reporter.note(
+        f"delta since {options.since}: {len(wanted - set(base.layers))} new layer(s); "
+        f"{len(wanted & set(base.layers))} left to the base bundle"
+    )
+    rebuilds: list[Rebuild] = []
+    if base.bundle is not None and options.chunk_deltas:
+        rebuilds = _recipes(images, base.layers, base.bundle, writer, reporter)
+        replaced = {r.layer: r.recipe for r in rebuilds}
+        digests = [replaced.get(d, d) for d in digests]
+    return digests, rebuilds
+
+
+def _side_files(
+    images: list[Image], parts: list[Part], writer: BundleWriter, options: PackOptions, reporter: Reporter
+) -> list[BundleFile]:
+    """Write the signed side files: the POSIX installer and, with --with-installer, the wheelhouse."""
+    parts_by_blob: dict[str, list[Part]] = {}
+    for part in parts:
+        parts_by_blob.setdefault(part.blob, []).append(part)
+    side: dict[str, bytes | Path] = dict(installer_files(images, parts_by_blob.get))
+    with tempfile.TemporaryDirectory(prefix="wheels-", dir=writer.staging) as tmp:
+        if options.with_installer:
+            if options.wheelhouse is None:
+                reporter.note("building the wheelhouse (airgap and its dependencies for CPython 3.10-3.13, x86_64 and aarch64)")
+                wheelhouse.build(Path(tmp))
+            side.update(wheelhouse.bundle_files(options.wheelhouse or Path(tmp)))
+        return writer.write_files(side)
+
+
 def _resume_key(options: PackOptions, private: Ed25519PrivateKey) -> str:
     """Names this pack in its resume journal: staging is reused only by a pack of the same sources with the
     same part-shaping options and signer.  An Ed25519 signature (deterministic) over them, so whoever lacks
     the key cannot forge a journal entry.  Leaves out what does not shape parts (name, expiry, volumes,
     installer) and speculate/overwrite, which the retry after a SpeculationMiss changes."""
     inputs = {
-        "sources": [[s.kind, s.ref, s.name] for s in options.sources],
+        "sources": [s.resume_inputs() for s in options.sources],
         "part_size": options.part_size,
         "level": options.level,
         "long_distance": options.long_distance,
@@ -159,6 +316,7 @@ def _resume_key(options: PackOptions, private: Ed25519PrivateKey) -> str:
 
 
 def _created() -> datetime:
+    """The bundle's creation time: SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         try:
@@ -213,6 +371,7 @@ def _check_manifest_size(size: int, part_size: int) -> None:
 
 
 def _trusted_for_base(options: PackOptions, private: Ed25519PrivateKey) -> tuple[PublicKey, ...]:
+    """The keys a --since base bundle may be signed by: the packing key and those given with --trust."""
     own = PublicKey(private.public_key(), keys.fingerprint(private.public_key()), str(options.key_path))
     return (own, *options.trusted)
 
@@ -228,74 +387,6 @@ def _merge(images: list[Image]) -> list[Image]:
             refs = old.ref_names + tuple(r for r in image.ref_names if r not in old.ref_names)
             merged[image.image_id] = Image(refs, old.config, old.layers, old.diff_ids, old.platform)
     return list(merged.values())
-
-
-def _estimate(sources: tuple[Source, ...], engine: Engine | None) -> tuple[int, int]:
-    """Bytes the sources will stream: (from the engine, from archives).  Registry sources are sized apart."""
-    from_engine = from_files = 0
-    for source in sources:
-        if source.kind == "registry":
-            continue
-        if source.kind == "docker" and engine is not None:
-            found = engine.inspect(source.ref)
-            if found is None:
-                raise UsageError(
-                    f"image {source.ref} is not in the Docker engine",
-                    hint="check 'docker images', or name an archive with docker-archive:PATH",
-                )
-            from_engine += int(found.get("Size") or 0)
-        else:
-            try:
-                from_files += os.stat(source.ref).st_size
-            except OSError as e:
-                raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
-    return from_engine, from_files
-
-
-def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], Engine] = Engine.connect) -> PackResult:
-    reporter = reporter or NullReporter()
-    if not options.sources:
-        raise UsageError("no image to pack", hint="name at least one image or archive")
-    raw_chunk_size(options.part_size)  # validates the part size before any work
-    compressor = make_compressor(options.level, options.threads, options.long_distance)
-    private = keys.load_private(options.key_path, options.passphrase)
-    started = time.monotonic()
-    engine = connect() if any(s.kind == "docker" for s in options.sources) else None
-    try:
-        engine_bytes, archive_bytes = _estimate(options.sources, engine)
-        with ExitStack() as stack:
-            remote = _resolve_registry_sources(options, stack, reporter)
-            try:
-                return _pack(options, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
-            except SpeculationMiss:
-                reporter.note(
-                    "a new layer looked like a base layer (same size and first MiB): reading the sources again, storing every layer"
-                )
-                retry = replace(options, speculate=False, overwrite=False)  # resumes from the parts staged so far
-                return _pack(retry, reporter, compressor, private, engine, started, engine_bytes, archive_bytes, remote)
-    finally:
-        if engine is not None:
-            engine.close()
-
-
-def _resolve_registry_sources(options: PackOptions, stack: ExitStack, reporter: Reporter) -> list[tuple[Registry, ResolvedImage]]:
-    wanted = parse_platforms(options.platform)
-    explicit = options.platform is not None
-    if wanted is None and not explicit:
-        wanted = [host_default()]
-    remote = []
-    registries: dict[str, Registry] = {}
-    for source in options.sources:
-        if source.kind != "registry":
-            continue
-        ref = parse_ref(source.ref, "oci", need_reference=False)
-        if ref.reference is None:
-            ref = RegistryRef(ref.host, ref.repository, "latest")
-        if ref.host not in registries:
-            registries[ref.host] = stack.enter_context(Registry(ref.host, options.plain_http))
-        registry = registries[ref.host]
-        remote += [(registry, image) for image in resolve(registry, ref, wanted, explicit, reporter.note)]
-    return remote
 
 
 CHUNK_MIN_LAYER = 4 << 20  # smaller layers are carried whole
@@ -336,7 +427,8 @@ def _recipes(
         if best is None or best_source is None or not best.worth_it:
             continue
         stream = rebuild.BlockReader(rebuild.encode(best, writer.iter_staged(layer.digest)))
-        stored = writer.store_stream(best.recipe_size, EntryReader(stream, best.recipe_size, "recipe"), f"recipe\0{layer.digest}")
+        reader = EntryReader(stream, best.recipe_size, "recipe")
+        stored = writer.store_stream(best.recipe_size, reader, f"recipe\0{layer.digest}", guess=False)  # made here: no base layer
         made.append(Rebuild(layer.digest, layer.size, stored.digest, best_source, old.manifest.blob(best_source).size))
         reporter.note(
             f"layer {layer.digest[:19]}: {best.literal_bytes} of {layer.size} bytes new; "
@@ -412,150 +504,3 @@ def _split_into_volumes(manifest: Manifest, writer: BundleWriter, capacity: int)
         for i, group in enumerate(groups, start=1)
     )
     return replace(manifest, files=(*manifest.files, *written.values()), volumes=volumes)
-
-
-def _platform_filter(images: list[Image], platform: str | None, label: str) -> list[Image]:
-    """Archives keep every image unless --platform names some."""
-    wanted = parse_platforms(platform)
-    if wanted is None:
-        return images
-    kept = [i for i in images if any(platform_matches(i.platform, w) for w in wanted)]
-    if not kept:
-        have = ", ".join(sorted({str(i.platform) for i in images}))
-        raise UsageError(f"{label} has no image for --platform {platform} (it has {have})")
-    return kept
-
-
-def _pack(
-    options: PackOptions,
-    reporter: Reporter,
-    compressor: zstandard.ZstdCompressor,
-    private: Ed25519PrivateKey,
-    engine: Engine | None,
-    started: float,
-    engine_bytes: int,
-    archive_bytes: int,
-    remote: list[tuple[Registry, ResolvedImage]],
-) -> PackResult:
-    estimate = engine_bytes + archive_bytes + sum(image.size for _, image in remote)
-    _check_manifest_size(estimate // options.part_size * PART_ENTRY_BYTES, options.part_size)
-    if engine is not None:
-        root = engine.root_dir()
-        if root is not None:
-            # the engine's export copies the images into a temporary directory of its data root first
-            fsutil.require_space(root, engine_bytes + (64 << 20), "the Docker engine's export (a temporary copy of the image)")
-    target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
-    if target.exists():
-        # worst case: incompressible data; zstd adds well under 1 %
-        fsutil.require_space(target, estimate + estimate // 100 + (16 << 20), "packing")
-
-    transfer = Transfer(reporter)
-    created = _created()
-    expires = expiry(options.expires, created)  # a bad --expires fails before any work
-    since = _load_base(options.since, _trusted_for_base(options, private)) if options.since is not None else None
-    # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
-    guesses = _guesses(since.bundle, since.layers) if since and options.speculate else {}
-    writer = BundleWriter(
-        options.out_dir, options.part_size, compressor, options.overwrite, transfer, options.level, guesses,
-        resume_key=_resume_key(options, private),
-    )  # fmt: skip
-    if writer.discarded_parts:
-        reporter.note(
-            f"{options.out_dir} held {writer.discarded_parts} part(s) staged by a pack of other sources, options or key: discarded"
-        )
-    if writer.resumable_parts:
-        reporter.note(
-            f"resuming an interrupted pack: {writer.resumable_parts} part(s) already staged are checked, not compressed again"
-        )
-    try:
-        images: list[Image] = []
-        reporter.start("pack", estimate)
-        engine_refs = [s.ref for s in options.sources if s.kind == "docker"]
-        if engine_refs and engine is not None:
-            reporter.note(f"exporting {', '.join(engine_refs)} from the Docker engine")
-            with engine.export(engine_refs) as stream, PrefetchReader(stream) as ahead:
-                contents = read_archive(ahead, "Docker engine export", writer)
-                images += images_from_archive(contents, writer)
-        fetched: dict[str, int] = {}
-        left_out = frozenset(since.layers) if since else frozenset()
-        writer.guessing = False  # a registry names its layers' digests: left-out layers are simply not fetched
-        for registry, resolved in remote:
-            reporter.note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
-            images.append(fetch(registry, resolved, writer, fetched, left_out))
-        writer.guessing = True
-        for source in options.sources:
-            if source.kind in ("docker", "registry"):
-                continue
-            try:
-                fh = open(source.ref, "rb")  # noqa: SIM115 - closed below
-            except OSError as e:
-                raise UsageError(f"cannot read archive {source.ref}: {e.strerror}") from e
-            with fh, PrefetchReader(fh) as ahead:
-                contents = read_archive(ahead, str(source), writer)
-                found = images_from_archive(contents, writer, source.name)
-            images += _platform_filter(found, options.platform, str(source))
-        reporter.finish()
-        images = _merge(images)
-        digests = [d.digest for image in images for d in (image.config, *image.layers)]
-        base = None
-        rebuilds: list[Rebuild] = []
-        if options.since is not None and since is not None:
-            base, old_layers = since.digest, since.layers
-            configs = {image.config.digest for image in images}
-            digests = [d for d in digests if d not in old_layers or d in configs]
-            wanted = {layer.digest for image in images for layer in image.layers}
-            reporter.note(
-                f"delta since {options.since}: {len(wanted - set(old_layers))} new layer(s); "
-                f"{len(wanted & set(old_layers))} left to the base bundle"
-            )
-            if since.bundle is not None and options.chunk_deltas:
-                rebuilds = _recipes(images, old_layers, since.bundle, writer, reporter)
-                replaced = {r.layer: r.recipe for r in rebuilds}
-                digests = [replaced.get(d, d) for d in digests]
-        blobs, parts = writer.commit_parts(digests)
-        parts_by_blob: dict[str, list[Part]] = {}
-        for part in parts:
-            parts_by_blob.setdefault(part.blob, []).append(part)
-        side: dict[str, bytes | Path] = dict(installer_files(images, parts_by_blob.get))
-        with tempfile.TemporaryDirectory(prefix="wheels-", dir=writer.staging) as tmp:
-            if options.with_installer:
-                if options.wheelhouse is None:
-                    reporter.note(
-                        "building the wheelhouse (airgap and its dependencies for CPython 3.10-3.13, x86_64 and aarch64)"
-                    )
-                    wheelhouse.build(Path(tmp))
-                side.update(wheelhouse.bundle_files(options.wheelhouse or Path(tmp)))
-            files = writer.write_files(side)
-        manifest = Manifest(
-            name=options.name or _default_name(images),
-            sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
-            expires=expires,
-            created=format_time(created),
-            tool_version=__version__,
-            part_size=options.part_size,
-            compression=Compression("zstd", options.level),
-            images=tuple(images),
-            blobs=tuple(blobs),
-            parts=tuple(parts),
-            files=tuple(files),
-            base=base,
-            rebuilds=tuple(rebuilds),
-        )
-        if options.media_dir_size:
-            manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
-        _check_manifest_size(len(manifest.to_bytes()), options.part_size)
-        fingerprint, signature = trust.sign(manifest.to_bytes(), private)
-        writer.write_manifest(manifest, {fingerprint: signature})
-    except BaseException as e:
-        error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
-        if writer.keep_for_resume() and isinstance(error, Error):
-            resume = "the parts staged so far are kept: run the same pack again to resume"
-            error.with_hint(resume)
-        if error is e:
-            raise
-        raise error from e
-    writer.cleanup()
-    return PackResult(
-        options.out_dir, manifest, fingerprint, transfer.bytes, time.monotonic() - started, writer.reused_parts,
-        sum(writer.hashed_only.values()),
-    )  # fmt: skip

@@ -10,6 +10,7 @@ import zstandard
 from airgap._internal.format.parts import BlobWriter, make_compressor
 from airgap._internal.util.pipeline import PrefetchReader, threaded
 from airgap._internal.util.tarstream import read_exact
+from airgap.progress import Transfer
 
 
 def test_prefetch_reader_returns_the_stream_exactly() -> None:
@@ -55,7 +56,7 @@ def test_threaded_generator_propagates_errors_and_stops() -> None:
 
 def test_long_distance_parts_decompress_within_the_window_limit(tmp_path: Path) -> None:
     data = os.urandom(1 << 20) * 6  # repeats 1 MiB apart: what --long is for
-    writer = BlobWriter(tmp_path, "t", len(data), 64 << 20, make_compressor(3, 2, long_distance=True), lambda n: None)
+    writer = BlobWriter(tmp_path, "t", len(data), 64 << 20, make_compressor(3, 2, long_distance=True), Transfer())
     writer.write(data)
     staged = writer.finish()
     frame = staged.parts[0].tmp_path.read_bytes()

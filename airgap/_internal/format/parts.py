@@ -42,7 +42,7 @@ def compress_bound(n: int) -> int:
 def raw_chunk_size(part_size: int) -> int:
     """The largest raw chunk whose compressed frame always fits in part_size bytes."""
     if part_size < MIN_PART_SIZE:
-        raise UsageError(f"part size {part_size} is too small", hint=f"use at least {MIN_PART_SIZE} bytes")
+        raise InternalError(f"part size {part_size} is below {MIN_PART_SIZE}: PackOptions checks it")
     lo, hi = 1, part_size
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -38,7 +38,7 @@ from pathlib import Path
 import zstandard
 
 from airgap._internal.format.parts import BlobWriter, StagedBlob, StagedPart, iter_part_data, open_staged, staged_part_changed
-from airgap._internal.sources.archive import StoredBlob
+from airgap._internal.sources.base import StoredBlob
 from airgap._internal.util import fsutil
 from airgap._internal.util.tarstream import EntryReader, read_exact
 from airgap.errors import ConflictError, FormatError, InternalError, UsageError
@@ -117,7 +117,8 @@ class BundleWriter:
     ``guesses``: for a delta, the base bundle's layers by size, each with the sha256 of its first MiB
     (:data:`GUESS_HEAD`).  A member of such a size whose first MiB matches is most likely that layer, which
     the delta leaves out: it is only hashed, not compressed or written.  If one turns out to be needed,
-    commit raises :class:`SpeculationMiss` and pack runs again without guessing.
+    commit raises :class:`SpeculationMiss` and pack runs again without guessing.  A caller that knows a
+    blob's digest before reading it (a registry, a delta recipe) stores it with ``guess=False``.
 
     The writer holds the staging directory open: end with :meth:`cleanup` or :meth:`keep_for_resume`."""
 
@@ -134,7 +135,6 @@ class BundleWriter:
     ) -> None:
         self.out_dir = out_dir
         self._guesses = guesses or {}
-        self.guessing = True  # off while a source whose digests are known beforehand streams (a registry)
         self.hashed_only: dict[str, int] = {}  # digest -> size: members hashed, not stored
         self.part_size = part_size
         self._cctx = compressor
@@ -372,9 +372,11 @@ class BundleWriter:
         self.new_parts += 1
 
     # -- BlobStore ------------------------------------------------------------------------------
-    def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob:
+    def store_stream(self, size: int, reader: EntryReader, name: str, *, guess: bool = True) -> StoredBlob:
+        """Stage ``size`` bytes from ``reader`` as parts (reusing those an interrupted pack staged for ``name``).
+        ``guess``: a member with the size and first MiB of a base layer is only hashed (see the class)."""
         first = b""
-        if self.guessing and size in self._guesses and not name.startswith("recipe\0"):
+        if guess and size in self._guesses:
             first = read_exact(reader, min(size, GUESS_HEAD))
             if hashlib.sha256(first).hexdigest() in self._guesses[size]:
                 return self._hash_only(size, reader, first)

@@ -1,5 +1,6 @@
-"""Read image archives: the docker-save layout (Docker <= 24), Docker >= 25's OCI layout with a
-docker-compatible manifest.json, and OCI image layouts (oci-archive, as skopeo and podman write).
+"""Image source: image archives.  The docker-save layout (Docker <= 24), Docker >= 25's OCI layout with a
+docker-compatible manifest.json, and OCI image layouts (oci-archive, as skopeo and podman write).  The
+Docker engine's export (``engine.py``) is read here too: it is a docker-save archive.
 
 The archive is streamed once.  Small files are kept in memory (they are metadata or configs);
 everything else is handed to a blob store as it streams by.  Once the stream ends, the archive's
@@ -9,12 +10,16 @@ index tells which files are configs and layers.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, ClassVar
 
-from airgap._internal.util.tarstream import EntryReader, Readable, iter_entries
-from airgap.errors import FormatError
+from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, Source, SourceKind, StoredBlob, parse_platforms
+from airgap._internal.util.pipeline import PrefetchReader
+from airgap._internal.util.tarstream import Readable, iter_entries
+from airgap.errors import FormatError, UsageError
 from airgap.model.manifest import Descriptor, Image, Platform, valid_ref
 from airgap.model.mediatypes import (
     MT_DOCKER_CONFIG,
@@ -29,29 +34,147 @@ from airgap.model.mediatypes import (
 
 SMALL_FILE = 1 << 20  # files up to this size are kept in memory while the archive streams
 SMALL_TOTAL = 64 << 20  # ... up to this much in all
+DOCKER_PREFIX = "docker-archive:"
+OCI_PREFIX = "oci-archive:"
+
+
+# -- the source: an archive file named on the command line ------------------------------------------------
+@dataclass(frozen=True)
+class ArchiveFile(Source):
+    """An image archive file: ``docker-archive:PATH`` or ``oci-archive:PATH[:REPO]``."""
+
+    prefixes: ClassVar[tuple[str, ...]] = (DOCKER_PREFIX, OCI_PREFIX)
+    path: str  # as given: the resume key records it so
+
+    @classmethod
+    def parse(cls, prefix: str, rest: str) -> ArchiveFile:
+        """``docker-archive:PATH`` or ``oci-archive:PATH[:REPO]``; ``PATH:REPO`` splits only when no file has
+        the whole name."""
+        path, name = rest, None
+        if prefix == OCI_PREFIX and ":" in rest and not Path(rest).exists():
+            path, _, name = rest.partition(":")
+        if not path:
+            raise UsageError(f"source {prefix + rest!r} names no file")
+        return OciArchive(path, name) if prefix == OCI_PREFIX else DockerArchive(path)
+
+    @property
+    def repository(self) -> str | None:
+        """The repository that bare OCI ref names (a tag such as "1.0") are names in; None: such images stay
+        unnamed."""
+        return None
+
+    def resume_inputs(self) -> list[str | None]:
+        """``[kind, path, repository]``."""
+        return [self.kind, self.path, self.repository]
+
+    def __str__(self) -> str:
+        """``KIND:PATH``, as named (without an oci-archive's repository)."""
+        return f"{self.kind}:{self.path}"
 
 
 @dataclass(frozen=True)
-class StoredBlob:
-    digest: str
-    size: int
-    head: bytes
+class DockerArchive(ArchiveFile):
+    """``docker-archive:PATH``: what ``docker save`` writes (either layout)."""
+
+    kind: ClassVar[str] = "docker-archive"
 
 
-class BlobStore(Protocol):
-    def store_stream(self, size: int, reader: EntryReader, name: str) -> StoredBlob: ...
-    def store_bytes(self, data: bytes) -> StoredBlob: ...
-    def read_small(self, digest: str, limit: int) -> bytes: ...
+@dataclass(frozen=True)
+class OciArchive(ArchiveFile):
+    """``oci-archive:PATH[:REPO]``: an OCI image layout in a tar file (skopeo, podman, buildkit)."""
+
+    kind: ClassVar[str] = "oci-archive"
+    name: str | None = None  # REPO
+
+    @property
+    def repository(self) -> str | None:
+        """REPO, when given."""
+        return self.name
 
 
+class ArchiveOpener:
+    """Opens the archive files of one pack: each must be readable when named; its size is its estimate."""
+
+    def __init__(self, ctx: OpenContext) -> None:
+        """Nothing to open before the first file is named."""
+        self._ctx = ctx
+        self._opened: list[ImageSource] = []
+
+    def add(self, source: ArchiveFile) -> None:
+        """Check that ``source`` names a file that can be read (stat'ed) and note its size."""
+        try:
+            size = os.stat(source.path).st_size
+        except OSError as e:
+            raise UsageError(f"cannot read archive {source.path}: {e.strerror}") from e
+        self._opened.append(ArchiveImages(source, size, self._ctx.platform))
+
+    def sources(self) -> list[ImageSource]:
+        """One image source per archive file, in the order named."""
+        return list(self._opened)
+
+
+class ArchiveImages:
+    """The images of one archive file: it is read once, start to end; --platform keeps some of them."""
+
+    def __init__(self, source: ArchiveFile, size: int, platform: str | None) -> None:
+        """``size``: the file's, when it was named; ``platform``: --platform as given."""
+        self._source = source
+        self._size = size
+        self._platform = platform
+
+    @property
+    def name(self) -> str:
+        """``KIND:PATH``."""
+        return str(self._source)
+
+    def estimate(self) -> int:
+        """The file's size."""
+        return self._size
+
+    def check_room(self) -> None:
+        """An archive needs no room of its own."""
+
+    def stream(self, store: BlobStore, left_out: frozenset[str]) -> list[Image]:
+        """Stream the file into ``store``; the images it holds that --platform names.  ``left_out`` is not
+        known before a layer is read: the store's guesses leave out a delta's base layers."""
+        try:
+            fh = open(self._source.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise UsageError(f"cannot read archive {self._source.path}: {e.strerror}") from e
+        with fh, PrefetchReader(fh) as ahead:
+            contents = read_archive(ahead, self.name, store)
+            found = images_from_archive(contents, store, self._source.repository)
+        return _platform_filter(found, self._platform, self.name)
+
+
+KIND = SourceKind(ArchiveFile, ArchiveOpener)
+
+
+def _platform_filter(images: list[Image], platform: str | None, label: str) -> list[Image]:
+    """Archives keep every image unless --platform names some."""
+    wanted = parse_platforms(platform)
+    if wanted is None:
+        return images
+    kept = [i for i in images if any(i.platform.matches(w) for w in wanted)]
+    if not kept:
+        have = ", ".join(sorted({str(i.platform) for i in images}))
+        raise UsageError(f"{label} has no image for --platform {platform} (it has {have})")
+    return kept
+
+
+# -- reading an archive stream --------------------------------------------------------------------------
 @dataclass
 class ArchiveContents:
+    """What one archive stream held: the files stored as blobs, the small ones kept in memory, and its links
+    (name -> target), which the archive's index may go through."""
+
     label: str
     files: dict[str, StoredBlob] = field(default_factory=dict)
     small: dict[str, bytes] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, name: str) -> str:
+        """``name`` normalized, followed through the archive's links (at most 32)."""
         seen = 0
         name = posixpath.normpath(name).lstrip("/")
         while name in self.links and seen < 32:
@@ -60,12 +183,14 @@ class ArchiveContents:
         return name
 
     def stored(self, name: str) -> StoredBlob:
+        """The blob stored for ``name``; a name the archive does not hold is a FormatError."""
         path = self.resolve(name)
         if path not in self.files:
             raise FormatError(f"{self.label}: the archive's index names {name!r}, which the archive does not hold")
         return self.files[path]
 
     def json_file(self, name: str, store: BlobStore) -> Any:
+        """The JSON document ``name`` holds (from memory, or read back from the store)."""
         path = self.resolve(name)
         if path in self.small:
             data = self.small[path]
@@ -113,6 +238,7 @@ def materialize_small(contents: ArchiveContents, name: str, store: BlobStore) ->
 
 
 def layer_media_type(head: bytes, oci: bool) -> str:
+    """A layer's media type from its first bytes, when the archive's index does not say."""
     if head.startswith(b"\x1f\x8b"):
         return MT_OCI_LAYER_GZIP
     if head.startswith(b"\x28\xb5\x2f\xfd"):
@@ -120,7 +246,8 @@ def layer_media_type(head: bytes, oci: bool) -> str:
     return MT_OCI_LAYER if oci else MT_DOCKER_LAYER
 
 
-def _config_facts(config: Any, label: str) -> tuple[tuple[str, ...], Platform]:
+def config_facts(config: Any, label: str) -> tuple[tuple[str, ...], Platform]:
+    """An image config's layer diff_ids and platform, checked (archives and registries alike)."""
     if not isinstance(config, dict):
         raise FormatError(f"{label}: image config is not a JSON object")
     rootfs = config.get("rootfs")
@@ -159,10 +286,12 @@ def _image(
     refs: list[str],
     oci: bool,
 ) -> Image:
+    """One image of the archive: its config and layers stored as blobs, uncompressed layers checked against
+    the config's diff_ids, its names completed with a tag."""
     label = contents.label
     config_blob = materialize_small(contents, config_path, store)
     config = contents.json_file(config_path, store)
-    diff_ids, platform = _config_facts(config, label)
+    diff_ids, platform = config_facts(config, label)
     if len(diff_ids) != len(layer_paths):
         raise FormatError(f"{label}: image config lists {len(diff_ids)} layers, the archive index {len(layer_paths)}")
     layers = []
@@ -194,6 +323,7 @@ def _image(
 
 
 def _docker_images(contents: ArchiveContents, store: BlobStore) -> list[Image]:
+    """The images a docker-save manifest.json lists."""
     index = contents.json_file("manifest.json", store)
     if not isinstance(index, list) or not index:
         raise FormatError(f"{contents.label}: manifest.json lists no image")
@@ -210,6 +340,7 @@ def _docker_images(contents: ArchiveContents, store: BlobStore) -> list[Image]:
 
 
 def _blob_path(descriptor: Any, label: str) -> tuple[str, str]:
+    """Where an OCI layout holds the blob a descriptor names, and the descriptor's media type."""
     if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
         raise FormatError(f"{label}: malformed descriptor in the OCI layout")
     algo, _, hexdigest = descriptor["digest"].partition(":")
@@ -219,10 +350,12 @@ def _blob_path(descriptor: Any, label: str) -> tuple[str, str]:
 
 
 def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str | None) -> list[Image]:
+    """The images an OCI layout's index.json leads to, through nested indexes (at most 4 deep)."""
     label = contents.label
     images: list[Image] = []
 
     def walk(index_path: str, depth: int, inherited_ref: str | None) -> None:
+        """Every image below the index at ``index_path``, named by its own annotations or its index's."""
         if depth > 4:
             raise FormatError(f"{label}: OCI indexes nest too deeply")
         index = contents.json_file(index_path, store)
@@ -240,6 +373,7 @@ def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str |
             _image_from_manifest(manifest, path, [ref] if ref else [])
 
     def _image_from_manifest(manifest: Any, path: str, refs: list[str]) -> None:
+        """The image an OCI image manifest describes."""
         if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
             raise FormatError(f"{label}: {path} is not an image manifest")
         config_path, _ = _blob_path(manifest.get("config"), label)
@@ -247,7 +381,7 @@ def _oci_images(contents: ArchiveContents, store: BlobStore, default_name: str |
         for layer in manifest["layers"]:
             layer_path, layer_type = _blob_path(layer, label)
             layer_paths.append(layer_path)
-            layer_types.append(_normalize_layer_type(layer_type))
+            layer_types.append(normalize_layer_type(layer_type))
         images.append(_image(contents, store, config_path, layer_paths, layer_types, refs, oci=True))
 
     walk("index.json", 0, None)
@@ -275,6 +409,7 @@ def _oci_ref(annotations: Any, default_name: str | None) -> str | None:
 
 
 def _with_tag(ref: str) -> str:
+    """``ref`` with ``:latest`` when it names no tag."""
     return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
@@ -284,5 +419,6 @@ _LAYER_TYPES: dict[str, str] = {
 }
 
 
-def _normalize_layer_type(media_type: str) -> str:
+def normalize_layer_type(media_type: str) -> str:
+    """The OCI media type for a layer media type a manifest gives (docker's names map to OCI's)."""
     return _LAYER_TYPES.get(media_type, media_type or MT_OCI_LAYER)

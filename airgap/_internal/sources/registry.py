@@ -9,16 +9,17 @@ compressed), so the image ID, the config digest, does not change.
 from __future__ import annotations
 
 import json
-import platform as host_platform
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 import urllib3
 
-from airgap._internal.clients.distribution import Registry, RegistryRef
-from airgap._internal.sources.archive import BlobStore, _config_facts, _normalize_layer_type
+from airgap._internal.clients.distribution import Registry, RegistryRef, parse_ref
+from airgap._internal.sources.archive import config_facts, normalize_layer_type
+from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, Source, SourceKind, host_default, parse_platforms
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import FormatError, IntegrityError, RegistryError, UsageError
@@ -33,27 +34,107 @@ from airgap.model.mediatypes import (
 )
 
 CONFIG_LIMIT = 16 << 20
-_MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
 
 
-def host_default() -> Platform:
-    machine = host_platform.machine().lower()
-    return Platform("linux", _MACHINE.get(machine, machine), "v7" if machine == "armv7l" else None)
+# -- the source: an image in a registry named on the command line ----------------------------------------
+@dataclass(frozen=True)
+class RegistryImage(Source):
+    """An image in a registry: ``oci://HOST[:PORT]/REPO[:TAG|@DIGEST]`` (``docker://`` means the same)."""
+
+    kind: ClassVar[str] = "registry"
+    prefixes: ClassVar[tuple[str, ...]] = ("oci://", "docker://")
+    ref: str  # always written oci://...
+
+    @classmethod
+    def parse(cls, prefix: str, rest: str) -> RegistryImage:
+        """The reference, checked now (a bad one fails before any work)."""
+        ref = "oci://" + rest
+        parse_ref(ref, "oci", need_reference=False)
+        return cls(ref)
+
+    def resume_inputs(self) -> list[str | None]:
+        """``["registry", "oci://...", None]``."""
+        return [self.kind, self.ref, None]
+
+    def __str__(self) -> str:
+        """``oci://HOST/REPO[:TAG]``."""
+        return self.ref
 
 
-def parse_platforms(text: str | None) -> list[Platform] | None:
-    """--platform: None (the default), "all", or a comma-separated list of os/arch[/variant]."""
-    if text is None or text.strip() == "all":
-        return None
-    return [Platform.parse(item) for item in text.split(",")]
+class RegistryImages:
+    """The registry images of one pack; both their opener and their image source.
+
+    They are resolved (manifest, index, the chosen platforms' manifests) when estimated, asking each host
+    through one client; a layer two of them share is fetched once."""
+
+    def __init__(self, ctx: OpenContext) -> None:
+        """Nothing is asked of a registry before :meth:`estimate`."""
+        self._stack: ExitStack = ctx.stack
+        self._note: Callable[[str], None] = ctx.reporter.note
+        self._platform = ctx.platform
+        self._plain_http = ctx.plain_http
+        self._named: list[RegistryImage] = []
+        self._resolved: list[tuple[Registry, ResolvedImage]] | None = None
+
+    def add(self, source: RegistryImage) -> None:
+        """Nothing to check before the registry is asked (the reference was checked when parsed)."""
+        self._named.append(source)
+
+    def sources(self) -> list[ImageSource]:
+        """These images, if one was named."""
+        return [self] if self._named else []
+
+    @property
+    def name(self) -> str:
+        """The references as named."""
+        return ", ".join(map(str, self._named))
+
+    def estimate(self) -> int:
+        """Resolves every image: the sizes of their configs and layers, as their manifests give them."""
+        return sum(image.size for _, image in self._resolve())
+
+    def check_room(self) -> None:
+        """A registry needs no room here."""
+
+    def stream(self, store: BlobStore, left_out: frozenset[str]) -> list[Image]:
+        """Fetch every image's config and layers into ``store``; layers in ``left_out`` are not fetched."""
+        fetched: dict[str, int] = {}
+        images = []
+        for registry, resolved in self._resolve():
+            self._note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
+            images.append(fetch(registry, resolved, store, fetched, left_out))
+        return images
+
+    def _resolve(self) -> list[tuple[Registry, ResolvedImage]]:
+        """The image manifests to fetch, each with its host's client: resolved on first use, in the order named."""
+        if self._resolved is not None:
+            return self._resolved
+        wanted = parse_platforms(self._platform)
+        explicit = self._platform is not None
+        if wanted is None and not explicit:
+            wanted = [host_default()]
+        resolved = []
+        registries: dict[str, Registry] = {}
+        for source in self._named:
+            ref = parse_ref(source.ref, "oci", need_reference=False)
+            if ref.reference is None:
+                ref = RegistryRef(ref.host, ref.repository, "latest")
+            if ref.host not in registries:
+                registries[ref.host] = self._stack.enter_context(Registry(ref.host, self._plain_http))
+            registry = registries[ref.host]
+            resolved += [(registry, image) for image in resolve(registry, ref, wanted, explicit, self._note)]
+        self._resolved = resolved
+        return resolved
 
 
-def platform_matches(have: Platform, want: Platform) -> bool:
-    return have.matches(want)
+KIND = SourceKind(RegistryImage, RegistryImages)  # they open together: they share clients and layers
 
 
+# -- resolving and fetching -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ResolvedImage:
+    """One image manifest in a registry, read and checked: its config's and layers' descriptors."""
+
     ref: RegistryRef
     manifest_digest: str
     config: dict[str, Any]  # the descriptor
@@ -63,10 +144,12 @@ class ResolvedImage:
 
     @property
     def size(self) -> int:
+        """The bytes its config and layers take, as the manifest says."""
         return int(self.config["size"]) + sum(int(layer["size"]) for layer in self.layers)
 
 
 def _descriptor(d: Any, where: str) -> dict[str, Any]:
+    """A manifest's descriptor, checked: a sha256 digest and a size that is a whole number."""
     if (
         not isinstance(d, dict)
         or not isinstance(d.get("digest"), str)
@@ -105,7 +188,7 @@ def resolve(
     targets = wanted if wanted is not None else [p for _, p in entries]
     chosen = []
     for want in targets:
-        match = next(((d, p) for d, p in entries if platform_matches(p, want) and (d, p) not in chosen), None)
+        match = next(((d, p) for d, p in entries if p.matches(want) and (d, p) not in chosen), None)
         if match is None:
             if wanted is not None and (explicit or len(targets) > 1):
                 raise UsageError(f"{ref} has no image for {want} (it has {available})", hint="choose with --platform")
@@ -128,6 +211,7 @@ def resolve(
 
 
 def _json(data: bytes, where: str) -> dict[str, Any]:
+    """A JSON object from the registry; anything else is a FormatError naming ``where``."""
     try:
         body = json.loads(data)
     except ValueError as e:
@@ -138,6 +222,7 @@ def _json(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _image_manifest(body: dict[str, Any], media_type: str, digest: str, ref: RegistryRef, p: Platform | None) -> ResolvedImage:
+    """An image manifest's config and layers (schema 2 or OCI; schema 1 is refused)."""
     where = f"{ref} manifest {digest[:19]}"
     if not isinstance(body.get("layers"), list):
         raise FormatError(f"{where} is not an image manifest (schema 1 manifests are not supported)")
@@ -151,10 +236,12 @@ class _ResponseStream:
     """A blob response body as a readable stream; transport failures become RegistryError."""
 
     def __init__(self, res: requests.Response, label: str) -> None:
+        """Read ``res``'s body undecoded; ``label`` names the blob in errors."""
         self._raw = res.raw
         self._label = label
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all with -1); b"" at the end."""
         try:
             return bytes(self._raw.read(n))
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
@@ -173,7 +260,7 @@ def fetch(
     config_digest = image.config["digest"]
     config_bytes = registry.read_blob(ref.repository, config_digest, CONFIG_LIMIT)
     stored_config = store.store_bytes(config_bytes)
-    diff_ids, platform = _config_facts(_json(config_bytes, f"{ref} config"), f"{ref} config")
+    diff_ids, platform = config_facts(_json(config_bytes, f"{ref} config"), f"{ref} config")
     if len(diff_ids) != len(image.layers):
         raise FormatError(f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(image.layers)}")
     layers = []
@@ -183,13 +270,14 @@ def fetch(
         if stored.get(digest) != size and digest not in skip:
             res, _ = registry.open_blob(ref.repository, digest)
             with res, PrefetchReader(_ResponseStream(res, label)) as ahead:
-                blob = store.store_stream(size, EntryReader(ahead, size, label), f"{ref}\0{digest}")
+                # the registry names every digest before it is read: the store need not guess at base layers
+                blob = store.store_stream(size, EntryReader(ahead, size, label), f"{ref}\0{digest}", guess=False)
                 if ahead.read(1):
                     raise IntegrityError(f"{label} is longer than the manifest says ({size} bytes)")
             if blob.digest != digest:
                 raise IntegrityError(f"{label} does not match its digest", hint="the registry holds damaged data")
             stored[digest] = size
-        media_type = _normalize_layer_type(str(desc.get("mediaType", "")))
+        media_type = normalize_layer_type(str(desc.get("mediaType", "")))
         if media_type in (MT_DOCKER_LAYER, MT_OCI_LAYER) and digest != diff_ids[i]:
             raise FormatError(f"{label} is uncompressed but does not match diff_id {diff_ids[i][:19]}")
         layers.append(Descriptor(digest, size, media_type))

@@ -1,0 +1,102 @@
+"""Image source: images in the Docker engine (DOCKER_HOST), named as ``docker images`` shows them.
+
+Every engine image of one pack comes out of one export call (``GET /images/get``, what ``docker save``
+does): the engine writes a docker-save archive, read like any other (``archive.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from airgap._internal.sources.archive import images_from_archive, read_archive
+from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, Source, SourceKind
+from airgap._internal.util import fsutil
+from airgap._internal.util.pipeline import PrefetchReader
+from airgap.errors import UsageError
+from airgap.model.manifest import Image
+
+if TYPE_CHECKING:
+    from airgap.progress import Reporter
+
+EXPORT_SLACK = 64 << 20  # room beyond the images' size the engine's temporary export copy may take
+
+
+@dataclass(frozen=True)
+class EngineImage(Source):
+    """An image in the engine: a bare name, or ``docker-daemon:NAME`` (as skopeo writes it)."""
+
+    kind: ClassVar[str] = "docker"
+    prefixes: ClassVar[tuple[str, ...]] = ("", "docker-daemon:")
+    ref: str
+
+    @classmethod
+    def parse(cls, prefix: str, rest: str) -> EngineImage:
+        """Any name no other kind claims; one with a ``://`` is no image name."""
+        if not rest or "://" in rest:
+            raise UsageError(
+                f"cannot read image source {rest!r}",
+                hint="name an image in the engine, docker-archive:PATH, oci-archive:PATH or oci://HOST/REPO:TAG",
+            )
+        return cls(rest)
+
+    def resume_inputs(self) -> list[str | None]:
+        """``["docker", NAME, None]``."""
+        return [self.kind, self.ref, None]
+
+    def __str__(self) -> str:
+        """The image's name."""
+        return self.ref
+
+
+class EngineExport:
+    """The engine images of one pack, exported in one call; both their opener and their image source."""
+
+    def __init__(self, ctx: OpenContext) -> None:
+        """Connect to the engine: before any source is checked, as the first check is whether it answers."""
+        self._engine = ctx.connect()
+        ctx.stack.callback(self._engine.close)
+        self._reporter: Reporter = ctx.reporter
+        self._refs: list[str] = []
+        self._size = 0
+
+    def add(self, source: EngineImage) -> None:
+        """Check that the engine has the image; its size there counts towards the estimate."""
+        found = self._engine.inspect(source.ref)
+        if found is None:
+            raise UsageError(
+                f"image {source.ref} is not in the Docker engine",
+                hint="check 'docker images', or name an archive with docker-archive:PATH",
+            )
+        self._refs.append(source.ref)
+        self._size += int(found.get("Size") or 0)
+
+    def sources(self) -> list[ImageSource]:
+        """This export, if an engine image was named."""
+        return [self] if self._refs else []
+
+    @property
+    def name(self) -> str:
+        """The images' names."""
+        return ", ".join(self._refs)
+
+    def estimate(self) -> int:
+        """The images' sizes as the engine reports them."""
+        return self._size
+
+    def check_room(self) -> None:
+        """The engine copies the images into a temporary directory of its data root before it streams them."""
+        root = self._engine.root_dir()
+        if root is not None:
+            fsutil.require_space(root, self._size + EXPORT_SLACK, "the Docker engine's export (a temporary copy of the image)")
+
+    def stream(self, store: BlobStore, left_out: frozenset[str]) -> list[Image]:
+        """Read the export into ``store``.  ``left_out`` is not known before a layer is read: the store's
+        guesses leave out a delta's base layers."""
+        self._reporter.note(f"exporting {self.name} from the Docker engine")
+        with self._engine.export(self._refs) as stream, PrefetchReader(stream) as ahead:
+            contents = read_archive(ahead, "Docker engine export", store)
+            return images_from_archive(contents, store)
+
+
+KIND = SourceKind(EngineImage, EngineExport)
