@@ -36,6 +36,8 @@ def read_manifest(path: Path) -> Manifest:
 
 @dataclass(frozen=True)
 class ImageChange:
+    """One image in bundle A, B or both: its IDs on each side and whether it was added, removed or changed."""
+
     name: str  # a tag, or an image ID for an untagged image
     platform: str
     old: str | None  # image IDs
@@ -52,6 +54,8 @@ class ImageChange:
 
 @dataclass(frozen=True)
 class BundleDiff:
+    """What differs between bundles A and B: images, and the layers only in B, only in A, or in both."""
+
     a: Path
     b: Path
     images: tuple[ImageChange, ...]
@@ -94,6 +98,7 @@ class BundleDiff:
 
 
 def diff(a: Path, b: Path) -> BundleDiff:
+    """Compare two bundles (directories or manifest.json files) from their manifests alone; signatures are not checked."""
     old, new = read_manifest(a), read_manifest(b)
 
     def named(m: Manifest) -> dict[tuple[str, str], str]:

@@ -69,26 +69,36 @@ class InternalError(Error):
 
 
 class UsageError(Error):
+    """Bad arguments or options (exit code 2)."""
+
     exit_code = ExitCode.USAGE
     default_hint = "see 'airgap COMMAND --help'"
 
 
 class FormatError(Error):
+    """Input that is not a valid bundle, manifest, key or image archive (exit code 3)."""
+
     exit_code = ExitCode.FORMAT
     default_hint = "the file is not what airgap expects: export the image or pack the bundle again"
 
 
 class IntegrityError(Error):
+    """A part or blob missing, truncated or not matching its digest (exit code 4)."""
+
     exit_code = ExitCode.INTEGRITY
     default_hint = "copy the bundle again from the original medium, then run 'airgap verify'"
 
 
 class TrustError(Error):
+    """A signature missing, invalid or from no trusted key; an expired or rolled-back bundle (exit code 5)."""
+
     exit_code = ExitCode.TRUST
     default_hint = "check that --trust names the signer's public key; never install a bundle that fails this"
 
 
 class EnvironmentProblem(Error):
+    """Docker, a registry, the disk or the file system failing around airgap (exit code 6)."""
+
     exit_code = ExitCode.ENVIRONMENT
     default_hint = "check the Docker engine (DOCKER_HOST), free disk space and permissions"
 
@@ -102,6 +112,8 @@ class DiskSpaceError(EnvironmentProblem):
 
 
 class ConflictError(Error):
+    """Refused to overwrite output or move an existing tag (exit code 7)."""
+
     exit_code = ExitCode.CONFLICT
     default_hint = "pack takes --overwrite, install takes --replace, when that is what you mean"
 

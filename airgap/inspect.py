@@ -13,6 +13,8 @@ from airgap._internal.util.text import printable
 
 @dataclass(frozen=True)
 class Inspection:
+    """What a bundle holds, from its manifest: ``render`` for people, ``to_dict`` for JSON."""
+
     bundle: LoadedBundle
 
     def to_dict(self) -> dict[str, object]:
@@ -74,4 +76,5 @@ class Inspection:
 
 
 def inspect(bundle: Path) -> Inspection:
+    """Read a bundle's manifest and the names of its signers, without checking either (that is verify's job)."""
     return Inspection(load_bundle(bundle))

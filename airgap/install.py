@@ -35,6 +35,9 @@ __all__ = ["InstallOptions", "InstallResult", "InstalledImage", "install"]
 
 @dataclass(frozen=True)
 class InstallOptions:
+    """What to install and where: the bundle, the keys that must have signed it, and the target (Docker engine, registry or
+    archive)."""
+
     bundle: Path
     trusted: tuple[PublicKey, ...]
     threshold: int = 1
@@ -54,6 +57,8 @@ class InstallOptions:
 
 @dataclass(frozen=True)
 class InstallResult:
+    """An install: the signatures found, each image's outcome, and how many parts were hashed or known."""
+
     bundle: Path
     trust: TrustResult
     images: tuple[InstalledImage, ...]
@@ -99,6 +104,8 @@ def install(
     reporter: Reporter | None = None,
     connect: Callable[[], Engine] = Engine.connect,
 ) -> InstallResult:
+    """Check the bundle's signatures, expiry and sequence (no rollback), then deliver its images to the target, every byte
+    checked against the manifest."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle, trust_result = load_trusted_bundle(

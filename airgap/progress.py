@@ -7,6 +7,8 @@ from typing import Protocol
 
 
 class Reporter(Protocol):
+    """How the core tells of progress: phases of bytes moved, and one-line notes; it never prints itself."""
+
     def start(self, label: str, total: int) -> None:
         """A new phase moving ``total`` bytes begins."""
 
@@ -21,6 +23,8 @@ class Reporter(Protocol):
 
 
 class NullReporter:
+    """A Reporter that shows nothing."""
+
     def start(self, label: str, total: int) -> None:
         pass
 

@@ -60,6 +60,8 @@ _SAFE_PATH = re.compile(
 
 @dataclass(frozen=True)
 class TransferResult:
+    """A publish or pull: the artifact's reference and digest, its files, and the bytes moved in this run."""
+
     bundle: Path
     reference: str
     manifest_digest: str
@@ -221,6 +223,7 @@ def pull(
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> TransferResult:
+    """Download a published bundle into ``out_dir``, resuming an interrupted pull; verify it afterwards."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
     ref = parse_ref(source, "oci")

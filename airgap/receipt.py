@@ -26,10 +26,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import __version__
 from airgap._internal.format.reader import locate, read_manifest_bytes
 from airgap._internal.util.fsutil import atomic_write, io_error
 from airgap._internal.util.text import json_safe
+from airgap._version import __version__
 from airgap.errors import Error
 from airgap.model.manifest import Manifest, format_time
 from airgap.trust import policy as trust

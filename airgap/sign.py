@@ -26,6 +26,8 @@ from airgap.trust.policy import TrustResult
 
 @dataclass(frozen=True)
 class SignOptions:
+    """What to sign: the bundle, the signing key, and the trusted keys its present signatures must meet."""
+
     bundle: Path
     key_path: Path
     trusted: tuple[PublicKey, ...]
@@ -38,6 +40,8 @@ class SignOptions:
 
 @dataclass(frozen=True)
 class SignResult:
+    """A signed bundle: the new signature's fingerprint and every signer it now has."""
+
     bundle: Path
     fingerprint: str
     signers: tuple[str, ...]
@@ -69,6 +73,7 @@ def summary(manifest: Manifest, result: TrustResult) -> list[str]:
 
 
 def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
+    """Add a signature by ``options.key_path``, after checking the present signatures and hashing every part."""
     reporter = reporter or NullReporter()
     private = keys.load_private(options.key_path, options.passphrase)
     bundle, result = load_trusted_bundle(

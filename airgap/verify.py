@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap import __version__
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.check import PartResult, PartsFailed, check_parts
 from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
+from airgap._version import __version__
 from airgap.errors import Error
 from airgap.model.manifest import format_time
 from airgap.progress import NullReporter, Reporter
@@ -28,6 +28,8 @@ __all__ = ["PartResult", "PartsFailed", "VerifyOptions", "VerifyReport", "verify
 
 @dataclass(frozen=True)
 class VerifyOptions:
+    """What to verify: the bundle, the trusted keys and how many must have signed, parallel hashing, what to allow."""
+
     bundle: Path
     trusted: tuple[PublicKey, ...]
     threshold: int = 1
@@ -39,6 +41,8 @@ class VerifyOptions:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """A verification's outcome: signatures, each part and file checked, unexpected files; ``to_dict`` is the JSON report."""
+
     bundle: Path
     manifest_sha256: str
     trust: TrustResult
@@ -117,6 +121,7 @@ class VerifyReport:
 
 
 def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
+    """Check the bundle's signatures and hash every part and listed file; PartsFailed (carrying this report) if any is bad."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
     bundle, trust_result = load_trusted_bundle(

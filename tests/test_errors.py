@@ -31,14 +31,15 @@ def test_each_kind_has_its_own_exit_code() -> None:
 
 
 def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    from airgap import inspect
-    from airgap._cli import commands as _cli
+    import importlib
+
+    from airgap._cli import main
 
     def boom(path: object) -> None:
         raise RuntimeError("surprise")
 
     monkeypatch.delenv("AIRGAP_DEBUG", raising=False)
-    monkeypatch.setattr(inspect, "inspect", boom)
-    assert _cli.main(["inspect", "somewhere"]) == 1
+    monkeypatch.setattr(importlib.import_module("airgap.inspect"), "load_bundle", boom)
+    assert main(["inspect", "somewhere"]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: surprise" in err and "Traceback" not in err

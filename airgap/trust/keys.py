@@ -67,6 +67,8 @@ _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
 
 @dataclass(frozen=True)
 class PublicKey:
+    """A trusted Ed25519 public key, its fingerprint (SHA-256 of the DER key) and the file it came from."""
+
     key: Ed25519PublicKey
     fingerprint: str
     source: str
@@ -182,6 +184,7 @@ def weak_key_warning(path: Path) -> str | None:
 
 
 def load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """The Ed25519 private key at ``path``, decrypted with ``passphrase``; UsageError or FormatError naming the file otherwise."""
     data = _read_key_file(path)
     prot = _protection(data, path)
     if prot.encrypted and not passphrase:

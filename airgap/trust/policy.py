@@ -26,6 +26,8 @@ def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:
 
 @dataclass(frozen=True)
 class TrustResult:
+    """Whose signatures verified, failed or were ignored, against the threshold; and the expiry."""
+
     valid: tuple[str, ...]  # fingerprints of trusted keys whose signature verified
     invalid: tuple[str, ...]  # fingerprints of trusted keys whose signature did not verify
     unknown: tuple[str, ...]  # signatures from keys not trusted here: ignored

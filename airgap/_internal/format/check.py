@@ -20,6 +20,8 @@ HASH_BLOCK = 4 << 20
 
 @dataclass(frozen=True)
 class PartResult:
+    """How one part or file of a bundle fared: its path and kind, and what is wrong with it if anything."""
+
     path: str
     ok: bool
     problem: str | None = None

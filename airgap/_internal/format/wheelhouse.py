@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from airgap import __version__
+from airgap._version import __version__
 from airgap.errors import EnvironmentProblem, UsageError
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")

@@ -1,0 +1,384 @@
+"""The airgap commands: each parses its options, builds the core's options object, calls one core function
+and hands the result to :mod:`airgap._cli.render`.  No business logic here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from airgap import receipt as receipts
+from airgap._cli import options as opt
+from airgap._cli import render
+from airgap._cli.reporters import for_terminal
+from airgap._version import __version__
+from airgap.diff import diff
+from airgap.errors import ExitCode, UsageError
+from airgap.inspect import inspect
+from airgap.install import InstallOptions, install
+from airgap.pack import PackOptions, pack, parse_source
+from airgap.progress import Reporter
+from airgap.publish import publish, pull
+from airgap.sign import SignOptions, sign
+from airgap.trust import keys
+from airgap.verify import PartsFailed, VerifyOptions, verify, verify_with_receipt
+
+
+def _reporter(ctx: click.Context) -> Reporter:
+    """Progress for this run: bars or lines on stderr, nothing with --quiet."""
+    return for_terminal(opt.is_quiet(ctx))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="airgap")
+@click.option("-q", "--quiet", is_flag=True, help="no progress output")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Move container images into air-gapped networks as signed, chunked zstd bundles."""
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+@cli.command(name="keygen")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub")
+@opt.passphrase_env_option(help="encrypt the private key with the passphrase in $VAR")
+@click.option("--no-passphrase", is_flag=True, help="write the private key unencrypted (not recommended)")
+@opt.json_option()
+def keygen_command(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair (private key file mode 0600, encrypted unless --no-passphrase)."""
+    key_path, pub_path, fingerprint = keys.generate(out, opt.new_key_passphrase(passphrase_env, no_passphrase))
+    render.keygen_result(key_path, pub_path, fingerprint, as_json)
+
+
+@cli.command(name="pack")
+@click.argument("images", nargs=-1, required=True)
+@opt.out_option()
+@opt.key_option()
+@opt.passphrase_env_option()
+@opt.part_size_option(opt.core_default(PackOptions, "part_size", int))
+@click.option(
+    "--media-dir-size",
+    metavar="SIZE",
+    type=opt.OPTIONAL_MEDIA_SIZE,
+    help="split the bundle into vol-NN folders, one per medium of this size (e.g. dvd, bd25, 32GB), each with a listing",
+)
+@click.option(
+    "--level",
+    default=opt.core_default(PackOptions, "level", int),
+    show_default=True,
+    type=int,
+    help="zstd level, 1-19 (up to 22 with more memory)",
+)
+@click.option(
+    "--long", "long_distance", is_flag=True, help="zstd long-distance matching (128 MiB window; install needs that much memory)"
+)
+@click.option("--name", help="bundle name (default: the first image's repository)")
+@click.option("--sequence", type=click.IntRange(min=0), help="bundle sequence number (default: creation time in seconds)")
+@click.option("--expires", help="bundle expires: 30d, 12h, 90m after creation, or a UTC time 2027-01-31T00:00:00Z")
+@opt.platform_option(
+    help="registry and OCI sources: os/arch[/variant], comma-separated, or 'all' (registry default: this host's)"
+)
+@opt.plain_http_option(help="talk plain HTTP to registry sources (loopback registries always do)")
+@click.option(
+    "--with-installer",
+    is_flag=True,
+    help="also add airgap and its dependencies as wheels (installer/wheels) for an offline 'pip install'",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="with --with-installer: take the wheels from this directory instead of downloading them with pip",
+)
+@click.option(
+    "--since",
+    type=click.Path(path_type=Path, exists=True),
+    help="a delta: leave out the layers an older bundle already has (its directory or manifest.json)",
+)
+@opt.trust_option(
+    required=False, help="with --since: a key (.pub or a directory of them) that may have signed the older bundle, besides --key"
+)
+@click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
+@opt.json_option()
+@opt.quiet_option()
+@click.pass_context
+def pack_command(
+    ctx: click.Context,
+    images: tuple[str, ...],
+    out_dir: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    part_size: int,
+    media_dir_size: int | None,
+    level: int,
+    long_distance: bool,
+    name: str | None,
+    sequence: int | None,
+    expires: str | None,
+    platform: str | None,
+    plain_http: bool,
+    with_installer: bool,
+    wheelhouse: Path | None,
+    since: Path | None,
+    trust: tuple[Path, ...],
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Pack IMAGES into a signed bundle.
+
+    Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH, oci-archive:PATH[:REPO],
+    or an image in a registry, oci://HOST[:PORT]/REPO:TAG (no Docker engine needed).
+    """
+    options = PackOptions(
+        sources=tuple(parse_source(s) for s in images),
+        out_dir=out_dir,
+        key_path=key_path,
+        passphrase=opt.key_passphrase(key_path, passphrase_env),
+        part_size=part_size,
+        media_dir_size=media_dir_size,
+        level=level,
+        long_distance=long_distance,
+        overwrite=overwrite,
+        name=name,
+        sequence=sequence,
+        expires=expires,
+        platform=platform,
+        plain_http=plain_http,
+        with_installer=with_installer or wheelhouse is not None,
+        wheelhouse=wheelhouse,
+        since=since,
+        trusted=opt.trusted_keys(trust) if trust else (),
+    )
+    render.pack_result(pack(options, _reporter(ctx)), as_json)
+
+
+@cli.command(name="sign")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@opt.key_option()
+@opt.passphrase_env_option()
+@opt.trust_options(SignOptions)
+@click.option("--allow-expired", is_flag=True, help="sign a bundle past its expiry date")
+@opt.jobs_option(SignOptions)
+@opt.json_option()
+@opt.quiet_option()
+@click.pass_context
+def sign_command(
+    ctx: click.Context,
+    bundle: Path,
+    key_path: Path,
+    passphrase_env: str | None,
+    trust: tuple[Path, ...],
+    threshold: int,
+    search: tuple[Path, ...],
+    allow_expired: bool,
+    jobs: int,
+    as_json: bool,
+) -> None:
+    """Add a signature to an existing bundle: its signatures are checked against --trust and every part is
+    hashed first, so a signer never vouches for a bundle changed since it was signed."""
+    options = SignOptions(
+        bundle=bundle,
+        key_path=key_path,
+        trusted=opt.trusted_keys(trust),
+        threshold=threshold,
+        passphrase=opt.key_passphrase(key_path, passphrase_env),
+        jobs=jobs,
+        allow_expired=allow_expired,
+        search=search,
+    )
+    render.sign_result(sign(options, _reporter(ctx)), as_json)
+
+
+@cli.command(name="verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@opt.trust_options(VerifyOptions)
+@opt.jobs_option(VerifyOptions)
+@click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
+@click.option("--allow-unexpected", is_flag=True, help="only warn about files the manifest does not list")
+@click.option("--receipt", "receipt", type=click.Path(path_type=Path), help="write a JSON record of every check and its outcome")
+@click.option("--receipt-key", type=click.Path(path_type=Path), help="sign the receipt with this key (writes RECEIPT.sig)")
+@opt.passphrase_env_option(help="the receipt key's passphrase is in $VAR")
+@opt.json_option(help="print the full report as JSON")
+@opt.quiet_option()
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    bundle: Path,
+    trust: tuple[Path, ...],
+    threshold: int,
+    search: tuple[Path, ...],
+    jobs: int,
+    allow_expired: bool,
+    allow_unexpected: bool,
+    receipt: Path | None,
+    receipt_key: Path | None,
+    passphrase_env: str | None,
+    as_json: bool,
+) -> None:
+    """Check a bundle's signature and every part, without installing anything."""
+    if receipt_key is not None and receipt is None:
+        raise UsageError("--receipt-key needs --receipt FILE")
+    options = VerifyOptions(
+        bundle=bundle,
+        trusted=opt.trusted_keys(trust),
+        threshold=threshold,
+        jobs=jobs,
+        allow_expired=allow_expired,
+        allow_unexpected=allow_unexpected,
+        search=search,
+    )
+    if receipt is not None:
+        receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
+    signer = keys.load_private(receipt_key, opt.key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
+    try:
+        if receipt is not None:
+            report = verify_with_receipt(options, receipt, signer, _reporter(ctx))
+        else:
+            report = verify(options, _reporter(ctx))
+    except PartsFailed as e:
+        render.verify_failure(e, as_json)
+        raise
+    render.verify_result(report, as_json)
+
+
+@cli.command(name="inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@opt.json_option(help="print the manifest and signers as JSON")
+def inspect_command(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds (reads the manifest only)."""
+    render.inspect_result(inspect(bundle), as_json)
+
+
+@cli.command(name="install")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@opt.trust_options(InstallOptions)
+@click.option(
+    "--to",
+    "target",
+    metavar="TARGET",
+    help="registry://HOST[:PORT][/PREFIX], docker-archive:PATH or oci-archive:PATH (default: the Docker engine)",
+)
+@opt.plain_http_option(help="talk plain HTTP to a registry target (loopback registries always do)")
+@opt.chunk_size_option(opt.core_default(InstallOptions, "chunk_size", int), help="largest single upload request to a registry")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="a delta's base bundle: supplies the layers the delta leaves out, when the target lacks them",
+)
+@click.option(
+    "--via",
+    type=click.Choice(["load", "registry"]),
+    default=opt.core_default(InstallOptions, "via", str),
+    show_default=True,
+    help="Docker engine: stream an image upload (load), or serve the bundle on 127.0.0.1 for the engine to pull",
+)
+@click.option("--replace", is_flag=True, help="move existing tags to the bundle's images (or overwrite the archive)")
+@opt.platform_option(help="os/arch[/variant] to install (default: the engine's; other targets: every image)")
+@click.option("--allow-expired", is_flag=True, help="install a bundle past its expiry date")
+@click.option("--allow-unexpected", is_flag=True, help="ignore files in the bundle that the manifest does not list")
+@click.option("--allow-downgrade", is_flag=True, help="install a bundle older than one of the same name installed before")
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(path_type=Path),
+    help="rollback state file (default: $AIRGAP_STATE or ~/.local/state/airgap/installed.json)",
+)
+@opt.json_option()
+@opt.quiet_option()
+@click.pass_context
+def install_command(
+    ctx: click.Context,
+    bundle: Path,
+    trust: tuple[Path, ...],
+    threshold: int,
+    search: tuple[Path, ...],
+    target: str | None,
+    plain_http: bool,
+    chunk_size: int,
+    base: Path | None,
+    via: str,
+    replace: bool,
+    platform: str | None,
+    allow_expired: bool,
+    allow_unexpected: bool,
+    allow_downgrade: bool,
+    state: Path | None,
+    as_json: bool,
+) -> None:
+    """Verify a bundle and load its images into the Docker engine (DOCKER_HOST), or push them into a
+    registry, or write them as an image archive (--to)."""
+    options = InstallOptions(
+        bundle=bundle,
+        trusted=opt.trusted_keys(trust),
+        threshold=threshold,
+        replace=replace,
+        platform=platform,
+        allow_expired=allow_expired,
+        allow_unexpected=allow_unexpected,
+        allow_downgrade=allow_downgrade,
+        state=state,
+        target=target,
+        plain_http=plain_http,
+        chunk_size=chunk_size,
+        via=via,
+        search=search,
+        base=base,
+    )
+    render.install_result(install(options, _reporter(ctx)), as_json)
+
+
+@cli.command(name="publish")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("target", metavar="oci://HOST[:PORT]/REPO:TAG")
+@opt.plain_http_option(help="talk plain HTTP (loopback registries always do)")
+@opt.chunk_size_option(opt.core_default(publish, "chunk", int), help="largest single upload request")
+@click.option("--replace", is_flag=True, help="move the tag if it names another artifact")
+@opt.json_option()
+@opt.quiet_option()
+@click.pass_context
+def publish_command(
+    ctx: click.Context, bundle: Path, target: str, plain_http: bool, chunk_size: int, replace: bool, as_json: bool
+) -> None:
+    """Upload a bundle to an OCI registry as an artifact (credentials: docker login, or $AIRGAP_REGISTRY_USER/_PASSWORD)."""
+    render.publish_result(publish(bundle, target, plain_http, replace, chunk_size, _reporter(ctx)), as_json)
+
+
+@cli.command(name="pull")
+@click.argument("source", metavar="oci://HOST[:PORT]/REPO:TAG")
+@opt.out_option()
+@opt.plain_http_option(help="talk plain HTTP (loopback registries always do)")
+@click.option("--overwrite", is_flag=True, help="replace a bundle already in the output directory")
+@opt.json_option()
+@opt.quiet_option()
+@click.pass_context
+def pull_command(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overwrite: bool, as_json: bool) -> None:
+    """Download a published bundle; an interrupted pull resumes when run again.  Then run 'airgap verify'."""
+    render.pull_result(pull(source, out_dir, plain_http, overwrite, _reporter(ctx)), as_json)
+
+
+@cli.command(name="diff")
+@click.argument("a", type=click.Path(path_type=Path, exists=True))
+@click.argument("b", type=click.Path(path_type=Path, exists=True))
+@opt.json_option(help="print the differences as JSON")
+def diff_command(a: Path, b: Path, as_json: bool) -> None:
+    """Show which images, layers and bytes differ between bundles A and B (their directories or manifest.json)."""
+    render.diff_result(diff(a, b), as_json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code.  Errors become one line plus a hint on stderr."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="airgap", standalone_mode=False)
+    except (Exception, KeyboardInterrupt) as e:
+        if render.is_bug(e) and os.environ.get("AIRGAP_DEBUG"):
+            raise
+        return render.failure(e)
+    return rv if isinstance(rv, int) else int(ExitCode.OK)
+
+
+def run() -> NoReturn:
+    """The ``airgap`` console script: exit with :func:`main`'s code."""
+    sys.exit(main())
