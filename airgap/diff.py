@@ -45,6 +45,7 @@ class ImageChange:
 
     @property
     def status(self) -> str:
+        """How the image fares from A to B: "added", "removed", "same" or "changed" (another image ID)."""
         if self.old is None:
             return "added"
         if self.new is None:
@@ -65,6 +66,8 @@ class BundleDiff:
     delta_part_bytes: int | None  # compressed bytes of the added layers, when B carries them all
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON report: each image's status and IDs, the layer sets with counts, bytes and digests."""
+
         def layers(items: tuple[tuple[str, int], ...]) -> dict[str, object]:
             return {"count": len(items), "bytes": sum(s for _, s in items), "digests": [d for d, _ in items]}
 
@@ -83,6 +86,7 @@ class BundleDiff:
         }
 
     def render(self) -> str:
+        """The report for people: images, then the layers added and removed (each listed) and shared."""
         lines = [f"images ({printable(str(self.a))} -> {printable(str(self.b))}):"]
         for i in self.images:
             ids = {"added": f"{i.new}", "removed": f"{i.old}", "same": f"{i.new}", "changed": f"{i.old} -> {i.new}"}[i.status]
@@ -102,6 +106,7 @@ def diff(a: Path, b: Path) -> BundleDiff:
     old, new = read_manifest(a), read_manifest(b)
 
     def named(m: Manifest) -> dict[tuple[str, str], str]:
+        """Each (name, platform) of a manifest's images -> image ID; an untagged image goes by its ID."""
         out: dict[tuple[str, str], str] = {}
         for image in m.images:
             for name in image.ref_names or (image.image_id,):

@@ -61,6 +61,7 @@ class Error(Exception):
         return f"error: {self.message}\nhint: {self.hint or self.default_hint}"
 
     def kind(self) -> str:
+        """The error's kind as receipts name it: its exit code's name, in lower case ("usage", "integrity"...)."""
         return self.exit_code.name.lower()
 
 

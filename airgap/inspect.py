@@ -18,6 +18,7 @@ class Inspection:
     bundle: LoadedBundle
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON report: the bundle's path, its manifest's sha256, the signers named (not verified), the manifest."""
         m = self.bundle.manifest
         return {
             "bundle": str(self.bundle.path),
@@ -27,6 +28,7 @@ class Inspection:
         }
 
     def render(self) -> str:
+        """The report for people: name, sequence, dates, signers named (not verified), parts, then one line per image."""
         m = self.bundle.manifest
         lines = [
             f"bundle    {printable(str(self.bundle.path))}",

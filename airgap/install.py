@@ -71,6 +71,7 @@ class InstallResult:
     layers_rebuilt: int = 0  # a delta's layers rebuilt from a recipe (over --base or the engine's copy)
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON report: signatures, each image's outcome and location, and the counters of what was read."""
         return {
             "bundle": str(self.bundle),
             "signatures": self.trust.to_dict(),

@@ -26,16 +26,16 @@ class NullReporter:
     """A Reporter that shows nothing."""
 
     def start(self, label: str, total: int) -> None:
-        pass
+        """Shows nothing."""
 
     def advance(self, n: int) -> None:
-        pass
+        """Shows nothing."""
 
     def finish(self) -> None:
-        pass
+        """Shows nothing."""
 
     def note(self, message: str) -> None:
-        pass
+        """Shows nothing."""
 
 
 class Transfer:

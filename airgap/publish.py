@@ -71,6 +71,7 @@ class TransferResult:
     seconds: float
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON report (``bytes_sent`` appears as ``bytes_transferred``)."""
         return {
             "bundle": str(self.bundle),
             "reference": self.reference,
@@ -83,6 +84,7 @@ class TransferResult:
 
 
 def _file_blocks(bundle: LoadedBundle, item: Part | BundleFile) -> Iterator[bytes]:
+    """A part or listed file's bytes, in blocks, opened the bundle's one checked way."""
     with open_part(bundle, item) as fh:  # the bundle's one checked way in: no link on the path, never a FIFO
         while block := fh.read(BLOCK):
             yield block
@@ -157,16 +159,20 @@ def publish(
 
 
 def _advancing(blocks: Iterator[bytes], reporter: Reporter) -> Iterator[bytes]:
+    """Pass ``blocks`` through, telling the reporter of each."""
     for block in blocks:
         reporter.advance(len(block))
         yield block
 
 
 def _digest(data: bytes) -> str:
+    """The sha256 digest of ``data``, as the registry names blobs."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _artifact_manifest(manifest: Manifest, files: list[tuple[str, str, str, int]]) -> bytes:
+    """The artifact's OCI manifest: an empty config, one layer per file titled with its path, and the bundle's
+    name, sequence and creation time as annotations."""
     body = {
         "schemaVersion": 2,
         "mediaType": MT_OCI_MANIFEST,
@@ -294,11 +300,13 @@ class _PullDir:
         self.close()
 
     def close(self) -> None:
+        """Close every directory descriptor held."""
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
 
     def label(self, rel: str) -> Path:
+        """How messages name ``DIR/rel``."""
         return self.path / rel if rel else self.path
 
     def directory(self, rel: str, mode: int = 0o777) -> int:
@@ -311,10 +319,13 @@ class _PullDir:
         return fd
 
     def _parent(self, path: str) -> tuple[int, str, str]:
+        """The descriptor of the directory holding ``path`` (created and checked), the leaf name, and the
+        directory's path relative to DIR."""
         parent_rel, _, leaf = path.rpartition("/")
         return self.directory(parent_rel), leaf, parent_rel
 
     def staged_bytes(self, files: list[tuple[str, str, int]]) -> int:
+        """The bytes an earlier run left staged for these files: the space check counts only what is still to come."""
         total = 0
         for _, digest, _ in files:
             st = _lstat(self.staging, digest.removeprefix("sha256:"))
@@ -332,6 +343,7 @@ class _PullDir:
         return stat.S_ISREG(st.st_mode) and st.st_size == size
 
     def remove(self, path: str) -> None:
+        """Remove ``path`` from DIR if it is there; a link or another user's file is refused (ConflictError)."""
         parent, leaf, _ = self._parent(path)
         st = _lstat(parent, leaf)
         if st is not None:
@@ -368,6 +380,7 @@ class _PullDir:
 
 
 def _lstat(parent: int, name: str) -> os.stat_result | None:
+    """The entry ``name`` under an open directory, not following a link; None when there is none."""
     try:
         return os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
@@ -375,6 +388,7 @@ def _lstat(parent: int, name: str) -> os.stat_result | None:
 
 
 def _require_ours(st: os.stat_result, label: Path) -> None:
+    """Refuse (ConflictError) a symbolic link or an entry of another user: pull writes only into its own."""
     if stat.S_ISLNK(st.st_mode):
         raise ConflictError(f"{label} is a symbolic link; pull writes nothing through links", hint=_REFUSE_HINT)
     if st.st_uid != os.geteuid():
@@ -429,6 +443,7 @@ def _open_staged(target: _PullDir, name: str, size: int) -> int:
 
 
 def _check_staged(fd: int, label: Path, size: int) -> None:
+    """Refuse a staged file that is not a regular file of ours; one longer than the blob is emptied (fetched again)."""
     st = os.fstat(fd)
     _require_ours(st, label)
     if not stat.S_ISREG(st.st_mode):

@@ -57,6 +57,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every part and file passed, and no unexpected file was found (unless they were allowed)."""
         return not self.bad_parts
 
     @property
@@ -68,6 +69,7 @@ class VerifyReport:
         return bad
 
     def _whys(self) -> tuple[str, ...]:
+        """What is wrong with each unexpected file, in order."""
         return self.unexpected_why or ("is not part of the signed bundle",) * len(self.unexpected_files)
 
     def checks(self) -> list[dict[str, str]]:
@@ -100,6 +102,7 @@ class VerifyReport:
         return checks
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON report: the outcome, every check in order (:meth:`checks`), signatures, parts and files."""
         return {
             "ok": self.ok,
             "bundle": str(self.bundle),

@@ -44,14 +44,17 @@ def part_path(blob_digest: str, index: int) -> str:
 
 
 def format_time(moment: datetime) -> str:
+    """A moment as the manifest writes it: UTC, to the second, like 2026-01-31T12:00:00Z."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> datetime:
+    """A manifest time (checked against the pattern by the caller) as an aware UTC datetime; ValueError if it is no date."""
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 def valid_ref(ref: str) -> bool:
+    """Whether ``ref`` is a Docker reference with a tag (REPOSITORY:TAG), the only names a bundle keeps."""
     return bool(_REF_RE.fullmatch(ref))
 
 
@@ -59,6 +62,7 @@ def valid_ref(ref: str) -> bool:
 
 
 def _obj(value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()) -> Mapping[str, Any]:
+    """A JSON object with every ``required`` field and none beyond ``optional``; else a FormatError naming ``where``."""
     if not isinstance(value, dict):
         raise FormatError(f"manifest: {where} must be an object")
     keys = set(value)
@@ -75,18 +79,21 @@ MAX_INT = (1 << 63) - 1  # sizes, offsets and sequences: what every tool reading
 
 
 def _int(value: Any, where: str, minimum: int = 0) -> int:
+    """A JSON integer from ``minimum`` to 2^63-1 (a bool is not an integer here)."""
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
         raise FormatError(f"manifest: {where} must be an integer from {minimum} to 2^63-1")
     return value
 
 
 def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
+    """A JSON string, matching ``pattern`` in full when one is given."""
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise FormatError(f"manifest: {where} is not a valid value: {str(value)[:80]!r}")
     return value
 
 
 def _list(value: Any, where: str) -> list[Any]:
+    """A JSON array."""
     if not isinstance(value, list):
         raise FormatError(f"manifest: {where} must be a list")
     return value
@@ -100,6 +107,7 @@ def _checked(value: Any, what: str, pattern: re.Pattern[str]) -> str:
 
 
 def _count(value: Any, what: str) -> int:
+    """A byte count from a source or a bundle: a whole number from 0 to 2^63-1, else a FormatError."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
         raise FormatError(f"{what} {str(value)[:40]!r} is not a whole number of bytes")
     return value
@@ -117,15 +125,18 @@ class Descriptor:
     media_type: str
 
     def __post_init__(self) -> None:
+        """Refuse a digest, media type or size outside its grammar, whoever builds the descriptor."""
         _checked(self.digest, "digest", _DIGEST_RE)
         _checked(self.media_type, "media type", _MEDIA_TYPE_RE)
         _count(self.size, "size")
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {"digest": self.digest, "size": self.size, "media_type": self.media_type}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Descriptor:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"digest", "size", "media_type"})
         return cls(
             digest=_str(d["digest"], f"{where}.digest", _DIGEST_RE),
@@ -136,11 +147,14 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class Platform:
+    """The os/architecture[/variant] an image runs on, each word checked against one grammar."""
+
     os: str
     architecture: str
     variant: str | None = None
 
     def __post_init__(self) -> None:
+        """Refuse platform words outside the grammar, wherever they came from (a source's config, a bundle, --platform)."""
         _checked(self.os, "platform os", _PLATFORM_WORD_RE)
         _checked(self.architecture, "platform architecture", _PLATFORM_WORD_RE)
         if self.variant is not None:
@@ -170,6 +184,7 @@ class Platform:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form (no ``variant`` key when there is none)."""
         d: dict[str, Any] = {"os": self.os, "architecture": self.architecture}
         if self.variant:
             d["variant"] = self.variant
@@ -177,6 +192,7 @@ class Platform:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Platform:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"os", "architecture"}, frozenset({"variant"}))
         variant = d.get("variant")
         return cls(
@@ -197,6 +213,7 @@ class Image:
     platform: Platform
 
     def __post_init__(self) -> None:
+        """Refuse names that are not Docker references, a name listed twice, and diff IDs that do not match the layers."""
         for ref in self.ref_names:
             if not isinstance(ref, str) or not valid_ref(ref):
                 raise FormatError(
@@ -212,9 +229,11 @@ class Image:
 
     @property
     def image_id(self) -> str:
+        """The image ID Docker gives the image: its config's digest."""
         return self.config.digest
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {
             "ref_names": list(self.ref_names),
             "config": self.config.to_dict(),
@@ -225,6 +244,7 @@ class Image:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Image:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"})
         refs = tuple(
             _str(r, f"{where}.ref_names[{i}]", _REF_RE) for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names"))
@@ -261,6 +281,8 @@ class Part:
     length: int
 
     def __post_init__(self) -> None:
+        """Refuse a part whose path is not the one derived from its blob and index (an edited manifest
+        cannot point a part at another file)."""
         _checked(self.blob, "blob digest", _DIGEST_RE)
         _checked(self.sha256, "sha256", _HEX64_RE)
         if not 0 <= self.index <= MAX_PART_INDEX or self.path != part_path(self.blob, self.index):
@@ -270,6 +292,7 @@ class Part:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {
             "path": self.path,
             "size": self.size,
@@ -282,6 +305,7 @@ class Part:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Part:
+        """Parse the manifest's JSON form strictly; every error is reported as the manifest's, naming ``where``."""
         d = _obj(d, where, {"path", "size", "sha256", "blob", "index", "offset", "length"})
         try:
             return cls(
@@ -315,6 +339,7 @@ class BundleFile:
     sha256: str
 
     def __post_init__(self) -> None:
+        """Refuse a path outside ``installer/`` and the volume listings, an overlong path, or a bad hash or size."""
         _checked(self.path, "bundle file path", _FILE_PATH_RE)
         if len(self.path) > 300:
             raise FormatError(f"bundle file path {self.path[:60]!r}... is too long")
@@ -322,10 +347,12 @@ class BundleFile:
         _count(self.size, "size")
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> BundleFile:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"path", "size", "sha256"})
         path = _str(d["path"], f"{where}.path", _FILE_PATH_RE)
         if len(path) > 300:
@@ -342,13 +369,16 @@ class Volume:
     paths: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        """Refuse a volume name other than vol-NN or vol-NNN (it becomes a folder name)."""
         _checked(self.name, "volume name", _VOLUME_RE)
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {"name": self.name, "paths": list(self.paths)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Volume:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"name", "paths"})
         paths = tuple(_str(x, f"{where}.paths[{i}]") for i, x in enumerate(_list(d["paths"], f"{where}.paths")))
         return cls(name=_str(d["name"], f"{where}.name", _VOLUME_RE), paths=paths)
@@ -365,6 +395,7 @@ class Rebuild:
     source_size: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {
             "layer": self.layer,
             "size": self.size,
@@ -375,6 +406,7 @@ class Rebuild:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Rebuild:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"layer", "size", "recipe", "source", "source_size"})
         return cls(
             layer=_str(d["layer"], f"{where}.layer", _DIGEST_RE),
@@ -387,28 +419,36 @@ class Rebuild:
 
 @dataclass(frozen=True)
 class Blob:
+    """A blob the bundle carries in its parts (a config, a layer, a delta's recipe): its digest and uncompressed size."""
+
     digest: str
     size: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {"digest": self.digest, "size": self.size}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Blob:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"digest", "size"})
         return cls(digest=_str(d["digest"], f"{where}.digest", _DIGEST_RE), size=_int(d["size"], f"{where}.size"))
 
 
 @dataclass(frozen=True)
 class Compression:
+    """How the parts are compressed: zstd (the only algorithm read) at a level of 1 or more."""
+
     algorithm: str
     level: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
         return {"algorithm": self.algorithm, "level": self.level}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Compression:
+        """Parse the manifest's JSON form strictly; an algorithm other than zstd is a FormatError."""
         d = _obj(d, where, {"algorithm", "level"})
         algorithm = _str(d["algorithm"], f"{where}.algorithm")
         if algorithm != "zstd":
@@ -442,6 +482,7 @@ class Manifest:
     _rebuild_index: dict[str, Rebuild] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """Check the manifest as a whole (see :meth:`_check`), then index blobs, parts, volumes and rebuilds for lookups."""
         self._check()
         self._blob_index.update({b.digest: b for b in self.blobs})
         for part in self.parts:
@@ -451,6 +492,9 @@ class Manifest:
 
     # -- semantic checks shared by writer and reader --------------------------------------------
     def _check(self) -> None:
+        """The rules that span records, for the writer and the reader alike: each name on one image per platform,
+        every image blob listed (a delta may leave out layers), parts in order and adding up to their blob,
+        no path twice, rebuilds only in a delta, every path on exactly one volume, times in UTC."""
         if not self.images:
             raise FormatError("manifest: the bundle lists no image")
         _checked(self.name, "bundle name", _NAME_RE)
@@ -548,26 +592,33 @@ class Manifest:
         return list(seen.values())
 
     def rebuild_of(self, digest: str) -> Rebuild | None:
+        """How a delta rebuilds this layer, or None when it does not."""
         return self._rebuild_index.get(digest)
 
     def has_blob(self, digest: str) -> bool:
+        """Whether the bundle carries this blob in its parts."""
         return digest in self._blob_index
 
     def volume_of(self, path: str) -> str | None:
+        """The volume carrying this part or file, or None when the bundle is not split."""
         return self._volume_index.get(path)
 
     def blob(self, digest: str) -> Blob:
+        """The listed blob with this digest (KeyError when the bundle does not carry it)."""
         return self._blob_index[digest]
 
     def parts_of(self, digest: str) -> list[Part]:
+        """The parts of a blob, in order (empty when the bundle does not carry it)."""
         return list(self._parts_index.get(digest, ()))
 
     @property
     def total_part_bytes(self) -> int:
+        """The bytes of every part: what the bundle takes on disk besides its manifest and side files."""
         return sum(p.size for p in self.parts)
 
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form; ``files``, ``volumes`` and ``rebuilds`` appear only when not empty."""
         return {
             "schema_version": self.schema_version,
             "media_type": self.media_type,
@@ -588,10 +639,14 @@ class Manifest:
         }
 
     def to_bytes(self) -> bytes:
+        """The exact bytes written and signed: sorted keys, indented, ASCII, integers only, so the same manifest always
+        gives the same bytes."""
         return (json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode("ascii")
 
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
+        """Parse a manifest strictly: an unsupported schema_version, a missing or unknown field, or a broken rule
+        is a FormatError."""
         if isinstance(d, dict) and d.get("schema_version") != SCHEMA_VERSION:
             raise FormatError(
                 f"manifest: schema_version {str(d.get('schema_version'))[:20]} is not supported",
@@ -645,6 +700,8 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse manifest.json's bytes: JSON without floats, NaN or Infinity, then :meth:`from_dict`.  Every failure,
+        including deep nesting or huge integers, is a FormatError."""
         try:
             parsed = json.loads(data.decode("utf-8"), parse_float=_reject_float, parse_constant=_reject_float)
         except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer of thousands of digits, deep nesting
@@ -653,4 +710,5 @@ class Manifest:
 
 
 def _reject_float(text: str) -> Any:
+    """JSON parse hook: a manifest holds no floating point numbers (they would not sign the same everywhere)."""
     raise FormatError(f"manifest: floating point numbers are not allowed ({text[:20]!r})")

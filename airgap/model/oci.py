@@ -29,14 +29,18 @@ _AS_OCI = {MT_DOCKER_LAYER: MT_OCI_LAYER, MT_DOCKER_LAYER_GZIP: MT_OCI_LAYER_GZI
 
 
 def digest_of(data: bytes) -> str:
+    """The sha256 digest of ``data``, as registries name blobs and manifests."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _descriptor(desc: Descriptor, media_type: str) -> dict[str, object]:
+    """A descriptor as image manifests write it, under the given media type."""
     return {"mediaType": media_type, "digest": desc.digest, "size": desc.size}
 
 
 def uses_docker_schema(image: Image) -> bool:
+    """Whether a Docker schema 2 manifest can describe the image: a Docker config, and layers whose types map
+    to Docker's (zstd layers need OCI)."""
     return image.config.media_type == MT_DOCKER_CONFIG and all(layer.media_type in _AS_DOCKER for layer in image.layers)
 
 
@@ -60,6 +64,7 @@ def image_manifest(image: Image, oci: bool = False) -> tuple[bytes, str]:
 
 
 def platform_dict(platform: Platform) -> dict[str, str]:
+    """The platform object of an index entry."""
     d = {"architecture": platform.architecture, "os": platform.os}
     if platform.variant:
         d["variant"] = platform.variant
@@ -82,6 +87,7 @@ def index_manifest(entries: list[tuple[bytes, str, Platform]], oci: bool = False
 
 
 def _dump(body: object) -> bytes:
+    """The bytes a manifest or index is stored and pushed as; its digest is taken over exactly these."""
     return json.dumps(body, indent=3).encode()
 
 

@@ -26,6 +26,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(text: str) -> int:
+    """A size with an optional unit (decimal kB/MB/GB/TB or binary KiB/MiB/GiB/TiB, case-insensitive) in bytes,
+    computed without floats; anything else is a UsageError."""
     m = _SIZE_RE.match(text)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:

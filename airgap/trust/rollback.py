@@ -29,7 +29,7 @@ def default_path() -> Path:
 
 
 def cache_path(state_path: Path) -> Path:
-    """The verified-parts cache (see _internal/cache.py) lives beside the install state."""
+    """The verified-parts cache (see _internal/format/cache.py) lives beside the install state."""
     return state_path.with_name("verified.jsonl")
 
 

@@ -159,7 +159,7 @@ def test_a_command_is_its_module_whatever_was_imported_first(monkeypatch: pytest
     subprocess.run([sys.executable, "-c", "import sys\n" + code], check=True)
     # so a dotted path through a command module reaches the module's attribute (mock.patch, monkeypatch)
     monkeypatch.setattr("airgap.install.default_state_path", lambda: Path("/nonexistent/state.json"))
-    assert airgap.install.default_state_path() == Path("/nonexistent/state.json")
+    assert importlib.import_module("airgap.install").default_state_path() == Path("/nonexistent/state.json")
 
 
 def test_docstring_example_runs(

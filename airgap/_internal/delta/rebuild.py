@@ -34,6 +34,7 @@ WORTH_IT = 0.5  # a recipe is used only when at most this share of the layer mus
 
 
 def _chunker() -> FastCDC:
+    """The one FastCDC setting both layers are cut with, so a chunk present in both is cut the same way in each."""
     return FastCDC(avg_size=AVG_CHUNK)
 
 
@@ -45,6 +46,7 @@ class BlockReader:
         self._buf = bytearray()
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when negative); fewer only at the end of the blocks."""
         while n < 0 or len(self._buf) < n:
             block = next(self._it, None)
             if block is None:
@@ -59,6 +61,7 @@ class BlockReader:
         return data
 
     def readinto(self, b: bytearray | memoryview) -> int:
+        """Fill ``b`` as far as the blocks go; the number of bytes put in it."""
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -82,10 +85,12 @@ class Plan:
 
     @property
     def recipe_size(self) -> int:
+        """The bytes of the recipe :func:`encode` writes for this plan."""
         return len(MAGIC) + sum(_REF.size if kind == "R" else _LIT.size + n for kind, _, n in self.steps)
 
     @property
     def worth_it(self) -> bool:
+        """Whether the recipe carries few enough literal bytes (:data:`WORTH_IT` of the layer at most) to be used."""
         return self.literal_bytes <= self.size * WORTH_IT
 
 
@@ -114,6 +119,7 @@ def plan(new_blocks: Iterable[bytes], index: dict[bytes, tuple[int, int]]) -> Pl
 
 
 def _split_long(steps: list[tuple[str, int, int]]) -> Iterator[tuple[str, int, int]]:
+    """Cut steps longer than a recipe record holds (2^32 - 1 bytes) into several."""
     limit = (1 << 32) - 1
     for kind, offset, length in steps:
         while length > limit:

@@ -27,6 +27,8 @@ MAX_READ = 64 << 20  # the newest entries; an older tail end is simply hashed ag
 
 
 def file_key(fd: int, path: Path, part: Part) -> str:
+    """The cache key of an open part file: its identity on disk (device, inode, size, mtime in ns, absolute path)
+    and the sha256 the manifest expects of it."""
     st = os.fstat(fd)
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{part.sha256}:{os.path.abspath(path)}"
 
@@ -47,6 +49,10 @@ def _open_trusted(path: Path, flags: int) -> int | None:
 
 
 class VerifiedCache:
+    """The keys of parts verified before (see the module), read once when made.  With ``path`` None nothing is
+    read or written: keys added are remembered for this run only.
+    :meth:`add` may be called from several threads at once."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._keys: set[str] = set()
@@ -81,6 +87,8 @@ class VerifiedCache:
         return key in self._keys
 
     def add(self, key: str) -> None:
+        """Remember a part as verified, appending it to the cache file when the file is ours to write; a cache that
+        cannot be written is given up silently (it only costs a re-hash later)."""
         with self._lock:
             if key in self._keys:
                 return

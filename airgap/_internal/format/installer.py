@@ -28,10 +28,12 @@ SCRIPT_PATH = f"{INSTALLER_DIR}/install.sh"
 
 
 def script() -> bytes:
+    """install.sh's bytes, as shipped inside the package."""
     return resources.files("airgap._internal.format").joinpath("install.sh").read_bytes()
 
 
 def plan_name(image: Image) -> str:
+    """The bundle path of the load plan for the image's platform, without its ``.plan`` or ``.blocks`` suffix."""
     p = image.platform
     return f"{INSTALLER_DIR}/docker-" + "-".join(x for x in (p.os, p.architecture, p.variant) if x)
 

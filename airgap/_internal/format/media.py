@@ -39,14 +39,18 @@ def plan_volumes(items: list[tuple[str, int]], capacity: int, first_reserve: int
 
 
 def volume_name(index: int, count: int) -> str:
+    """The folder name of volume ``index`` of ``count``: vol-NN, or vol-NNN past 99 volumes."""
     return f"vol-{index:0{3 if count > 99 else 2}d}"
 
 
 def listing_name(index: int, count: int) -> str:
+    """The file name of volume ``index``'s listing: volume-NN.txt, or volume-NNN.txt past 99 volumes."""
     return f"volume-{index:0{3 if count > 99 else 2}d}.txt"
 
 
 def listing(bundle_name: str, sequence: int, index: int, count: int, entries: list[tuple[str, int]]) -> bytes:
+    """The text of one volume's listing: which volume of which bundle it is, how to install from every
+    medium, and the paths and sizes it carries."""
     name = volume_name(index, count)
     command = " ".join(
         ["airgap install", f"/media/{volume_name(1, count)}"]

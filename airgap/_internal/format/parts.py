@@ -54,6 +54,8 @@ def raw_chunk_size(part_size: int) -> int:
 
 
 def make_compressor(level: int, threads: int, long_distance: bool = False) -> zstandard.ZstdCompressor:
+    """The zstd compressor every part is written with; its output depends on the level (1-22, else a
+    UsageError) and ``long_distance``, not on the number of threads."""
     if not 1 <= level <= 22:
         raise UsageError(f"compression level {level} is out of range", hint="use a zstd level from 1 to 22")
     # Multi-threaded mode even with one thread, so the output does not depend on the machine's core count.
@@ -87,17 +89,22 @@ class _HashingWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
+        """Hash, count and write ``data``."""
         self.sha.update(data)
         self.size += len(data)
         self._fh.write(data)
         return len(data)
 
     def flush(self) -> None:
+        """Flush the underlying file."""
         self._fh.flush()
 
 
 @dataclass(frozen=True)
 class StagedPart:
+    """A part written to the staging directory under a temporary name, not yet committed: its compressed size
+    and sha256, and the range [offset, offset+length) of the blob it holds."""
+
     tmp_path: Path
     size: int
     sha256: str
@@ -107,6 +114,8 @@ class StagedPart:
 
 @dataclass(frozen=True)
 class StagedBlob:
+    """A blob written to staging as parts: its digest and size, computed while it was written."""
+
     digest: str
     size: int
     parts: tuple[StagedPart, ...]
@@ -135,6 +144,7 @@ class FrameShape:
         self._skip = 0  # block bytes (or the checksum) still to pass
 
     def feed(self, data: bytes) -> None:
+        """Follow the next bytes of the file; NotOneFrame as soon as they leave the shape pack writes."""
         pos, end = 0, len(data)
         while pos < end:
             if self._skip:
@@ -151,10 +161,12 @@ class FrameShape:
                 self._advance()
 
     def finish(self) -> None:
+        """At the end of the file: NotOneFrame unless the frame, checksum included, is complete."""
         if self._state != "done" or self._skip:
             raise NotOneFrame("the zstd frame is cut short")
 
     def _advance(self) -> None:
+        """Act on a complete frame header, frame header remainder or block header held in ``_pending``."""
         head = self._pending
         if self._state == "header" and self._need == 5:
             if head[:4] != _ZSTD_MAGIC:
@@ -186,6 +198,7 @@ class FrameShape:
 
 
 def _open_flags(write: bool) -> int:
+    """Flags for a staged part: never through a link; a write creates the file exclusively, a read never blocks."""
     if write:
         return os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -222,9 +235,12 @@ class _CompressingPart:
         self._zw = cctx.stream_writer(self._hw, size=length, closefd=False, write_return_read=True)  # type: ignore[arg-type]
 
     def write(self, data: memoryview) -> None:
+        """Compress the next bytes of the chunk into the file."""
         self._zw.write(data)
 
     def close(self) -> StagedPart:
+        """End the frame and fsync the file; the part, with its compressed size and sha256.  If finishing
+        fails, the file is removed."""
         try:
             self._zw.close()  # type: ignore[no-untyped-call]
             self._fh.flush()
@@ -238,6 +254,7 @@ class _CompressingPart:
         return StagedPart(self.path, self._hw.size, self._hw.sha.hexdigest(), self._start, self._length)
 
     def abort(self) -> None:
+        """Close and remove the unfinished file."""
         with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):
@@ -258,15 +275,18 @@ class _ComparingPart:
         self._zr = dctx.stream_reader(self._reader, read_size=READ_BLOCK, read_across_frames=False, closefd=False)  # type: ignore[arg-type]
 
     def _changed(self) -> ConflictError:
+        """The error for a staged part whose content is not the source's: the image changed since."""
         return ConflictError(
             f"the source no longer matches staged part {self.staged.tmp_path.name} of the interrupted pack",
             hint="the image changed since the first attempt: pack again with --overwrite to start afresh",
         )
 
     def _tampered(self, why: str) -> ConflictError:
+        """The error for a staged part that is not what pack wrote (see :func:`staged_part_changed`)."""
         return staged_part_changed(self.staged.tmp_path.name, why)
 
     def write(self, data: memoryview) -> None:
+        """Check the next bytes of the source against the staged frame's content."""
         try:
             staged = read_exact(self._zr, len(data))
         except NotOneFrame as e:
@@ -277,6 +297,8 @@ class _ComparingPart:
             raise self._changed()
 
     def close(self) -> StagedPart:
+        """Check the rest of the file: nothing more decompressed, one complete frame, and every byte hashing to the
+        journaled size and sha256; the staged part, to be committed as it is."""
         try:
             leftover = self._zr.read(1)
             while self._reader.read(READ_BLOCK):
@@ -295,10 +317,12 @@ class _ComparingPart:
         return self.staged
 
     def abort(self) -> None:
+        """Close the staged file; it stays for a later resume."""
         self._fh.close()
 
 
 def staged_part_changed(name: str, why: str) -> ConflictError:
+    """The error for a staged part someone other than pack changed; ``why`` says what is wrong with it."""
     return ConflictError(
         f"staged part {name} of the interrupted pack was changed after pack wrote it: {why}",
         hint="something other than airgap wrote to the staging area: pack again with --overwrite to start afresh",
@@ -348,6 +372,8 @@ class BlobWriter:
             self._open_part()
 
     def _open_part(self) -> None:
+        """Start the next part: compare with the staged one an interrupted pack left for this chunk if it is
+        still there, else compress into a new file."""
         index = len(self._parts)
         self._part_start = self._written
         self._part_len = min(self._chunk, self._size - self._written)
@@ -381,6 +407,7 @@ class BlobWriter:
         return fh
 
     def _close_part(self) -> None:
+        """Finish the current part and record it; a new part is handed to ``on_part`` (journaled)."""
         sink, self._sink = self._sink, None
         if sink is None:
             return
@@ -393,6 +420,8 @@ class BlobWriter:
             self._on_part(index, part)
 
     def write(self, data: bytes) -> None:
+        """Take the blob's next bytes, cutting parts at chunk boundaries; more bytes than announced is an
+        InternalError.  On failure the unfinished part is removed."""
         if self._written + len(data) > self._size:
             raise InternalError("blob is longer than its archive entry announced")
         if len(self._head) < 16:
@@ -416,6 +445,7 @@ class BlobWriter:
         self._transfer.moved(len(data))
 
     def finish(self) -> StagedBlob:
+        """The staged blob, once exactly ``size`` bytes were written (fewer is an InternalError)."""
         if self._written != self._size:
             raise InternalError("blob is shorter than its archive entry announced")
         if self._sink is not None:
@@ -430,6 +460,8 @@ class BlobWriter:
 
 
 class _HashingReader:
+    """File reader that hashes (unless told not to) and counts what passes through it, and shows it to ``on_data``."""
+
     def __init__(self, fh: BinaryIO, hashing: bool = True, on_data: Callable[[bytes], None] | None = None) -> None:
         self._fh = fh
         self.sha = hashlib.sha256() if hashing else None
@@ -437,6 +469,7 @@ class _HashingReader:
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes from the file, hashed, counted and passed to ``on_data``."""
         data = self._fh.read(n)
         if self.sha is not None:
             self.sha.update(data)
@@ -452,7 +485,7 @@ def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK
     Yields raw data; raises IntegrityError at the end (before the caller can use the last block) if
     the part's size or sha256 differ from the manifest, or at once if it inflates past its declared
     length.  Callers must not commit anything from a part before this generator is exhausted.
-    ``check_hash=False`` (a part verified before, see _internal/cache.py) skips only the sha256.
+    ``check_hash=False`` (a part verified before, see _internal/format/cache.py) skips only the sha256.
     """
     reader = _HashingReader(fh, check_hash)
     dctx = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
@@ -486,11 +519,13 @@ def iter_part_data(fh: BinaryIO, part: Part, label: str, block: int = READ_BLOCK
 
 
 def _drain(reader: _HashingReader) -> None:
+    """Read the rest of a part, so its size and sha256 cover every byte of the file."""
     while reader.read(READ_BLOCK):
         pass
 
 
 def _check_digest(reader: _HashingReader, part: Part, label: str) -> None:
+    """Refuse a part whose size or sha256 (when hashed) differs from the manifest's, with an IntegrityError."""
     if reader.size != part.size:
         raise IntegrityError(
             f"{label} is {reader.size} bytes, the manifest says {part.size}",

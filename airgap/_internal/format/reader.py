@@ -1,6 +1,6 @@
 """Reading a bundle directory back safely: its manifest and signatures, its parts, its volumes.
 
-The layout is described in :mod:`airgap._internal.writer`.
+The layout is described in :mod:`airgap._internal.format.writer`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Place:
 
 @dataclass(frozen=True)
 class LoadedBundle:
+    """A bundle as read from disk: its manifest's exact bytes and parsed form, the signatures found, and every
+    directory its parts may be read from.  Parts are opened only through :func:`open_part`."""
+
     path: Path  # the directory holding manifest.json
     manifest_bytes: bytes
     manifest: Manifest
@@ -52,6 +55,7 @@ class LoadedBundle:
 
     @functools.cached_property
     def _places(self) -> tuple[Place, ...]:
+        """The places, found once (see :meth:`places`)."""
         return self._find_places()
 
     def places(self) -> tuple[Place, ...]:
@@ -60,6 +64,7 @@ class LoadedBundle:
         return self._places
 
     def _find_places(self) -> tuple[Place, ...]:
+        """The home directory, then each --from or vol-NN directory once (by real path), each with its volume."""
         volumes = self.manifest.volumes
         known = {v.name for v in volumes}
         listings = {path: v.name for v in volumes for path in v.paths if path.startswith("volume-")}
@@ -103,6 +108,7 @@ class LoadedBundle:
         return candidates[0] if candidates else places[0]
 
     def part_file(self, part: Part | BundleFile) -> Path:
+        """The path a part or listed file is read from (see :meth:`place_of`)."""
         return self.place_of(part).path / part.path
 
 
@@ -183,6 +189,7 @@ def read_signatures(bundle: Path, wanted: frozenset[str] = frozenset()) -> dict[
 
 
 def _naming_manifest(bundle: Path, e: FormatError) -> FormatError:
+    """A manifest FormatError reworded to name the manifest file it came from."""
     return FormatError(f"{bundle / MANIFEST_NAME}: {e.message.removeprefix('manifest: ')}", e.hint)
 
 
@@ -285,6 +292,7 @@ class Unexpected:
 
 
 def unexpected_files(bundle: LoadedBundle) -> list[str]:
+    """The paths of :func:`find_unexpected`."""
     return [u.path for u in find_unexpected(bundle)]
 
 
@@ -301,12 +309,15 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
     found: list[Unexpected] = []
 
     def odd(entry: fsutil.TreeEntry, name: str) -> bool:
+        """Report a link, special file or too-deep directory (True); False for a regular file."""
         why = {"symlink": "is a symbolic link", "other": "is not a regular file", "deep": "is nested too deep"}.get(entry.kind)
         if why:
             found.append(Unexpected(name, why))
         return why is not None
 
     def scan(top: Path, shown: str, expected: set[str], home: bool) -> None:
+        """Report every file under ``top`` that is not read from there: not in ``expected``, and at home not
+        the manifest or a 64-byte signature file."""
         for entry in fsutil.walk_files(top):
             name = f"{shown}{entry.rel}"
             if odd(entry, name) or entry.rel in expected or (home and entry.rel == MANIFEST_NAME):
@@ -339,6 +350,7 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
 
 
 def _is_signature_path(rel: str) -> bool:
+    """Whether ``rel`` names a signature file: signatures/<fingerprint>.sig, directly."""
     head, _, name = rel.partition("/")
     return head == SIGNATURES_DIR and "/" not in name and bool(_SIG_RE.fullmatch(name))
 

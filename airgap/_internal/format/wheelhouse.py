@@ -39,6 +39,7 @@ _WHEEL_RE = re.compile(
 
 
 def _requirements() -> list[str]:
+    """airgap's own dependencies, as its installed metadata declares them (extras left out)."""
     requires = importlib.metadata.requires("airgap") or []
     return [r for r in requires if "extra ==" not in r]
 
@@ -50,6 +51,7 @@ def project_root() -> Path | None:
 
 
 def _pip(args: list[str], what: str, env: dict[str, str] | None = None, hint: str | None = None) -> None:
+    """Run this Python's pip; a failure is an EnvironmentProblem quoting pip's last line of error output."""
     done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -60,6 +62,7 @@ def _pip(args: list[str], what: str, env: dict[str, str] | None = None, hint: st
 
 
 def _platforms(arch: str) -> list[str]:
+    """pip's --platform options for the manylinux wheels ``arch`` can use."""
     args = []
     for p in (f"manylinux2014_{arch}", f"manylinux_2_17_{arch}", f"manylinux_2_28_{arch}"):
         args += ["--platform", p]
@@ -87,6 +90,7 @@ def build(dest: Path) -> list[Path]:
 
 
 def wheels(directory: Path) -> list[Path]:
+    """The wheels in a wheelhouse directory; one without an airgap wheel is a UsageError."""
     found = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(".whl"))
     if not any(p.name.startswith("airgap-") for p in found):
         raise UsageError(f"wheelhouse {directory} holds no airgap wheel", hint="build one with 'make wheelhouse'")
@@ -94,6 +98,7 @@ def wheels(directory: Path) -> list[Path]:
 
 
 def _normalize(name: str) -> str:
+    """A distribution name as PEP 503 normalizes it, so wheel file names and pip's report compare equal."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -159,6 +164,7 @@ def _marker(where: set[tuple[str, str]]) -> str:
 
 
 def _sha256(path: Path) -> str:
+    """The sha256 of a wheel file, read in blocks."""
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):

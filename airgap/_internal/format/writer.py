@@ -67,10 +67,12 @@ _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
 def _is_volume_dir(name: str) -> bool:
+    """Whether ``name`` is a volume folder's (vol-NN or vol-NNN)."""
     return bool(re.fullmatch(r"vol-[0-9]{2,3}", name))
 
 
 def _is_volume_listing(name: str) -> bool:
+    """Whether ``name`` is a volume listing's (volume-NN.txt or volume-NNN.txt)."""
     return bool(re.fullmatch(r"volume-[0-9]{2,3}\.txt", name))
 
 
@@ -97,6 +99,7 @@ def journal_key_id(resume_key: str) -> str:
 
 
 def journal_mac_key(resume_key: str) -> bytes:
+    """The key journal entries are authenticated under, derived from the resume key (never written down)."""
     return hashlib.sha256(b"airgap staging mac\0" + resume_key.encode("utf-8", "surrogateescape")).digest()
 
 
@@ -192,17 +195,21 @@ class BundleWriter:
             os.close(fd)
 
     def _staging_dir_fd(self) -> int:
+        """The open staging directory; an InternalError once the writer was cleaned up."""
         if self._staging_fd is None:
             raise InternalError("the bundle writer was used after cleanup")
         return self._staging_fd
 
     def _close(self) -> None:
+        """Close the staging directory (the files stay)."""
         if self._staging_fd is not None:
             os.close(self._staging_fd)
             self._staging_fd = None
 
     # -- the output directory: empty, interrupted, or overwritten ----------------------------------
     def _prepare(self, overwrite: bool) -> None:
+        """Make the output directory ready: empty, or holding only what an interrupted pack of this user left
+        (resumed when the journal names this pack), or wiped with ``overwrite``; anything else is refused."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise UsageError(f"output {out} exists and is not a directory")
@@ -222,6 +229,7 @@ class BundleWriter:
                 self._make_staging(out_fd)
 
     def _not_empty(self, foreign: tuple[str, str] | None = None) -> ConflictError:
+        """The error for an output directory pack may not write into; ``foreign`` names the entry at fault and why."""
         why = f", and {foreign[0]} is not from an interrupted pack of this user ({foreign[1]})" if foreign else ""
         return ConflictError(
             f"output directory {self.out_dir} is not empty{why}",
@@ -274,6 +282,7 @@ class BundleWriter:
         return True
 
     def _same_pack(self, header: bytes) -> bool:
+        """Whether the journal's header names this pack (same format, same resume key digest)."""
         try:
             h = json.loads(header)
         except ValueError:
@@ -286,11 +295,16 @@ class BundleWriter:
         )
 
     def _discard_staging(self) -> None:
+        """Drop the staging an interrupted pack left (links are removed, never followed)."""
         self._close()
         shutil.rmtree(self.staging, ignore_errors=True)  # never follows a link
 
     def _wipe(self, out_fd: int, names: list[str], keep_staging: bool) -> None:
+        """Empty the output directory (keeping the staging when resuming), manifests first: an interrupted
+        overwrite never leaves a bundle that looks complete."""
+
         def is_dir(name: str) -> bool:
+            """Whether ``name`` in the output directory is a directory (a link to one is not)."""
             try:
                 return stat.S_ISDIR(os.stat(name, dir_fd=out_fd, follow_symlinks=False).st_mode)
             except FileNotFoundError:
@@ -339,9 +353,12 @@ class BundleWriter:
         return hashlib.sha256(key).hexdigest()[:32]
 
     def _mac(self, entry: dict[str, object]) -> str:
+        """The HMAC of a journal entry under this pack's key."""
         return journal_mac(self._mac_key, entry)
 
     def _load_journal(self, lines: Iterator[bytes]) -> None:
+        """Read the journal's entries into the parts this pack may reuse.  A torn last line is skipped;
+        an entry whose HMAC does not hold stops the pack with a ConflictError."""
         for line in lines:
             self._torn = not line.endswith(b"\n")  # the next entry starts on a line of its own
             try:
@@ -360,6 +377,7 @@ class BundleWriter:
         self.resumable_parts = sum(len(v) for v in self._journal.values())
 
     def _journal_part(self, stem: str, index: int, part: StagedPart) -> None:
+        """Append a new staged part to the journal, with its HMAC, and fsync: a resume may reuse it."""
         entry: dict[str, object] = {"stem": stem, "index": index, "size": part.size, "sha256": part.sha256,
                                     "offset": part.offset, "length": part.length}  # fmt: skip
         entry["mac"] = self._mac(entry)
@@ -407,6 +425,7 @@ class BundleWriter:
         return self._keep(staged)
 
     def _hash_only(self, size: int, reader: EntryReader, first: bytes) -> StoredBlob:
+        """Hash the rest of a guessed base layer without storing it, remembering it in :attr:`hashed_only`."""
         sha = hashlib.sha256(first)
         head = first[:16]
         self._transfer.moved(len(first))
@@ -422,6 +441,7 @@ class BundleWriter:
         return StoredBlob(digest, size, head)
 
     def store_bytes(self, data: bytes) -> StoredBlob:
+        """Stage a small blob held in memory (a config); not counted in the transfer."""
         self._counter += 1
         writer = BlobWriter(
             self.staging, f"b{self._counter}", len(data), self.part_size, self._cctx, Transfer(),  # configs: not counted
@@ -436,6 +456,7 @@ class BundleWriter:
         return self._keep(staged)
 
     def _keep(self, staged: StagedBlob) -> StoredBlob:
+        """Remember a staged blob; a second copy of a blob already staged is removed."""
         if staged.digest in self._staged:  # the same blob twice: keep the first copy
             for part in staged.parts:
                 with contextlib.suppress(FileNotFoundError):
@@ -445,6 +466,8 @@ class BundleWriter:
         return StoredBlob(staged.digest, staged.size, staged.head)
 
     def read_small(self, digest: str, limit: int) -> bytes:
+        """A staged blob's bytes again, checked part by part; larger than ``limit`` is a FormatError, and a blob
+        that was only hashed raises :class:`SpeculationMiss`."""
         if digest not in self._staged and digest in self.hashed_only:
             raise SpeculationMiss(digest)
         staged = self._staged[digest]
@@ -462,6 +485,7 @@ class BundleWriter:
                 yield from iter_part_data(fh, part, str(sp.tmp_path))
 
     def staged_size(self, digest: str) -> int:
+        """The size of a staged blob."""
         return self._staged[digest].size
 
     # -- commit ---------------------------------------------------------------------------------
@@ -521,6 +545,7 @@ class BundleWriter:
         return data
 
     def cleanup(self) -> None:
+        """Close the staging directory and remove it with every part still in it."""
         self._close()
         shutil.rmtree(self.staging, ignore_errors=True)
 

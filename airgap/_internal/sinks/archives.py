@@ -143,14 +143,18 @@ class ArchiveSink:
         pass
 
     def choose(self, images: tuple[Image, ...]) -> list[Image]:
+        """Every image of the bundle, or only those of --platform."""
         if self._platform is None:
             return list(images)
         return select_images(images, Platform.parse(self._platform), True, self._note)
 
     def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
+        """Nothing to refuse before reading: an archive is new (an existing file is refused on writing, unless
+        --replace), so it never holds the images already."""
         return None
 
     def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
+        """Every blob read from the bundle (or its base); refused unless the archive's directory has room for it all."""
         origins = make_plan(bundle, images, allow_unexpected)
         total = plan_total(origins)
         parent = self._path.parent if self._path.parent.exists() else Path(".")
@@ -160,6 +164,7 @@ class ArchiveSink:
     def deliver(
         self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache
     ) -> tuple[InstalledImage, ...]:
+        """Write the archive atomically, every blob read through its checked origin."""
         if self._oci:
             stream = oci_archive_stream(images, plan.origins, transfer, cache)
         else:

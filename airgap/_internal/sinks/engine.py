@@ -51,6 +51,7 @@ class EngineSink:
 
     @property
     def engine(self) -> Engine:
+        """The connected engine; only inside the with-block."""
         if self._engine is None:
             raise RuntimeError("EngineSink used outside its with-block")
         return self._engine
@@ -64,6 +65,7 @@ class EngineSink:
         self._stack.close()
 
     def choose(self, images: tuple[Image, ...]) -> list[Image]:
+        """The images for the engine's platform, or for --platform."""
         wanted = Platform.parse(self._platform) if self._platform else self.engine.platform()
         return select_images(images, wanted, self._platform is not None, self._note)
 
@@ -88,6 +90,9 @@ class EngineSink:
         return tuple(InstalledImage(i.image_id, i.ref_names, str(i.platform), "already present") for i in images)
 
     def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
+        """When loading, leave out layers the engine holds, chain and all, and take a delta's missing layers and
+        recipe sources from the engine's export; refuse unless the engine's data root (when on this host) has room
+        for twice the upload."""
         engine = self.engine
         loading = self._via == "load"
         held = held_layers(engine, images) if loading else frozenset()
@@ -119,6 +124,8 @@ class EngineSink:
     def deliver(
         self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache
     ) -> tuple[InstalledImage, ...]:
+        """Load the upload (or let the engine pull from a loopback registry with --via registry), then check that the
+        engine holds every image under every name."""
         engine = self.engine
         if self._via == "registry":
             pull_from_loopback(engine, plan.origins, images, cache, transfer)

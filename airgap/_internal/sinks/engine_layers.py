@@ -82,6 +82,7 @@ def plan_exports(engine: Engine, bundle: LoadedBundle, images: list[Image], held
 
 
 def _entry_blocks(reader: tarstream.EntryReader) -> Iterator[bytes]:
+    """An export member's data, in blocks."""
     while reader.remaining:
         yield reader.read(min(1 << 20, reader.remaining))
 

@@ -2,7 +2,7 @@
 
 The install path ``--via registry`` lets the engine *pull* the images instead of loading an upload:
 the engine fetches layers in parallel and applies them as they arrive.  Blobs are served straight
-from the parts through :func:`~airgap._internal.bundle.iter_blob` (every part hashed, then the blob
+from the parts through :func:`~airgap._internal.format.origins.iter_origin` (every part hashed, then the blob
 digest), and the engine checks each blob's digest again.  A part that fails its check cuts the
 response short; the failure is kept and re-raised once the pull has ended.
 
@@ -47,6 +47,9 @@ _PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9/._-]+)/(?P<kind>manifests|blobs)/(?P<
 
 @dataclass
 class _State:
+    """What the handler threads share: what is served, where blobs are read from, and the check failures met.
+    ``errors`` is guarded by ``lock``."""
+
     origins: Mapping[str, Origin]  # where each blob is read from
     repo: str
     manifests: dict[str, tuple[bytes, str]]  # tag or digest -> (bytes, media type)
@@ -76,6 +79,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self._watchdog.start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, or close it at once when the bound is reached."""
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # over the bound: closed at once, no thread
             return
@@ -88,24 +92,29 @@ class _Server(http.server.ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve the connection, then free its slot."""
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._release(request)
 
     def _release(self, request: Any) -> None:
+        """Free a connection's slot and forget its deadline."""
         with self._lock:
             self._deadlines.pop(request, None)
             self.open_connections -= 1
         self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up, resets or stalls is routine; anything else is a handler bug, whose traceback
+        is shown only with AIRGAP_DEBUG (the engine's pull fails and says so)."""
         # a client that hangs up, resets or stalls is routine (OSError); anything else is a bug in the
         # handler: the engine's pull fails and says so, the traceback is for AIRGAP_DEBUG
         if os.environ.get("AIRGAP_DEBUG") and not isinstance(sys.exc_info()[1], OSError):
             traceback.print_exc()
 
     def arm(self, connection: socket.socket, seconds: float) -> None:
+        """Cut the connection unless :meth:`disarm` is called within ``seconds``."""
         with self._lock:
             self._deadlines[connection] = time.monotonic() + seconds
 
@@ -115,6 +124,7 @@ class _Server(http.server.ThreadingHTTPServer):
             return self._deadlines.pop(connection, None) is not None
 
     def _watch(self) -> None:
+        """Every 0.2 s, shut down the connections past their deadline, until the server closes."""
         while not self._closing.wait(0.2):
             now = time.monotonic()
             with self._lock:
@@ -126,6 +136,7 @@ class _Server(http.server.ThreadingHTTPServer):
                     connection.shutdown(socket.SHUT_RDWR)
 
     def server_close(self) -> None:
+        """Stop the deadline watchdog and close the listening socket."""
         self._closing.set()
         super().server_close()
 
@@ -155,10 +166,12 @@ class BundleRegistry:
         self._thread = threading.Thread(target=self._server.serve_forever, name="airgap-serve", daemon=True)
 
     def ref(self, image: Image) -> str:
+        """The reference the engine pulls the image by (a loopback name, dropped after install)."""
         return f"{self.host}/{self._state.repo}:{self.tags[image.image_id]}"
 
     @property
     def repository(self) -> str:
+        """HOST:PORT/REPOSITORY of the one repository served."""
         return f"{self.host}/{self._state.repo}"
 
     @property
@@ -167,6 +180,7 @@ class BundleRegistry:
         return self._server.open_connections
 
     def first_error(self) -> Error | None:
+        """The first check failure met while serving a blob, if any (thread-safe)."""
         with self._state.lock:
             return self._state.errors[0] if self._state.errors else None
 
@@ -180,7 +194,12 @@ class BundleRegistry:
 
 
 def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
+    """The request handler class serving ``state``: the registry API's version check, manifests by tag or
+    digest, and blobs (with ``Range``), read only; everything else is 404."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
+        """One connection of the engine: its requests, one at a time, each under the header deadline."""
+
         protocol_version = "HTTP/1.1"
         timeout = IDLE_SECONDS  # any one read or write of the connection
         server: _Server
@@ -189,6 +208,8 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
         def handle_one_request(self) -> None:
+            """Serve one request; its request line and headers must be in within
+            :data:`HEADER_SECONDS`, however slowly they trickle."""
             # the request line and headers must be in within HEADER_SECONDS, however slowly they trickle
             self.server.arm(self.connection, HEADER_SECONDS)
             try:
@@ -197,6 +218,7 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
                 self.server.disarm(self.connection)
 
         def parse_request(self) -> bool:
+            """Parse the headers; a request whose deadline cut them off is dropped and the connection closed."""
             ok = super().parse_request()  # has read the headers, or what came before the deadline cut them off
             if not self.server.disarm(self.connection):
                 self.close_connection = True
@@ -209,6 +231,8 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
 
         def _route(self, body: bool) -> None:
+            """Answer GET (``body``) or HEAD for the API root, a manifest, or a blob; after a failed check no more
+            blobs are served, so the engine stops instead of retrying."""
             if self.path in ("/v2", "/v2/"):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -246,6 +270,8 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
             self._blob(ref, state.blobs[ref], body)
 
         def _blob(self, digest: str, size: int, body: bool) -> None:
+            """Send a blob from ``Range``'s start on, read through its checked origin; a failed check is recorded
+            and cuts the response short."""
             start = 0
             rng = re.fullmatch(r"bytes=([0-9]+)-", self.headers.get("Range", ""))
             if rng and int(rng.group(1)) < size:
@@ -282,6 +308,7 @@ def _handler(state: _State) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 def _skip(blocks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    """The blocks from byte ``n`` on."""
     for block in blocks:
         if n >= len(block):
             n -= len(block)

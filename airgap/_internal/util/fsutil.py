@@ -25,6 +25,7 @@ def io_error(e: OSError, what: str) -> EnvironmentProblem:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk, so a file renamed into it survives a power cut."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -53,6 +54,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _unlink_quietly(path: Path) -> None:
+    """Remove a temp file that may already be gone; cleanup never hides the error being raised."""
     with contextlib.suppress(OSError):
         path.unlink()
 
@@ -62,6 +64,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _open_failed(e: OSError, label: str) -> Exception:
+    """Convert an OSError met while opening a bundle file: missing, linked and special files are the bundle's
+    fault (IntegrityError), anything else the host's (EnvironmentProblem)."""
     if isinstance(e, FileNotFoundError):
         return IntegrityError(f"{label} is missing", hint="copy the whole bundle directory again")
     if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -166,10 +170,12 @@ def walk_files(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[TreeEn
 
 
 def free_bytes(path: Path) -> int:
+    """The bytes free to us on the file system holding ``path``."""
     return shutil.disk_usage(path).free
 
 
 def require_space(path: Path, needed: int, what: str) -> None:
+    """Refuse with a DiskSpaceError before ``what`` starts when ``path`` has fewer than ``needed`` bytes free."""
     free = free_bytes(path)
     if free < needed:
         raise DiskSpaceError(
@@ -179,6 +185,7 @@ def require_space(path: Path, needed: int, what: str) -> None:
 
 
 def human_bytes(n: float) -> str:
+    """A byte count in binary units for messages: '512 B', '1.5 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -19,6 +19,7 @@ def threaded(source: Iterator[T], depth: int = 4) -> Iterator[T]:
     stop = threading.Event()
 
     def put(item: object) -> bool:
+        """Queue an item, giving up (False) once the consumer has stopped, so the worker never blocks forever."""
         while not stop.is_set():
             try:
                 q.put(item, timeout=0.2)
@@ -28,6 +29,7 @@ def threaded(source: Iterator[T], depth: int = 4) -> Iterator[T]:
         return False
 
     def work() -> None:
+        """Drain ``source`` into the queue, then the end marker; an exception is queued to be raised in the consumer."""
         try:
             for item in source:
                 if not put(item):
@@ -69,6 +71,7 @@ class PrefetchReader:
         self._thread.start()
 
     def _put(self, item: bytes | BaseException) -> bool:
+        """Queue a block, giving up (False) once the reader is closed, so the worker never blocks forever."""
         while not self._stop.is_set():
             try:
                 self._q.put(item, timeout=0.2)
@@ -78,6 +81,8 @@ class PrefetchReader:
         return False
 
     def _work(self, source: Readable, block: int) -> None:
+        """Read blocks into the queue until the end of the stream (b""); an exception is queued and raised by
+        :meth:`read`."""
         try:
             while True:
                 data = source.read(block)
@@ -105,6 +110,7 @@ class PrefetchReader:
         return data
 
     def close(self) -> None:
+        """Stop reading ahead: the worker ends at its next block (one blocked in a read ends with the stream)."""
         self._stop.set()
         self._thread.join(timeout=2)  # a worker blocked in a read ends with the stream
 

@@ -17,7 +17,11 @@ BLOCK = 512
 
 
 class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
+    """Anything with a file-like ``read``: a socket, a pipe, a file, an HTTP response."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to ``n`` bytes (all that is left when negative); b"" only at the end of the stream."""
+        ...
 
 
 def read_exact(stream: Readable, n: int) -> bytes:
@@ -38,6 +42,8 @@ def read_exact(stream: Readable, n: int) -> bytes:
 
 @dataclass(frozen=True)
 class TarEntry:
+    """An archive member as read from its header: normalized name, data size, kind, and link target."""
+
     name: str
     size: int
     kind: str  # "file", "dir", "symlink", "hardlink", "other"
@@ -53,6 +59,7 @@ class EntryReader:
         self._label = label
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes of the entry, never past its end; a stream that ends inside it is a FormatError."""
         if self.remaining <= 0:
             return b""
         if n < 0 or n > self.remaining:
@@ -64,11 +71,13 @@ class EntryReader:
         return data
 
     def drain(self, block: int = 1 << 20) -> None:
+        """Skip what is left of the entry's data, in blocks."""
         while self.remaining > 0:
             self.read(min(block, self.remaining))
 
 
 def _parse_pax(data: bytes, label: str) -> dict[str, str]:
+    """The key=value records of a PAX extended header, each prefixed by its length; a malformed one is a FormatError."""
     fields: dict[str, str] = {}
     pos = 0
     while pos < len(data):
@@ -173,6 +182,7 @@ def header(name: str, size: int, mode: int = 0o644) -> bytes:
 
 
 def padding(size: int) -> bytes:
+    """The zero bytes that pad ``size`` bytes of member data to a whole tar block."""
     return b"\0" * ((-size) % BLOCK)
 
 
