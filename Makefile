@@ -1,4 +1,4 @@
-# airgap: make demo | make test | make lint | make clean
+# airgap: make demo | make test | make unit | make lint | make clean
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SIZE ?= 5GB
 ROUNDS ?= 3
 
-.PHONY: venv demo test lint bench wheelhouse clean
+.PHONY: venv demo test unit lint bench wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## the test suite, against a real Docker engine (a private one is started when none is reachable)
+## the whole test suite: tests/unit and tests/integration, against a real Docker engine (a private one is
+## started when none is reachable), the distribution registry and the tools .ci/run installs
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## the unit tests alone: no Docker, no registry, no tools beyond Python; under a minute
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 ## airgap against docker save/load, zstd, split and sha256sum on a seed-shaped image: make bench SIZE=20GB
 bench: $(STAMP)

@@ -1,7 +1,8 @@
 """install: check the bundle's signatures and the rollback state, then deliver its images to one target.
 
-Every target is a sink (``airgap._internal.sinks``): the Docker engine (a streamed docker-save upload, or a
-pull from a loopback registry), an OCI registry, or an image archive.  The steps are the same for each:
+Every target is a sink (``airgap._internal.sinks``): the Docker engine or Podman (a streamed docker-save
+upload, or a pull from a loopback registry), containerd (``ctr images import`` fed an OCI layout stream), an
+OCI registry, or an image archive.  The steps are the same for each:
 choose the images, refuse conflicts, resolve where every blob comes from and open every part that will be
 read (nothing is sent before that), then deliver, hashing every part and checking every blob on the way.
 """
@@ -16,11 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap._internal.clients.distribution import DEFAULT_CHUNK
-from airgap._internal.clients.docker import Engine
+from airgap._internal.clients.docker import Engine, EngineClient
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.reader import LoadedBundle, attach_base, load_trusted_bundle, refuse_unexpected
 from airgap._internal.sinks.archives import ArchiveSink
 from airgap._internal.sinks.base import InstalledImage, Sink, parse_target
+from airgap._internal.sinks.containerd import ContainerdSink
 from airgap._internal.sinks.engine import EngineSink
 from airgap._internal.sinks.registry import RegistrySink
 from airgap.model.manifest import format_time
@@ -47,7 +49,7 @@ class InstallOptions:
     allow_downgrade: bool = False
     allow_unexpected: bool = False
     state: Path | None = None  # rollback state file; None: the default path
-    target: str | None = None  # None: the Docker engine; registry://..., docker-archive:PATH, oci-archive:PATH
+    target: str | None = None  # None: the Docker engine; registry://..., containerd://..., docker-archive:PATH, oci-archive:PATH
     plain_http: bool = False  # registry target without TLS (loopback registries always are)
     chunk_size: int = DEFAULT_CHUNK  # largest single upload request to a registry
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
@@ -103,7 +105,7 @@ class InstallResult:
 def install(
     options: InstallOptions,
     reporter: Reporter | None = None,
-    connect: Callable[[], Engine] = Engine.connect,
+    connect: Callable[[], EngineClient] = Engine.connect,
 ) -> InstallResult:
     """Check the bundle's signatures, expiry and sequence (no rollback), then deliver its images to the target, every byte
     checked against the manifest."""
@@ -130,13 +132,15 @@ def install(
     return result
 
 
-def _sink(options: InstallOptions, reporter: Reporter, connect: Callable[[], Engine]) -> Sink:
+def _sink(options: InstallOptions, reporter: Reporter, connect: Callable[[], EngineClient]) -> Sink:
     """The install target named by --to (the Docker engine by default)."""
     target = parse_target(options.target)
     if target.kind == "registry":
         return RegistrySink(target, reporter.note, options.platform, options.replace, options.plain_http, options.chunk_size)
     if target.kind in ("docker-archive", "oci-archive"):
         return ArchiveSink(target, reporter.note, options.platform, options.replace)
+    if target.kind == "containerd":
+        return ContainerdSink(target, reporter.note, options.platform, options.replace)
     return EngineSink(connect, reporter.note, options.platform, options.replace, options.via)
 
 

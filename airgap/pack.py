@@ -20,9 +20,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import zstandard
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgap._internal.clients.docker import Engine
+from airgap._internal.clients.docker import Engine, EngineClient
 from airgap._internal.delta import rebuild
 from airgap._internal.format import wheelhouse
 from airgap._internal.format.installer import installer_files
@@ -48,7 +47,7 @@ from airgap.model.mediatypes import MT_DOCKER_LAYER, MT_OCI_LAYER
 from airgap.progress import NullReporter, Reporter, Transfer
 from airgap.trust import keys
 from airgap.trust import policy as trust
-from airgap.trust.keys import PublicKey
+from airgap.trust.keys import PublicKey, Signer, SigningKey
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_PART_SIZE", "PackOptions", "PackResult", "Source", "expiry", "pack", "parse_source"]
 
@@ -63,8 +62,7 @@ class PackOptions:
 
     sources: tuple[Source, ...]  # parsed by parse_source
     out_dir: Path
-    key_path: Path
-    passphrase: bytes | None = None
+    key: SigningKey | Path  # a key file (a bare Path: unencrypted) or a key on a token; keys.open_signer opens either
     part_size: int = DEFAULT_PART_SIZE
     level: int = DEFAULT_LEVEL
     overwrite: bool = False
@@ -123,7 +121,9 @@ class PackResult:
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------
-def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], Engine] = Engine.connect) -> PackResult:
+def pack(
+    options: PackOptions, reporter: Reporter | None = None, connect: Callable[[], EngineClient] = Engine.connect
+) -> PackResult:
     """Pack the images ``options`` names into a signed bundle in ``options.out_dir``.
 
     ``reporter`` hears the progress and the notes; ``connect`` reaches the Docker engine (made only when an
@@ -133,13 +133,13 @@ def pack(options: PackOptions, reporter: Reporter | None = None, connect: Callab
     if not options.sources:
         raise UsageError("no image to pack", hint="name at least one image or archive")
     compressor = make_compressor(options.level, options.threads, options.long_distance)
-    private = keys.load_private(options.key_path, options.passphrase)
     started = time.monotonic()
     with ExitStack() as stack:
+        signer = stack.enter_context(keys.open_signer(options.key))  # a key on a token stays logged in until the end
         ctx = OpenContext(stack, connect, reporter, options.platform, options.plain_http)
         sources = tuple(open_sources(options.sources, ctx))
         estimate = sum(source.estimate() for source in sources)
-        run = _Run(options, reporter, compressor, private, sources, estimate, started)
+        run = _Run(options, reporter, compressor, signer, sources, estimate, started)
         try:
             return _pack(run)
         except SpeculationMiss:
@@ -157,7 +157,7 @@ class _Run:
     options: PackOptions
     reporter: Reporter
     compressor: zstandard.ZstdCompressor
-    private: Ed25519PrivateKey  # signs the manifest and names the pack in its resume journal
+    signer: Signer  # signs the manifest and names the pack in its resume journal
     sources: tuple[ImageSource, ...]  # opened, in the order they stream
     estimate: int  # the bytes they will stream
     started: float  # time.monotonic() when the pack began
@@ -171,7 +171,7 @@ def _pack(run: _Run) -> PackResult:
     transfer = Transfer(reporter)
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
-    base = _load_base(options.since, _trusted_for_base(options, run.private)) if options.since is not None else None
+    base = _load_base(options.since, _trusted_for_base(options, run.signer)) if options.since is not None else None
     writer = _open_writer(run, base, transfer)
     try:
         images = _stream_sources(run, writer, base)
@@ -196,7 +196,7 @@ def _pack(run: _Run) -> PackResult:
         if options.media_dir_size:
             manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
         _check_manifest_size(len(manifest.to_bytes()), options.part_size)
-        fingerprint, signature = trust.sign(manifest.to_bytes(), run.private)
+        fingerprint, signature = trust.sign(manifest.to_bytes(), run.signer)
         writer.write_manifest(manifest, {fingerprint: signature})
     except BaseException as e:
         error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
@@ -234,7 +234,7 @@ def _open_writer(run: _Run, base: _Base | None, transfer: Transfer) -> BundleWri
     guesses = _guesses(base.bundle, base.layers) if base and options.speculate else {}
     writer = BundleWriter(
         options.out_dir, options.part_size, run.compressor, options.overwrite, transfer, options.level, guesses,
-        resume_key=_resume_key(options, run.private),
+        resume_key=_resume_key(options, run.signer),
     )  # fmt: skip
     if writer.discarded_parts:
         run.reporter.note(
@@ -296,7 +296,7 @@ def _side_files(
         return writer.write_files(side)
 
 
-def _resume_key(options: PackOptions, private: Ed25519PrivateKey) -> str:
+def _resume_key(options: PackOptions, signer: Signer) -> str:
     """Names this pack in its resume journal: staging is reused only by a pack of the same sources with the
     same part-shaping options and signer.  An Ed25519 signature (deterministic) over them, so whoever lacks
     the key cannot forge a journal entry.  Leaves out what does not shape parts (name, expiry, volumes,
@@ -312,7 +312,7 @@ def _resume_key(options: PackOptions, private: Ed25519PrivateKey) -> str:
         "chunk_deltas": options.chunk_deltas,
         "tool": __version__,
     }
-    return private.sign(b"airgap pack resume\0" + json.dumps(inputs, sort_keys=True).encode()).hex()
+    return signer.sign(b"airgap pack resume\0" + json.dumps(inputs, sort_keys=True).encode()).hex()
 
 
 def _created() -> datetime:
@@ -370,9 +370,9 @@ def _check_manifest_size(size: int, part_size: int) -> None:
         )
 
 
-def _trusted_for_base(options: PackOptions, private: Ed25519PrivateKey) -> tuple[PublicKey, ...]:
+def _trusted_for_base(options: PackOptions, signer: Signer) -> tuple[PublicKey, ...]:
     """The keys a --since base bundle may be signed by: the packing key and those given with --trust."""
-    own = PublicKey(private.public_key(), keys.fingerprint(private.public_key()), str(options.key_path))
+    own = PublicKey(signer.public_key(), keys.fingerprint(signer.public_key()), str(options.key))
     return (own, *options.trusted)
 
 

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import requests
 
-from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, RegistryRef, parse_ref
+from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, RegistryRef, data_hint, parse_ref
 from airgap._internal.format.reader import LoadedBundle, load_bundle, open_part, read_signatures
 from airgap._internal.util import fsutil
 from airgap.errors import ConflictError, FormatError, IntegrityError, RegistryError, UsageError
@@ -133,21 +134,22 @@ def publish(
         if ref.reference and not ref.is_digest:
             registry.check_tag(ref.repository, ref.reference, _digest(artifact), replace)
         if not registry.has_blob(ref.repository, EMPTY_DIGEST, push=True):
-            registry.upload_blob(ref.repository, EMPTY_DIGEST, 2, iter([b"{}"]), chunk)
+            registry.upload_blob(ref.repository, EMPTY_DIGEST, 2, functools.partial(iter, [b"{}"]), chunk)
         for path, _, digest, size in files:
             if registry.has_blob(ref.repository, digest, push=True):
                 reporter.advance(size)
                 continue
             label = str(bundle.part_file(located[path])) if path in located else str(bundle.path / path)
-            blocks: Iterator[bytes]
+            # a function that opens the bytes afresh: an upload the network broke resumes or starts over
+            opener: Callable[[], Iterator[bytes]]
             if path == MANIFEST_NAME:
-                blocks = iter([bundle.manifest_bytes])
+                opener = functools.partial(iter, [bundle.manifest_bytes])
             elif path.startswith("signatures/"):
-                blocks = iter([signatures[path.split("/")[1].removesuffix(".sig")]])
+                opener = functools.partial(iter, [signatures[path.split("/")[1].removesuffix(".sig")]])
             else:
-                blocks = _file_blocks(bundle, located[path])
+                opener = functools.partial(_file_blocks, bundle, located[path])
             try:
-                registry.upload_blob(ref.repository, digest, size, _advancing(blocks, reporter), chunk)
+                registry.upload_blob(ref.repository, digest, size, opener, chunk, progress=reporter.advance)
             except IntegrityError as e:
                 raise IntegrityError(
                     f"{label} does not match the manifest: {e.message}", hint="run 'airgap verify' on the bundle"
@@ -156,13 +158,6 @@ def publish(
         digest = registry.put_manifest(ref.repository, ref.reference or _digest(artifact), artifact, MT_OCI_MANIFEST)
     reporter.finish()
     return TransferResult(bundle_dir, str(ref), digest, len(files), total, sent, time.monotonic() - started)
-
-
-def _advancing(blocks: Iterator[bytes], reporter: Reporter) -> Iterator[bytes]:
-    """Pass ``blocks`` through, telling the reporter of each."""
-    for block in blocks:
-        reporter.advance(len(block))
-        yield block
 
 
 def _digest(data: bytes) -> str:
@@ -483,7 +478,11 @@ def _fetch(
                     fh.seek(have)
                     for block in res.iter_content(BLOCK):
                         if have + fetched + len(block) > size:
-                            raise IntegrityError(f"{path} from {ref} is larger than the artifact says ({size} bytes)")
+                            raise IntegrityError(
+                                f"{path} from {ref} is larger than the artifact says ({size} bytes)",
+                                hint=data_hint(ref.host),
+                                digest=digest,
+                            )
                         fh.write(block)
                         sha.update(block)
                         fetched += len(block)

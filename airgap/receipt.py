@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from airgap._internal.format.reader import locate, read_manifest_bytes
 from airgap._internal.util.fsutil import atomic_write, io_error
 from airgap._internal.util.text import json_safe
@@ -33,7 +31,7 @@ from airgap._version import __version__
 from airgap.errors import Error
 from airgap.model.manifest import Manifest, format_time
 from airgap.trust import policy as trust
-from airgap.trust.keys import fingerprint
+from airgap.trust.keys import Signer, fingerprint
 
 RECEIPT_VERSION = 1
 NOT_CHECKED = "not checked here: checked against their digests at install"
@@ -138,8 +136,10 @@ def _delta(data: bytes | None, report: dict[str, Any] | None) -> dict[str, Any] 
     return {"base": manifest.base, "layers": layers, "note": NOT_CHECKED}
 
 
-def write(path: Path, data: dict[str, Any], key: Ed25519PrivateKey | None) -> str | None:
-    """Write the receipt (and RECEIPT.sig when a key is given); return the signer's fingerprint."""
+def write(path: Path, data: dict[str, Any], key: Signer | None) -> str | None:
+    """Write the receipt (and RECEIPT.sig when a key is given, a key file's or a token's); return the signer's
+    fingerprint.  The signature is made before either file is written: a key that fails (a token removed)
+    leaves the "incomplete" record of :func:`start` in place."""
     signer = fingerprint(key.public_key()) if key is not None else None
     body = (json.dumps(json_safe({**data, "signed_by": signer}), indent=2, sort_keys=True) + "\n").encode()
     if key is not None:

@@ -20,7 +20,7 @@ from airgap.model.manifest import SIGNATURES_DIR, Manifest
 from airgap.progress import NullReporter, Reporter
 from airgap.trust import keys
 from airgap.trust import policy as trust
-from airgap.trust.keys import PublicKey
+from airgap.trust.keys import PublicKey, SigningKey
 from airgap.trust.policy import TrustResult
 
 
@@ -29,10 +29,9 @@ class SignOptions:
     """What to sign: the bundle, the signing key, and the trusted keys its present signatures must meet."""
 
     bundle: Path
-    key_path: Path
+    key: SigningKey | Path  # a key file (a bare Path: unencrypted) or a key on a token; keys.open_signer opens either
     trusted: tuple[PublicKey, ...]
     threshold: int = 1
-    passphrase: bytes | None = None
     jobs: int = os.cpu_count() or 1
     allow_expired: bool = False
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
@@ -73,9 +72,14 @@ def summary(manifest: Manifest, result: TrustResult) -> list[str]:
 
 
 def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
-    """Add a signature by ``options.key_path``, after checking the present signatures and hashing every part."""
-    reporter = reporter or NullReporter()
-    private = keys.load_private(options.key_path, options.passphrase)
+    """Add a signature by ``options.key``, after checking the present signatures and hashing every part.  The
+    key opens first (a wrong passphrase or PIN fails before any part is read); a key on a token stays logged in
+    until the signature is made."""
+    with keys.open_signer(options.key) as signer:
+        return _sign(options, signer, reporter or NullReporter())
+
+
+def _sign(options: SignOptions, signer: keys.Signer, reporter: Reporter) -> SignResult:
     bundle, result = load_trusted_bundle(
         options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
     )
@@ -91,7 +95,7 @@ def sign(options: SignOptions, reporter: Reporter | None = None) -> SignResult:
     bad = [r for r in results if not r.ok]
     if bad:
         raise PartsFailed(bad)
-    fingerprint, signature = trust.sign(bundle.manifest_bytes, private)
+    fingerprint, signature = trust.sign(bundle.manifest_bytes, signer)
     sig_dir = bundle.path / SIGNATURES_DIR
     try:
         sig_dir.mkdir(mode=0o755, exist_ok=True)

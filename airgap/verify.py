@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.check import PartResult, PartsFailed, check_parts
 from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
@@ -18,7 +16,7 @@ from airgap._version import __version__
 from airgap.errors import Error
 from airgap.model.manifest import format_time
 from airgap.progress import NullReporter, Reporter
-from airgap.trust.keys import PublicKey
+from airgap.trust.keys import PublicKey, Signer
 from airgap.trust.policy import TrustResult
 from airgap.trust.rollback import cache_path
 from airgap.trust.rollback import default_path as default_state_path
@@ -164,7 +162,7 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
 def verify_with_receipt(
     options: VerifyOptions,
     receipt_path: Path,
-    receipt_key: Ed25519PrivateKey | None,
+    receipt_key: Signer | None,
     reporter: Reporter | None = None,
 ) -> VerifyReport:
     """verify, then write a receipt of the outcome, failed or not."""

@@ -1,23 +1,28 @@
 """The airgap commands: each parses its options, builds the core's options object, calls one core function
-and hands the result to :mod:`airgap._cli.render`.  No business logic here."""
+and returns what :mod:`airgap._cli.render` makes of the result; :func:`main` prints it, or the failure, in
+one place, so ``--json`` gives one JSON object for every outcome of every command.  No business logic here."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import NoReturn
+from types import FrameType
+from typing import Any, NoReturn
 
 import click
 
 from airgap import receipt as receipts
 from airgap._cli import options as opt
 from airgap._cli import render
-from airgap._cli.reporters import for_terminal
+from airgap._cli.reporters import Tracker, choose
 from airgap._version import __version__
 from airgap.diff import diff
-from airgap.errors import ExitCode, UsageError
+from airgap.errors import UsageError
 from airgap.inspect import inspect
 from airgap.install import InstallOptions, install
 from airgap.pack import PackOptions, pack, parse_source
@@ -29,29 +34,75 @@ from airgap.verify import PartsFailed, VerifyOptions, verify, verify_with_receip
 
 
 def _reporter(ctx: click.Context) -> Reporter:
-    """Progress for this run: bars or lines on stderr, nothing with --quiet."""
-    return for_terminal(opt.is_quiet(ctx))
+    """Progress for this run as --progress or -q asks (bars on a terminal, lines elsewhere, JSON events),
+    tracked, so that an interruption can say how far the command got."""
+    inv = ctx.ensure_object(render.Invocation)
+    inv.tracker = Tracker(choose(inv.progress_mode(), inv.command))
+    return inv.tracker
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Command(click.Command):
+    """Every airgap command: records itself and its options in the run's Invocation before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; its callback returns a render.Output, which main prints."""
+        inv = ctx.ensure_object(render.Invocation)
+        inv.command = self.name
+        inv.params = dict(ctx.params)
+        return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """The airgap group: its commands are :class:`Command`."""
+
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="airgap")
-@click.option("-q", "--quiet", is_flag=True, help="no progress output")
-@click.pass_context
-def cli(ctx: click.Context, quiet: bool) -> None:
+@opt.progress_options()
+def cli() -> None:
     """Move container images into air-gapped networks as signed, chunked zstd bundles."""
-    ctx.ensure_object(dict)
-    ctx.obj["quiet"] = quiet
 
 
 @cli.command(name="keygen")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub")
+@click.option(
+    "--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub (with --pkcs11: OUT.pub)"
+)
 @opt.passphrase_env_option(help="encrypt the private key with the passphrase in $VAR")
 @click.option("--no-passphrase", is_flag=True, help="write the private key unencrypted (not recommended)")
+@click.option(
+    "--pkcs11",
+    "token_uri",
+    metavar="URI",
+    help="make the key pair on a PKCS#11 token instead, 'pkcs11:token=LABEL;object=NEW-LABEL'; writes only OUT.pub",
+)
+@opt.token_options()
 @opt.json_option()
-def keygen_command(out: Path, passphrase_env: str | None, no_passphrase: bool, as_json: bool) -> None:
-    """Create an Ed25519 signing key pair (private key file mode 0600, encrypted unless --no-passphrase)."""
-    key_path, pub_path, fingerprint = keys.generate(out, opt.new_key_passphrase(passphrase_env, no_passphrase))
-    render.keygen_result(key_path, pub_path, fingerprint, as_json)
+def keygen_command(
+    out: Path,
+    passphrase_env: str | None,
+    no_passphrase: bool,
+    token_uri: str | None,
+    pkcs11_module: str | None,
+    pin_env: str | None,
+) -> render.Output:
+    """Create an Ed25519 signing key pair (private key file mode 0600, encrypted unless --no-passphrase), or
+    with --pkcs11 on a token, whose private key never leaves it."""
+    if token_uri is None:
+        if pkcs11_module or pin_env:
+            raise UsageError("--pkcs11-module and --pin-env are for --pkcs11 URI", hint="a key file takes --passphrase-env VAR")
+        key_path, pub_path, fingerprint = keys.generate(out, opt.new_key_passphrase(passphrase_env, no_passphrase))
+        return render.keygen_result(key_path, pub_path, fingerprint)
+    if passphrase_env or no_passphrase:
+        raise UsageError(
+            "--passphrase-env and --no-passphrase are for a key file", hint="a token's key is guarded by its PIN (--pin-env VAR)"
+        )
+    if not keys.is_token_key(token_uri):
+        raise UsageError("--pkcs11 takes a pkcs11: URI", hint="e.g. --pkcs11 'pkcs11:token=LABEL;object=release-2027'")
+    key = opt.signing_key(token_uri, None, pkcs11_module, pin_env)
+    pub_path, fingerprint = keys.generate_on_token(out, key)
+    return render.keygen_result(token_uri, pub_path, fingerprint)
 
 
 @cli.command(name="pack")
@@ -59,6 +110,7 @@ def keygen_command(out: Path, passphrase_env: str | None, no_passphrase: bool, a
 @opt.out_option()
 @opt.key_option()
 @opt.passphrase_env_option()
+@opt.token_options()
 @opt.part_size_option(opt.core_default(PackOptions, "part_size", int))
 @click.option(
     "--media-dir-size",
@@ -103,14 +155,16 @@ def keygen_command(out: Path, passphrase_env: str | None, no_passphrase: bool, a
 )
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
 @opt.json_option()
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
 def pack_command(
     ctx: click.Context,
     images: tuple[str, ...],
     out_dir: Path,
-    key_path: Path,
+    key_text: str,
     passphrase_env: str | None,
+    pkcs11_module: str | None,
+    pin_env: str | None,
     part_size: int,
     media_dir_size: int | None,
     level: int,
@@ -125,8 +179,7 @@ def pack_command(
     since: Path | None,
     trust: tuple[Path, ...],
     overwrite: bool,
-    as_json: bool,
-) -> None:
+) -> render.Output:
     """Pack IMAGES into a signed bundle.
 
     Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH, oci-archive:PATH[:REPO],
@@ -135,8 +188,7 @@ def pack_command(
     options = PackOptions(
         sources=tuple(parse_source(s) for s in images),
         out_dir=out_dir,
-        key_path=key_path,
-        passphrase=opt.key_passphrase(key_path, passphrase_env),
+        key=opt.signing_key(key_text, passphrase_env, pkcs11_module, pin_env),
         part_size=part_size,
         media_dir_size=media_dir_size,
         level=level,
@@ -152,44 +204,45 @@ def pack_command(
         since=since,
         trusted=opt.trusted_keys(trust) if trust else (),
     )
-    render.pack_result(pack(options, _reporter(ctx)), as_json)
+    return render.pack_result(pack(options, _reporter(ctx)))
 
 
 @cli.command(name="sign")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @opt.key_option()
 @opt.passphrase_env_option()
+@opt.token_options()
 @opt.trust_options(SignOptions)
 @click.option("--allow-expired", is_flag=True, help="sign a bundle past its expiry date")
 @opt.jobs_option(SignOptions)
 @opt.json_option()
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
 def sign_command(
     ctx: click.Context,
     bundle: Path,
-    key_path: Path,
+    key_text: str,
     passphrase_env: str | None,
+    pkcs11_module: str | None,
+    pin_env: str | None,
     trust: tuple[Path, ...],
     threshold: int,
     search: tuple[Path, ...],
     allow_expired: bool,
     jobs: int,
-    as_json: bool,
-) -> None:
+) -> render.Output:
     """Add a signature to an existing bundle: its signatures are checked against --trust and every part is
     hashed first, so a signer never vouches for a bundle changed since it was signed."""
     options = SignOptions(
         bundle=bundle,
-        key_path=key_path,
+        key=opt.signing_key(key_text, passphrase_env, pkcs11_module, pin_env),
         trusted=opt.trusted_keys(trust),
         threshold=threshold,
-        passphrase=opt.key_passphrase(key_path, passphrase_env),
         jobs=jobs,
         allow_expired=allow_expired,
         search=search,
     )
-    render.sign_result(sign(options, _reporter(ctx)), as_json)
+    return render.sign_result(sign(options, _reporter(ctx)))
 
 
 @cli.command(name="verify")
@@ -199,10 +252,13 @@ def sign_command(
 @click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
 @click.option("--allow-unexpected", is_flag=True, help="only warn about files the manifest does not list")
 @click.option("--receipt", "receipt", type=click.Path(path_type=Path), help="write a JSON record of every check and its outcome")
-@click.option("--receipt-key", type=click.Path(path_type=Path), help="sign the receipt with this key (writes RECEIPT.sig)")
+@click.option(
+    "--receipt-key", metavar="KEY", help="sign the receipt with this key, a key file or a pkcs11: URI (writes RECEIPT.sig)"
+)
 @opt.passphrase_env_option(help="the receipt key's passphrase is in $VAR")
+@opt.token_options()
 @opt.json_option(help="print the full report as JSON")
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
 def verify_command(
     ctx: click.Context,
@@ -214,10 +270,11 @@ def verify_command(
     allow_expired: bool,
     allow_unexpected: bool,
     receipt: Path | None,
-    receipt_key: Path | None,
+    receipt_key: str | None,
     passphrase_env: str | None,
-    as_json: bool,
-) -> None:
+    pkcs11_module: str | None,
+    pin_env: str | None,
+) -> render.Output:
     """Check a bundle's signature and every part, without installing anything."""
     if receipt_key is not None and receipt is None:
         raise UsageError("--receipt-key needs --receipt FILE")
@@ -232,24 +289,26 @@ def verify_command(
     )
     if receipt is not None:
         receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
-    signer = keys.load_private(receipt_key, opt.key_passphrase(receipt_key, passphrase_env)) if receipt_key else None
-    try:
-        if receipt is not None:
-            report = verify_with_receipt(options, receipt, signer, _reporter(ctx))
-        else:
-            report = verify(options, _reporter(ctx))
-    except PartsFailed as e:
-        render.verify_failure(e, as_json)
-        raise
-    render.verify_result(report, as_json)
+    key = opt.signing_key(receipt_key, passphrase_env, pkcs11_module, pin_env) if receipt_key else None
+    # a key on a token stays logged in until the receipt is signed
+    with keys.open_signer(key) if key is not None else nullcontext() as signer:
+        try:
+            if receipt is not None:
+                report = verify_with_receipt(options, receipt, signer, _reporter(ctx))
+            else:
+                report = verify(options, _reporter(ctx))
+        except PartsFailed as e:
+            render.verify_failure(e, ctx.ensure_object(render.Invocation))
+            raise
+    return render.verify_result(report)
 
 
 @cli.command(name="inspect")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @opt.json_option(help="print the manifest and signers as JSON")
-def inspect_command(bundle: Path, as_json: bool) -> None:
+def inspect_command(bundle: Path) -> render.Output:
     """Show what a bundle holds (reads the manifest only)."""
-    render.inspect_result(inspect(bundle), as_json)
+    return render.inspect_result(inspect(bundle))
 
 
 @cli.command(name="install")
@@ -259,7 +318,8 @@ def inspect_command(bundle: Path, as_json: bool) -> None:
     "--to",
     "target",
     metavar="TARGET",
-    help="registry://HOST[:PORT][/PREFIX], docker-archive:PATH or oci-archive:PATH (default: the Docker engine)",
+    help="registry://HOST[:PORT][/PREFIX], containerd://[SOCKET][?namespace=NS], docker-archive:PATH or "
+    "oci-archive:PATH (default: the Docker engine, or Podman's service, at DOCKER_HOST)",
 )
 @opt.plain_http_option(help="talk plain HTTP to a registry target (loopback registries always do)")
 @opt.chunk_size_option(opt.core_default(InstallOptions, "chunk_size", int), help="largest single upload request to a registry")
@@ -287,7 +347,7 @@ def inspect_command(bundle: Path, as_json: bool) -> None:
     help="rollback state file (default: $AIRGAP_STATE or ~/.local/state/airgap/installed.json)",
 )
 @opt.json_option()
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
 def install_command(
     ctx: click.Context,
@@ -306,10 +366,9 @@ def install_command(
     allow_unexpected: bool,
     allow_downgrade: bool,
     state: Path | None,
-    as_json: bool,
-) -> None:
-    """Verify a bundle and load its images into the Docker engine (DOCKER_HOST), or push them into a
-    registry, or write them as an image archive (--to)."""
+) -> render.Output:
+    """Verify a bundle and load its images into the Docker engine or Podman (DOCKER_HOST), or import them
+    into containerd, push them into a registry, or write them as an image archive (--to)."""
     options = InstallOptions(
         bundle=bundle,
         trusted=opt.trusted_keys(trust),
@@ -327,7 +386,7 @@ def install_command(
         search=search,
         base=base,
     )
-    render.install_result(install(options, _reporter(ctx)), as_json)
+    return render.install_result(install(options, _reporter(ctx)))
 
 
 @cli.command(name="publish")
@@ -337,13 +396,13 @@ def install_command(
 @opt.chunk_size_option(opt.core_default(publish, "chunk", int), help="largest single upload request")
 @click.option("--replace", is_flag=True, help="move the tag if it names another artifact")
 @opt.json_option()
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
 def publish_command(
-    ctx: click.Context, bundle: Path, target: str, plain_http: bool, chunk_size: int, replace: bool, as_json: bool
-) -> None:
+    ctx: click.Context, bundle: Path, target: str, plain_http: bool, chunk_size: int, replace: bool
+) -> render.Output:
     """Upload a bundle to an OCI registry as an artifact (credentials: docker login, or $AIRGAP_REGISTRY_USER/_PASSWORD)."""
-    render.publish_result(publish(bundle, target, plain_http, replace, chunk_size, _reporter(ctx)), as_json)
+    return render.publish_result(publish(bundle, target, plain_http, replace, chunk_size, _reporter(ctx)))
 
 
 @cli.command(name="pull")
@@ -352,31 +411,60 @@ def publish_command(
 @opt.plain_http_option(help="talk plain HTTP (loopback registries always do)")
 @click.option("--overwrite", is_flag=True, help="replace a bundle already in the output directory")
 @opt.json_option()
-@opt.quiet_option()
+@opt.progress_options()
 @click.pass_context
-def pull_command(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overwrite: bool, as_json: bool) -> None:
+def pull_command(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overwrite: bool) -> render.Output:
     """Download a published bundle; an interrupted pull resumes when run again.  Then run 'airgap verify'."""
-    render.pull_result(pull(source, out_dir, plain_http, overwrite, _reporter(ctx)), as_json)
+    return render.pull_result(pull(source, out_dir, plain_http, overwrite, _reporter(ctx)))
 
 
 @cli.command(name="diff")
 @click.argument("a", type=click.Path(path_type=Path, exists=True))
 @click.argument("b", type=click.Path(path_type=Path, exists=True))
 @opt.json_option(help="print the differences as JSON")
-def diff_command(a: Path, b: Path, as_json: bool) -> None:
+def diff_command(a: Path, b: Path) -> render.Output:
     """Show which images, layers and bytes differ between bundles A and B (their directories or manifest.json)."""
-    render.diff_result(diff(a, b), as_json)
+    return render.diff_result(diff(a, b))
+
+
+@contextmanager
+def _terminate_like_interrupt(inv: render.Invocation) -> Iterator[None]:
+    """For the block, SIGTERM unwinds the command as Ctrl-C does: the same clean-up, then exit code 143."""
+
+    def raise_terminated(signum: int, frame: FrameType | None) -> None:
+        """Raise in the main thread as Ctrl-C does; a second SIGTERM then ends the process at once."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        inv.terminated = True  # remembered: a prompt turns what it catches into a plain Abort
+        raise render.Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler: a caller in another thread keeps its own
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _group_options_with_values() -> set[str]:
+    """The group's options that take a value (``--progress MODE``), for reading argv before click does."""
+    return {name for p in cli.params if isinstance(p, click.Option) and not p.is_flag for name in p.opts}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit code.  Errors become one line plus a hint on stderr."""
-    try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="airgap", standalone_mode=False)
-    except (Exception, KeyboardInterrupt) as e:
-        if render.is_bug(e) and os.environ.get("AIRGAP_DEBUG"):
-            raise
-        return render.failure(e)
-    return rv if isinstance(rv, int) else int(ExitCode.OK)
+    """Run the CLI; return the exit code.  The one place output is printed: the command's result, or its
+    failure as one line plus a hint on stderr; with --json, one JSON object on stdout either way."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    inv = render.Invocation.from_argv(args, cli.commands, _group_options_with_values())
+    with _terminate_like_interrupt(inv):
+        try:
+            rv = cli.main(args=args, prog_name="airgap", standalone_mode=False, obj=inv)
+            return render.success(rv, inv)
+        except (Exception, KeyboardInterrupt) as e:
+            if render.is_bug(e) and os.environ.get("AIRGAP_DEBUG"):
+                raise
+            return render.failure(e, inv)
 
 
 def run() -> NoReturn:

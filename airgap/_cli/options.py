@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from airgap._cli import render
+from airgap._cli.reporters import PROGRESS_MODES
+from airgap._internal.util.text import printable
 from airgap.errors import UsageError
 from airgap.model.units import parse_media_size, parse_size
 from airgap.trust import keys
@@ -81,8 +83,30 @@ def chunk_size_option(default: int, help: str) -> Decorator:
 
 
 def key_option() -> Decorator:
-    """``--key``: the private signing key."""
-    return click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="signing key (PREFIX.key)")
+    """``--key``: the private signing key, a key file or a key on a PKCS#11 token (checked by keys.SigningKey)."""
+    return click.option(
+        "--key",
+        "key_text",
+        required=True,
+        metavar="KEY",
+        help="signing key: PREFIX.key, or a key on a PKCS#11 token, 'pkcs11:token=LABEL;object=LABEL'",
+    )
+
+
+def token_options() -> Decorator:
+    """``--pkcs11-module PATH`` and ``--pin-env VAR``: what a key on a PKCS#11 token needs."""
+    module = click.option(
+        "--pkcs11-module",
+        metavar="PATH",
+        help="the token's PKCS#11 library, for a pkcs11: key (default: the URI's module-path, else $AIRGAP_PKCS11_MODULE)",
+    )
+    pin = click.option("--pin-env", metavar="VAR", help="a pkcs11: key's token PIN is in $VAR (else asked on a terminal)")
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        """Add both options, in the order help lists them."""
+        return module(pin(f))
+
+    return apply
 
 
 def passphrase_env_option(help: str = "the key's passphrase is in $VAR") -> Decorator:
@@ -97,9 +121,36 @@ def out_option() -> Decorator:
     )
 
 
-def json_option(help: str = "print the result as JSON") -> Decorator:
-    """``--json``: machine-readable output instead of text."""
-    return click.option("--json", "as_json", is_flag=True, help=help)
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Record ``--json`` in the run's Invocation, where rendering (success and failure alike) reads it."""
+    ctx.ensure_object(render.Invocation).as_json = value
+    return value
+
+
+def json_option(help: str = "print the result as one JSON object (failures too)") -> Decorator:
+    """``--json``: one JSON object on stdout instead of text, whatever the outcome (render.success, render.failure)."""
+    return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help=help)
+
+
+def _set_progress(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Record ``--progress`` (the group's or the command's) in the run's Invocation."""
+    if value is not None:
+        ctx.ensure_object(render.Invocation).progress = value
+    return value
+
+
+PROGRESS_HELP = "how progress shows on stderr: auto (a bar on a terminal, else a line every 10 s), bar, lines, json (events, one per line), none"
+
+
+def progress_option() -> Decorator:
+    """``--progress MODE``, on the group and on each command that reports progress; beats ``-q``."""
+    return click.option(
+        "--progress",
+        type=click.Choice(PROGRESS_MODES),
+        expose_value=False,
+        callback=_set_progress,
+        help=PROGRESS_HELP,
+    )
 
 
 def plain_http_option(help: str) -> Decorator:
@@ -162,22 +213,27 @@ def trust_options(owner: Callable[..., object]) -> Decorator:
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    """Record a subcommand's ``--quiet`` where the group's is kept."""
+    """Record ``--quiet`` (the group's or the command's) in the run's Invocation."""
     if value:
-        ctx.ensure_object(dict)
-        ctx.find_root().ensure_object(dict)["quiet"] = True
+        ctx.ensure_object(render.Invocation).quiet = True
     return value
 
 
 def quiet_option() -> Decorator:
-    """``-q/--quiet`` on a subcommand, the same as on the group: no progress output."""
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="no progress output")
+    """``-q/--quiet`` on a subcommand, the same as on the group: no progress output (``--progress none``)."""
+    return click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="no progress output (--progress none)"
+    )
 
 
-def is_quiet(ctx: click.Context) -> bool:
-    """Whether ``--quiet`` was given, to the group or to the command."""
-    obj = ctx.find_root().obj
-    return bool(obj.get("quiet")) if isinstance(obj, dict) else False
+def progress_options() -> Decorator:
+    """``-q/--quiet`` and ``--progress``, as every command that reports progress takes them."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        """Add both options, in the order help lists them."""
+        return quiet_option()(progress_option()(f))
+
+    return apply
 
 
 def trusted_keys(paths: Sequence[Path]) -> tuple[PublicKey, ...]:
@@ -207,6 +263,39 @@ def key_passphrase(key_path: Path, env_name: str | None) -> bytes | None:
     if keys.is_encrypted(key_path) and sys.stdin.isatty():
         return str(click.prompt(f"passphrase for {key_path}", hide_input=True, err=True)).encode()
     return None
+
+
+def token_pin(env_name: str | None) -> Callable[[str], str]:
+    """A token's user PIN, read when the token asks for a login: from $VAR, else asked on a terminal."""
+
+    def pin(token: str) -> str:
+        """The PIN for the token labelled ``token``."""
+        if env_name:
+            value = os.environ.get(env_name)
+            if not value:
+                raise UsageError(
+                    f"environment variable {env_name} is {'empty' if value == '' else 'not set'}",
+                    hint="export the token's PIN in that variable first",
+                )
+            return value
+        if sys.stdin.isatty():
+            return str(click.prompt(f"PIN for token {printable(token)}", hide_input=True, err=True))
+        raise UsageError(
+            f"token {token!r} needs its user PIN", hint="give it with --pin-env VAR (or at the prompt on a terminal)"
+        )
+
+    return pin
+
+
+def signing_key(text: str, passphrase_env: str | None, pkcs11_module: str | None, pin_env: str | None) -> keys.SigningKey:
+    """What ``--key`` names, with what unlocks it: a key file's passphrase, or a token's module and PIN."""
+    if not keys.is_token_key(text):
+        if pin_env:
+            raise UsageError("--pin-env is for a key on a token", hint="a key file takes --passphrase-env VAR")
+        return keys.SigningKey(text, passphrase=key_passphrase(Path(text), passphrase_env), pkcs11_module=pkcs11_module)
+    if passphrase_env:
+        raise UsageError("--passphrase-env is for a key file", hint="a key on a token takes its PIN from --pin-env VAR")
+    return keys.SigningKey(text, pkcs11_module=pkcs11_module, pin=token_pin(pin_env))
 
 
 def new_key_passphrase(env_name: str | None, no_passphrase: bool) -> bytes | None:

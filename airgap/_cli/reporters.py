@@ -1,17 +1,21 @@
-"""Reporters the CLI hands to the core: tqdm bars on a terminal, plain periodic lines elsewhere."""
+"""Reporters the CLI hands to the core: tqdm bars on a terminal, plain periodic lines elsewhere, JSON lines
+for a program that follows the run (``--progress json``); and the :class:`Tracker` that remembers how far a
+command got, for the line an interruption prints."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from airgap._internal.util.fsutil import human_bytes
-from airgap._internal.util.text import printable
+from airgap._internal.util.text import json_safe, printable
 from airgap.progress import NullReporter, Reporter
 
 
@@ -106,11 +110,146 @@ class PlainReporter:
         print(printable(message), file=self._stream, flush=True)
 
 
-def for_terminal(quiet: bool, stream: TextIO | None = None) -> Reporter:
-    """The reporter for ``stream`` (stderr): none when quiet, bars on a terminal, periodic lines elsewhere."""
+PROGRESS_SCHEMA_VERSION = 1  # of the events JsonLinesReporter writes (manifests/cli-progress.schema.json)
+
+
+class JsonLinesReporter:
+    """Progress as one JSON object per line (``--progress json``), for a GUI or a CI log to follow.
+
+    Events (manifests/cli-progress.schema.json): ``start`` (a phase and its total bytes, null if unknown),
+    ``advance`` (bytes done so far; at most one every ``interval`` seconds), ``finish`` (the phase's final
+    count and duration) and ``note`` (a one-line message).  Every event carries ``schema_version``,
+    ``command`` and ``elapsed`` (seconds since the reporter was made)."""
+
+    def __init__(self, stream: TextIO, command: str | None, interval: float = 0.25) -> None:
+        """Events written to ``stream``; ``advance`` events at most every ``interval`` seconds."""
+        self._stream = stream
+        self._command = command
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._phase_t0 = self._t0
+        self._last = 0.0
+        self._label = ""
+        self._total = 0
+        self._done = 0
+
+    def _emit(self, event: str, **fields: object) -> None:
+        """One event line (the caller holds the lock)."""
+        now = time.monotonic()
+        line = {
+            "schema_version": PROGRESS_SCHEMA_VERSION,
+            "event": event,
+            "command": self._command,
+            "elapsed": round(now - self._t0, 3),
+            **fields,
+        }
+        print(json.dumps(json_safe(line), sort_keys=True, separators=(",", ":")), file=self._stream, flush=True)
+
+    def _counts(self) -> dict[str, object]:
+        """The phase's counts, as advance and finish events carry them."""
+        return {"phase": self._label, "done": self._done, "total": self._total or None}
+
+    def start(self, label: str, total: int) -> None:
+        """A phase begins: one ``start`` event."""
+        with self._lock:
+            self._label, self._total, self._done = label, total, 0
+            self._phase_t0 = self._last = time.monotonic()
+            self._emit("start", phase=label, total=total or None)
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more bytes (from any thread); an ``advance`` event when the interval has passed."""
+        with self._lock:
+            self._done += n
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                self._last = now
+                self._emit("advance", **self._counts())
+
+    def finish(self) -> None:
+        """The phase ended: one ``finish`` event with the final count."""
+        with self._lock:
+            self._emit("finish", **self._counts(), seconds=round(time.monotonic() - self._phase_t0, 3))
+
+    def note(self, message: str) -> None:
+        """One ``note`` event."""
+        with self._lock:
+            self._emit("note", message=message)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a command got: the phase it was in, bytes done of its total, and phases finished before it."""
+
+    phase: str | None
+    done: int
+    total: int
+    phases_finished: int
+
+    def describe(self) -> str:
+        """E.g. ``during 'pack' after 12.0 MiB of 40.0 MiB (30%)``; ``before any data moved``."""
+        if self.phase is None:
+            return "before any data moved"
+        pct = f" ({100 * self.done // self.total}%)" if self.total else ""
+        of = f" of {human_bytes(self.total)}" if self.total else ""
+        return f"during '{printable(self.phase)}' after {human_bytes(self.done)}{of}{pct}"
+
+    def to_dict(self) -> dict[str, object]:
+        """As the ``progress`` field of an interruption's JSON error."""
+        return {"phase": self.phase, "done": self.done, "total": self.total or None, "phases_finished": self.phases_finished}
+
+
+class Tracker:
+    """Passes progress on to the reporter that shows it, and remembers how far the command got."""
+
+    def __init__(self, inner: Reporter) -> None:
+        """Progress passed on to ``inner``."""
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._phase: str | None = None
+        self._total = 0
+        self._done = 0
+        self._finished = 0
+
+    def start(self, label: str, total: int) -> None:
+        """A phase of ``total`` bytes begins."""
+        with self._lock:
+            self._phase, self._total, self._done = label, total, 0
+        self._inner.start(label, total)
+
+    def advance(self, n: int) -> None:
+        """``n`` more bytes are done (from any thread)."""
+        with self._lock:
+            self._done += n
+        self._inner.advance(n)
+
+    def finish(self) -> None:
+        """The phase is done."""
+        with self._lock:
+            self._finished += 1
+        self._inner.finish()
+
+    def note(self, message: str) -> None:
+        """A one-line remark, passed on."""
+        self._inner.note(message)
+
+    def snapshot(self) -> Progress:
+        """How far the command has got, now."""
+        with self._lock:
+            return Progress(self._phase, self._done, self._total, self._finished)
+
+
+PROGRESS_MODES = ("auto", "bar", "lines", "json", "none")
+
+
+def choose(mode: str, command: str | None, stream: TextIO | None = None) -> Reporter:
+    """The reporter for ``--progress MODE`` on ``stream`` (stderr): auto is bars on a terminal and periodic
+    lines elsewhere; none shows nothing (``-q``)."""
     stream = stream or sys.stderr
-    if quiet:
+    if mode == "none":
         return NullReporter()
-    if stream.isatty():
+    if mode == "json":
+        return JsonLinesReporter(stream, command)
+    if mode == "bar" or (mode == "auto" and stream.isatty()):
         return TqdmReporter(stream)
     return PlainReporter(stream)

@@ -3,6 +3,11 @@
 Private keys are PKCS#8 PEM, public keys SubjectPublicKeyInfo PEM, so ``openssl`` reads both.  A key's
 fingerprint is the hex sha256 of its public key DER.
 
+A signing key is named by ``--key`` text: a key file, or a key on a PKCS#11 token (``pkcs11:token=...;
+object=...``, :mod:`airgap.trust.pkcs11`).  :class:`SigningKey` is that text checked once, with what
+unlocks it; :func:`open_signer` is the one way to a :class:`Signer` for either, so pack, sign and signed
+receipts never ask which kind they hold.
+
 An encrypted private key is a PKCS#8 EncryptedPrivateKeyInfo with PBES2: scrypt (N=2^14, r=8, p=5, the
 OWASP minimum; N=2^14 with r=8 is the most memory OpenSSL allows itself, 32 MiB, when it reads a key)
 and AES-256-CBC.  cryptography's ``BestAvailableEncryption`` does not let us choose the KDF (it wrote
@@ -19,8 +24,11 @@ import hashlib
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import padding, serialization
@@ -29,7 +37,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from airgap._internal.util.fsutil import atomic_write, read_capped
-from airgap.errors import ConflictError, EnvironmentProblem, FormatError, IntegrityError, TrustError, UsageError
+from airgap.errors import ConflictError, EnvironmentProblem, Error, FormatError, IntegrityError, TrustError, UsageError
+from airgap.trust import pkcs11
 
 # scrypt work factor for new keys: 16 MiB per guess, 5 passes (OWASP: N=2^14, r=8, p=5)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 5
@@ -105,6 +114,89 @@ class KeyProtection:
         if self.kdf.startswith("pbkdf2-"):
             return f"{self.kdf} with {self.iterations:,} iterations, {self.cipher}"
         return f"legacy scheme {self.kdf.removeprefix('other ')}"
+
+
+class Signer(Protocol):
+    """An Ed25519 signing key wherever it lives: an ``Ed25519PrivateKey`` from a file, or a key on a token."""
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """The raw 64-byte Ed25519 signature over DATA (deterministic, RFC 8032)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """What ``--key`` names, checked when made: a key file (with its passphrase), or a key on a PKCS#11 token
+    (with its module and a source of its PIN).  A bad URI, or a token's option given for a file, fails here."""
+
+    text: str  # a key file's path, or a pkcs11: URI
+    passphrase: bytes | None = None  # a key file's
+    pkcs11_module: str | None = None  # a token's module (else the URI's module-path, else $AIRGAP_PKCS11_MODULE)
+    pin: pkcs11.PinSource | None = field(default=None, compare=False, repr=False)  # a token's user PIN, on demand
+    uri: pkcs11.TokenURI | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if not pkcs11.is_uri(self.text):
+            if self.pkcs11_module:
+                raise UsageError(
+                    "--pkcs11-module is for a key on a token", hint="name the key as --key pkcs11:token=...;object=..."
+                )
+            if self.pin is not None:
+                raise UsageError("a PIN is for a key on a token", hint="a key file takes --passphrase-env VAR")
+            if not self.text:
+                raise UsageError("--key names no key", hint="pass the PREFIX.key written by 'airgap keygen', or a pkcs11: URI")
+            return
+        if self.passphrase:
+            raise UsageError(
+                "a passphrase is for a key file", hint="a key on a token takes its PIN from --pin-env VAR or the prompt"
+            )
+        object.__setattr__(self, "uri", pkcs11.parse_uri(self.text))
+
+    @classmethod
+    def of(cls, key: SigningKey | Path) -> SigningKey:
+        """KEY itself, or an unencrypted key file at KEY."""
+        return key if isinstance(key, SigningKey) else cls(str(key))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def is_token_key(text: str) -> bool:
+    """Whether ``--key`` text names a key on a PKCS#11 token (a ``pkcs11:`` URI) rather than a key file."""
+    return pkcs11.is_uri(text)
+
+
+@contextmanager
+def open_signer(key: SigningKey | Path) -> Iterator[Signer]:
+    """The signer KEY names, usable for the block: a key file is loaded (and its passphrase checked); a key on
+    a token is found, logged in to and checked to be Ed25519, and its session closed after the block."""
+    key = SigningKey.of(key)
+    if key.uri is None:
+        yield load_private(Path(key.text), key.passphrase)
+        return
+    with pkcs11.open_signer(key.uri, key.pkcs11_module, key.pin) as signer:
+        yield signer
+
+
+def generate_on_token(prefix: Path, key: SigningKey) -> tuple[Path, str]:
+    """Make an Ed25519 pair on the token KEY names (its ``object=`` labels it) and write only PREFIX.pub;
+    return its path and the fingerprint.  The private key never leaves the token."""
+    if key.uri is None:
+        raise UsageError("--pkcs11 takes a pkcs11: URI", hint="e.g. --pkcs11 'pkcs11:token=LABEL;object=release-2027'")
+    pub_path = Path(f"{prefix}.pub")
+    if pub_path.exists():
+        raise ConflictError(f"{pub_path} already exists", hint="choose another --out prefix or move the old key away")
+    public = pkcs11.generate(key.uri, key.pkcs11_module, key.pin)
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        atomic_write(pub_path, pem, mode=0o644)
+    except Error as e:
+        label = key.uri.object
+        e.with_hint(f"the key is on the token: read its public key with pkcs11-tool --read-object --type pubkey --label {label}")
+        raise
+    return pub_path, fingerprint(public)
 
 
 def fingerprint(public: Ed25519PublicKey) -> str:

@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgap.errors import TrustError, UsageError
 from airgap.model.manifest import Manifest, parse_time
-from airgap.trust.keys import PublicKey, fingerprint
+from airgap.trust.keys import PublicKey, Signer, fingerprint
 
 
-def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> tuple[str, bytes]:
-    """Return (signer fingerprint, raw signature)."""
+def sign(manifest_bytes: bytes, key: Signer) -> tuple[str, bytes]:
+    """Return (signer fingerprint, raw signature).  KEY is an ``Ed25519PrivateKey`` or any :class:`Signer`
+    (a key on a token): the signature is the same raw Ed25519 either way."""
     return fingerprint(key.public_key()), key.sign(manifest_bytes)
 
 

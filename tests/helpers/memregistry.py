@@ -8,25 +8,32 @@ scoping, chunked uploads, digest checks) runs as against a real registry.  It sp
 - ``GET /v2/``; manifests by tag or digest (GET, HEAD, PUT; a PUT naming blobs or manifests the
   repository lacks is refused, as distribution refuses it); blobs (GET with ``Range``, HEAD);
 - uploads: ``POST`` (with ``?mount=&from=`` for a cross-repository mount), ``PATCH`` chunks with
-  ``Content-Range``, ``PUT ?digest=`` (the digest is checked), ``DELETE``;
+  ``Content-Range``, ``GET`` (where the upload stands: ``Range: 0-LAST``), ``PUT ?digest=`` (with the last
+  bytes or the whole blob; the digest is checked), ``DELETE``;
 - ``auth="basic"`` or ``auth="bearer"``: 401 challenges, and for bearer a token service at
-  :data:`TOKEN_REALM` granting the scopes asked for (a mount needs pull on its source, as in distribution);
+  :data:`TOKEN_REALM` granting the scopes asked for, less ``denied`` (a mount needs pull on its source, as in
+  distribution, whose challenges name every scope a request needs);
 - ``storage=True``: blob downloads redirect to, and uploads go on at, :data:`STORAGE`, another origin that
   takes no credentials (as S3 or a CDN behind a registry).
 
-Faults a test can set: :meth:`fail` (the Nth matching request answers an error or drops the connection),
-:meth:`corrupt_blob` (bytes that do not match the digest), :meth:`cut_body` (a body that breaks or stalls
-after N bytes), :meth:`oversize_body` (more bytes than declared), ``answer_digest`` (a manifest stored under
-another digest), ``ranges=False`` (``Range`` ignored), and ``hook`` for anything else.  Every request is
-kept in ``requests`` for assertions.
+Faults a test can set: :meth:`fail` (matching requests answer an error, with ``Retry-After`` or any header,
+or drop the connection, before or after taking effect), :meth:`corrupt_blob` (bytes that do not match the
+digest), :meth:`cut_body` (a body that breaks or stalls after N bytes), :meth:`oversize_body` (more bytes
+than declared), ``answer_digest`` (a manifest stored under another digest), ``header_digest`` (a manifest
+served under another ``Docker-Content-Digest``), ``ranges=False`` (``Range`` ignored), ``refuse_patch``
+(chunked uploads refused with that status), ``refuse_mount`` (mounts answered with that status), ``denied``
+(scopes the token service never grants), and ``hook`` for anything else.  Every request is kept in
+``requests`` for assertions; ``open_uploads`` lists the upload sessions never finished or deleted.
 
 ``MemoryRegistry(...).install(monkeypatch)`` makes every ``Registry`` built while a test runs (by pack,
-install or publish) talk to the fake; ``Registry(HOST, transport=fake)`` uses it for one client.
+install or publish) talk to the fake, and wait no real time between retries: each wait is recorded in
+``slept``.  ``client()`` builds one such ``Registry``.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -70,6 +77,7 @@ class Request:
     url: str  # with the query
     headers: CaseInsensitiveDict[str]
     body: bytes
+    streamed: bool = False  # the client sent the body as a stream (read as sent), not as bytes in memory
 
     @property
     def netloc(self) -> str:
@@ -112,15 +120,28 @@ class _Failure:
     method: str | None
     path: str
     nth: int
+    times: int | None  # None: every matching request from the nth on
+    headers: dict[str, str]
+    code: str  # the error code in the answer's body
+    taken: bool  # the request takes effect before the failure
+    keep: int | None  # ... only the first bytes of its body
     seen: int = 0
 
+    def matches(self, r: Request) -> bool:
+        if (self.method is not None and self.method != r.method) or self.path not in r.url:
+            return False
+        self.seen += 1
+        return self.seen >= self.nth and (self.times is None or self.seen < self.nth + self.times)
 
-@dataclass(frozen=True)
+
+@dataclass
 class _BodyFault:
     path: str
     cut_after: int | None = None
     error: type[OSError] = ConnectionResetError
     extra: int = 0
+    times: int | None = None  # bodies it applies to (None: all)
+    seen: int = 0
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -152,7 +173,12 @@ class MemoryRegistry:
         self.tokens: dict[str, frozenset[tuple[str, str]]] = {}  # token -> (repository, action) granted
         self.scopes_asked: list[str] = []  # each token request's scopes, as the client asked
         self.answer_digest: str | None = None  # a manifest PUT answers this Docker-Content-Digest
+        self.header_digest: str | None = None  # a manifest GET answers this Docker-Content-Digest
         self.ranges = True  # honour Range on blob downloads
+        self.refuse_patch: int | None = None  # PATCH on an upload answers this status: no chunked uploads
+        self.refuse_mount: int | None = None  # a mount answers this status (202: an ordinary upload starts instead)
+        self.denied: set[tuple[str, str]] = set()  # (repository, action) the token service never grants
+        self.slept: list[float] = []  # the client's waits between retries, when installed
         self.hook: Callable[[Request], Reply | None] | None = None  # runs first; a Reply answers the request
         self._corrupt: dict[str, bytes] = {}
         self._failures: list[_Failure] = []
@@ -215,20 +241,40 @@ class MemoryRegistry:
     def seen(self, method: str, path_part: str = "") -> list[Request]:
         return [r for r in self.requests if r.method == method and path_part in r.url]
 
+    @property
+    def open_uploads(self) -> list[str]:
+        """Upload sessions started and neither finished nor deleted."""
+        return sorted(self._uploads)
+
     # -- faults -----------------------------------------------------------------------------------
-    def fail(self, status: int | None = 500, *, method: str | None = None, path: str = "", nth: int = 1) -> None:
-        """The ``nth`` request of ``method`` whose URL contains ``path`` (any request when neither is given)
-        answers ``status`` with an error body; ``status=None`` drops the connection instead."""
-        self._failures.append(_Failure(status, method, path, nth))
+    def fail(
+        self,
+        status: int | None = 500,
+        *,
+        method: str | None = None,
+        path: str = "",
+        nth: int = 1,
+        times: int | None = 1,
+        headers: dict[str, str] | None = None,
+        code: str = "UNKNOWN",
+        taken: bool = False,
+        keep: int | None = None,
+    ) -> None:
+        """From the ``nth`` request of ``method`` whose URL contains ``path`` (any request when neither is given),
+        ``times`` requests (None: all) answer ``status`` with an error ``code`` and ``headers`` (``Retry-After``...);
+        ``status=None`` drops the connection instead.  With ``taken``, the request takes effect first (the answer
+        is lost on the way back), with ``keep`` only the first ``keep`` bytes of its body (a PATCH cut midway)."""
+        self._failures.append(_Failure(status, method, path, nth, times, headers or {}, code, taken or keep is not None, keep))
 
     def corrupt_blob(self, digest: str, data: bytes) -> None:
         """Serve ``data`` (which does not hash to ``digest``) whenever ``digest`` is downloaded."""
         self._corrupt[digest] = data
 
-    def cut_body(self, path: str, after: int, error: type[OSError] = ConnectionResetError) -> None:
-        """Bodies of GETs whose URL contains ``path`` raise ``error`` after ``after`` bytes: a reset
-        connection, or with ``TimeoutError`` a peer that stalls until the client's read timeout."""
-        self._body_faults.append(_BodyFault(path, cut_after=after, error=error))
+    def cut_body(self, path: str, after: int, error: type[OSError] = ConnectionResetError, times: int | None = None) -> None:
+        """Bodies of GETs whose URL contains ``path`` (the first ``times`` of them; None: all) raise ``error`` after
+        ``after`` bytes: a reset connection, or with ``TimeoutError`` a peer that stalls until the client's read
+        timeout."""
+        self._body_faults.append(_BodyFault(path, cut_after=after, error=error, times=times))
 
     def oversize_body(self, path: str, extra: int) -> None:
         """Bodies of GETs whose URL contains ``path`` go on for ``extra`` bytes more (made as they are read)."""
@@ -242,11 +288,18 @@ class MemoryRegistry:
 
     # -- wiring -----------------------------------------------------------------------------------
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Every ``Registry`` made until the test ends sends its requests here instead of the network."""
+        """Every ``Registry`` made until the test ends sends its requests here instead of the network, and records
+        its waits between retries in ``slept`` instead of sleeping."""
         monkeypatch.setattr(distribution, "SessionTransport", lambda: self)
+        monkeypatch.setattr(distribution, "DEFAULT_RETRY", self.retry_policy())
 
-    def client(self, plain_http: bool = False) -> distribution.Registry:
-        return distribution.Registry(self.host, plain_http, transport=self)
+    def retry_policy(self, **changes: Any) -> distribution.RetryPolicy:
+        """The client's default retry policy, waiting no real time (each wait is recorded in ``slept``)."""
+        return dataclasses.replace(distribution.DEFAULT_RETRY, sleep=self.slept.append, **changes)
+
+    def client(self, plain_http: bool = False, **retry: Any) -> distribution.Registry:
+        """A client of this registry; ``retry`` changes its retry policy (``tries=``, ``budget=``...)."""
+        return distribution.Registry(self.host, plain_http, transport=self, retry=self.retry_policy(**retry))
 
     # -- the Transport protocol -------------------------------------------------------------------
     def send(
@@ -261,7 +314,8 @@ class MemoryRegistry:
     ) -> requests.Response:
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
-        request = Request(method, url, CaseInsensitiveDict(dict(headers)), _read_body(data))
+        streamed = data is not None and not isinstance(data, (bytes, str))
+        request = Request(method, url, CaseInsensitiveDict(dict(headers)), _read_body(data), streamed)
         self.requests.append(request)
         reply = self._answer(request)
         return _response(request, reply, stream)
@@ -272,12 +326,15 @@ class MemoryRegistry:
     # -- answering --------------------------------------------------------------------------------
     def _answer(self, r: Request) -> Reply:
         for f in self._failures:
-            if (f.method is None or f.method == r.method) and f.path in r.url and f.seen < f.nth:
-                f.seen += 1
-                if f.seen == f.nth:
-                    if f.status is None:
-                        raise requests.ConnectionError(f"connection to {r.netloc} reset (injected)")
-                    return _error(f.status, "UNKNOWN", f"injected failure of {r.method} {r.path}")
+            if f.matches(r):
+                if f.taken:
+                    self._route(r if f.keep is None else dataclasses.replace(r, body=r.body[: f.keep]))
+                if f.status is None:
+                    raise requests.ConnectionError(f"connection to {r.netloc} reset (injected)")
+                return _error(f.status, f.code, f"injected failure of {r.method} {r.path}", f.headers)
+        return self._route(r)
+
+    def _route(self, r: Request) -> Reply:
         if self.hook is not None and (reply := self.hook(r)) is not None:
             return reply
         if r.netloc == urlsplit(TOKEN_REALM).netloc:
@@ -285,7 +342,8 @@ class MemoryRegistry:
         if r.netloc == urlsplit(STORAGE).netloc and self.storage:
             return self._storage(r)
         if r.netloc != self.host:
-            raise requests.ConnectionError(f"cannot resolve {r.netloc} (the in-memory registry is {self.host})")
+            message = f"cannot resolve {r.netloc} (the in-memory registry is {self.host})"
+            raise requests.ConnectionError(urllib3.exceptions.NewConnectionError(None, message))  # type: ignore[arg-type]
         denied = self._authorize(r)
         if denied is not None:
             return denied
@@ -312,10 +370,10 @@ class MemoryRegistry:
             if granted is not None and needed <= granted:
                 return None
             challenge = f'Bearer realm="{TOKEN_REALM}",service="{self.host}"'
-            if needed:
-                repo = sorted(needed)[0][0]
-                actions = ",".join(sorted(a for n, a in needed if n == repo))
-                challenge += f',scope="repository:{repo}:{actions}"'
+            if needed:  # every scope the request needs, as distribution names them
+                repos = sorted({n for n, _ in needed})
+                scopes = " ".join(f"repository:{n}:{','.join(sorted(a for m, a in needed if m == n))}" for n in repos)
+                challenge += f',scope="{scopes}"'
             if granted is not None:
                 challenge += ',error="insufficient_scope"'
             return _error(401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": challenge})
@@ -334,7 +392,7 @@ class MemoryRegistry:
                 kind, _, rest = item.partition(":")
                 name, _, actions = rest.rpartition(":")
                 if kind == "repository":
-                    granted |= {(name, action) for action in actions.split(",")}
+                    granted |= {(name, action) for action in actions.split(",") if (name, action) not in self.denied}
         token = f"token-{next(self._ids)}"
         self.tokens[token] = frozenset(granted)
         return Reply(
@@ -347,7 +405,8 @@ class MemoryRegistry:
             if found is None:
                 return _error(404, "MANIFEST_UNKNOWN", f"manifest {repo}:{ref} unknown")
             data, media_type = found
-            return self._body(r, 200, {"Content-Type": media_type, "Docker-Content-Digest": digest_of(data)}, data)
+            named = self.header_digest or digest_of(data)
+            return self._body(r, 200, {"Content-Type": media_type, "Docker-Content-Digest": named}, data)
         if r.method != "PUT":
             return _error(405, "UNSUPPORTED", f"{r.method} on a manifest")
         media_type = r.headers.get("Content-Type", "")
@@ -394,7 +453,9 @@ class MemoryRegistry:
         stored = self.repo(repo)
         if r.method == "POST" and not upload_id:
             mount, source = r.query.get("mount"), r.query.get("from")
-            if mount and source and mount in self.repo(source).blobs:
+            if mount and self.refuse_mount is not None and self.refuse_mount != 202:
+                return _error(self.refuse_mount, "DENIED", f"no mount of {mount} here")
+            if mount and source and mount in self.repo(source).blobs and self.refuse_mount is None:
                 stored.blobs.add(mount)
                 return Reply(201, {"Location": f"/v2/{repo}/blobs/{mount}", "Docker-Content-Digest": mount})
             upload_id = str(next(self._ids))
@@ -414,6 +475,11 @@ class MemoryRegistry:
         if r.method == "DELETE":
             del self._uploads[upload_id]
             return Reply(204)
+        if r.method == "GET":  # where the upload stands, as distribution says it
+            location = self._upload_url(upload.repo, upload_id)
+            return Reply(204, {"Location": location, "Range": f"0-{len(upload.data) - 1}", "Docker-Upload-UUID": upload_id})
+        if r.method == "PATCH" and self.refuse_patch is not None:
+            return _error(self.refuse_patch, "UNSUPPORTED", "chunked uploads are not supported")
         if r.method == "PATCH":
             start = int(r.headers.get("Content-Range", f"{len(upload.data)}-").split("-")[0])
             if start != len(upload.data):
@@ -441,7 +507,9 @@ class MemoryRegistry:
 
     def _body(self, r: Request, status: int, headers: dict[str, str], data: bytes) -> Reply:
         """A reply of ``data`` in blocks, with the body faults set for this URL (its length counts the extra bytes)."""
-        faults = [f for f in self._body_faults if r.method == "GET" and f.path in r.url]
+        faults = [f for f in self._body_faults if r.method == "GET" and f.path in r.url and (f.times is None or f.seen < f.times)]
+        for f in faults:
+            f.seen += 1
         length = len(data) + sum(f.extra for f in faults)
         return Reply(status, {**headers, "Content-Length": str(length)}, self._blocks(r, data, faults))
 

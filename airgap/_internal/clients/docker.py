@@ -10,9 +10,9 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import docker
 import docker.errors
@@ -21,6 +21,9 @@ import urllib3.exceptions
 
 from airgap.errors import DockerError
 from airgap.model.manifest import Platform
+
+if TYPE_CHECKING:
+    from airgap._internal.util.tarstream import Readable
 
 _HINT = "is dockerd running and DOCKER_HOST pointing at it? ('docker info' should answer)"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}
@@ -32,11 +35,66 @@ def _fail(what: str, e: BaseException) -> DockerError:
     return DockerError(f"Docker engine: {what}: {str(detail).strip()[:300]}", hint=_HINT)
 
 
+class EngineClient(Protocol):
+    """What airgap asks of a Docker engine: exactly the calls sources and sinks make.
+
+    :class:`Engine` is the real one (the Engine API); tests stand in fakes that declare this protocol, so
+    mypy tells when the two drift apart.
+    """
+
+    def __enter__(self) -> EngineClient: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def platform(self) -> Platform:
+        """The engine's OS and architecture."""
+
+    def root_dir(self) -> Path | None:
+        """The engine's data root, if it is a directory on this host."""
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """An image's inspect document, or None if the engine does not have it."""
+
+    def image_id(self, ref: str) -> str | None:
+        """The image ID a name or ID resolves to, or None."""
+
+    def tag(self, image_id: str, ref: str) -> None:
+        """Point the name ``ref`` (repository:tag) at ``image_id``."""
+
+    def untag(self, ref: str) -> None:
+        """Remove one name without touching the image or its other names."""
+
+    def export(self, refs: list[str]) -> AbstractContextManager[Readable]:
+        """The images as a docker-save archive stream."""
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """Upload a docker-save archive; nothing is registered unless the upload is complete."""
+
+    def layer_chains(self) -> set[str]:
+        """The chain IDs of every layer the engine's images use."""
+
+    def images_holding(self, diff_ids: set[str]) -> tuple[list[str], set[str]]:
+        """Images whose layers cover ``diff_ids``, and the diff IDs no image has."""
+
+    def pull(self, ref: str) -> None:
+        """Pull ``ref`` (repository:tag) from its registry."""
+
+    def is_local(self) -> bool:
+        """Whether the engine shares this host's loopback."""
+
+    def is_podman(self) -> bool:
+        """Whether Podman's Docker-compatible service answers rather than dockerd."""
+
+
 class Engine:
     def __init__(self, client: docker.DockerClient) -> None:
         self._client = client
         self.api = client.api
         self._image_layers: dict[str, list[str]] | None = None
+        self._podman: bool | None = None
 
     @classmethod
     def connect(cls) -> Engine:
@@ -85,7 +143,7 @@ class Engine:
     def inspect(self, ref: str) -> dict[str, Any] | None:
         try:
             return dict(self.api.inspect_image(ref))
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:  # dockerd: ImageNotFound; Podman: "image not known", a plain NotFound
             return None
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail(f"inspecting {ref} failed", e) from e
@@ -202,10 +260,22 @@ class Engine:
         """Remove one name (tag or digest reference) without touching the image or its other names."""
         try:
             self.api.remove_image(ref, noprune=True)
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:  # dockerd: ImageNotFound; Podman: "image not known", a plain NotFound
             return
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail(f"removing the name {ref} failed", e) from e
+
+    def is_podman(self) -> bool:
+        """Whether Podman's Docker-compatible service (``podman system service``) answers rather than dockerd:
+        its /version names a "Podman Engine" component.  Podman's load reads every layer of an image from the
+        upload, even those it holds; it pulls from a loopback registry over HTTPS only."""
+        if self._podman is None:
+            try:
+                components = self.api.version().get("Components") or []
+            except (docker.errors.DockerException, requests.RequestException) as e:
+                raise _fail("version failed", e) from e
+            self._podman = any(isinstance(c, dict) and str(c.get("Name", "")).startswith("Podman") for c in components)
+        return self._podman
 
     def is_local(self) -> bool:
         """Whether the engine shares this host's loopback (a unix socket or a loopback TCP address)."""
@@ -255,3 +325,7 @@ class _ExportStream:
             return bytes(self._raw.read(n))
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise _fail("image export was cut off", e) from e
+
+
+if TYPE_CHECKING:
+    _ENGINE_IS_A_CLIENT: type[EngineClient] = Engine  # mypy checks that Engine keeps to the protocol

@@ -27,24 +27,28 @@ from airgap.progress import Transfer
 DOCKER_ARCHIVE = "docker-archive:"
 OCI_ARCHIVE = "oci-archive:"
 REGISTRY = "registry://"
+CONTAINERD = "containerd://"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where install puts the images: ``docker`` (the engine), ``registry``, ``docker-archive`` or ``oci-archive``."""
+    """Where install puts the images: ``docker`` (the engine), ``registry``, ``containerd``, ``docker-archive``
+    or ``oci-archive``."""
 
     kind: str
-    value: str = ""  # registry: HOST[:PORT][/PREFIX]; archives: the path
+    value: str = ""  # registry: HOST[:PORT][/PREFIX]; containerd: [SOCKET][?namespace=NS]; archives: the path
 
     def __str__(self) -> str:
         if self.kind == "docker":
             return "the Docker engine"
+        if self.kind == "containerd":
+            return f"{CONTAINERD}{self.value}"
         return f"{REGISTRY}{self.value}" if self.kind == "registry" else f"{self.kind}:{self.value}"
 
 
 def parse_target(text: str | None) -> Target:
-    """``--to``: nothing or ``docker`` for the engine, ``registry://HOST[:PORT][/PREFIX]``, ``docker-archive:PATH``
-    or ``oci-archive:PATH``."""
+    """``--to``: nothing or ``docker`` for the engine, ``registry://HOST[:PORT][/PREFIX]``,
+    ``containerd://[SOCKET][?namespace=NS]``, ``docker-archive:PATH`` or ``oci-archive:PATH``."""
     if not text or text in ("docker", "docker-daemon"):
         return Target("docker")
     for kind in ("docker-archive", "oci-archive"):
@@ -58,9 +62,12 @@ def parse_target(text: str | None) -> Target:
         host, _, prefix = rest.partition("/")
         parse_ref(f"oci://{host}/{prefix or 'x'}", "oci", need_reference=False)  # validates host and prefix
         return Target("registry", rest)
+    if text.startswith(CONTAINERD):
+        return Target("containerd", text[len(CONTAINERD) :])  # its sink reads the socket and the namespace
     raise UsageError(
         f"cannot read install target {text!r}",
-        hint="use registry://HOST[:PORT][/PREFIX], docker-archive:PATH or oci-archive:PATH (default: the Docker engine)",
+        hint="use registry://HOST[:PORT][/PREFIX], containerd://[SOCKET][?namespace=NS], docker-archive:PATH "
+        "or oci-archive:PATH (default: the Docker engine)",
     )
 
 
@@ -71,8 +78,8 @@ class InstalledImage:
     image_id: str
     ref_names: tuple[str, ...]
     platform: str
-    action: str  # "loaded", "already present", "pushed", "written"
-    location: str = ""  # registry reference or archive path (not for the engine)
+    action: str  # "loaded", "already present", "pushed", "written", "imported" (containerd)
+    location: str = ""  # registry reference, archive path or containerd address (not for the engine)
     manifest_digest: str = ""  # registry sink
     blobs_sent: int = 0  # registry sink: uploaded now ...
     blobs_present: int = 0  # ... or already in the registry, not sent again

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 
-from airgap._internal.clients.docker import Engine
+from airgap._internal.clients.docker import EngineClient
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.sinks.archives import save_stream
@@ -22,7 +22,7 @@ from airgap._internal.sinks.engine_layers import ExportPlan, exported_layers, he
 from airgap._internal.sinks.engine_pull import pull_from_loopback
 from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import threaded
-from airgap.errors import ConflictError, DockerError
+from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.model.manifest import Image, Platform
 from airgap.progress import Transfer
 
@@ -34,7 +34,7 @@ class EngineSink:
 
     def __init__(
         self,
-        connect: Callable[[], Engine],
+        connect: Callable[[], EngineClient],
         note: Callable[[str], None],
         platform: str | None = None,
         replace: bool = False,
@@ -45,12 +45,12 @@ class EngineSink:
         self._platform = platform
         self._replace = replace
         self._via = via
-        self._engine: Engine | None = None
+        self._engine: EngineClient | None = None
         self._exports = ExportPlan()
         self._stack = ExitStack()
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> EngineClient:
         """The connected engine; only inside the with-block."""
         if self._engine is None:
             raise RuntimeError("EngineSink used outside its with-block")
@@ -95,7 +95,13 @@ class EngineSink:
         for twice the upload."""
         engine = self.engine
         loading = self._via == "load"
-        held = held_layers(engine, images) if loading else frozenset()
+        if not loading and engine.is_podman():
+            raise UsageError(
+                "--via registry needs dockerd: Podman pulls from a loopback registry over HTTPS only",
+                hint="use the default, --via load",
+            )
+        # Podman's load reads every layer of an image from the upload, those it holds too: none is left out
+        held = held_layers(engine, images) if loading and not engine.is_podman() else frozenset()
         exports = plan_exports(engine, bundle, images, held) if loading else ExportPlan()
         self._exports = exports
         first = exports.images[0] if exports.images else ""

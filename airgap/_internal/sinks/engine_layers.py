@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from airgap._internal.clients.docker import Engine, chain_id
+from airgap._internal.clients.docker import EngineClient, chain_id
 from airgap._internal.delta.rebuild import decode
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.origins import iter_blob
@@ -25,8 +26,10 @@ from airgap.errors import IntegrityError
 from airgap.model.manifest import Image
 from airgap.progress import Transfer
 
+_PODMAN_LAYER = re.compile(r"^[0-9a-f]{64}\.tar$")  # Podman's export: each layer at the top, named by its diff ID
 
-def held_layers(engine: Engine, images: list[Image]) -> frozenset[str]:
+
+def held_layers(engine: EngineClient, images: list[Image]) -> frozenset[str]:
     """Layers the engine already has, chain and all, for every image that uses them: docker load skips them."""
     chains = engine.layer_chains()
     held: set[str] = set()
@@ -49,7 +52,7 @@ class ExportPlan:
     rebuild_from: dict[str, str] = field(default_factory=dict)  # rebuilt layer -> engine image holding its source
 
 
-def plan_exports(engine: Engine, bundle: LoadedBundle, images: list[Image], held: frozenset[str]) -> ExportPlan:
+def plan_exports(engine: EngineClient, bundle: LoadedBundle, images: list[Image], held: frozenset[str]) -> ExportPlan:
     """What a delta leaves out and the engine holds under other chains: whole layers, and sources of recipes."""
     wanted: dict[str, str] = {}
     sources: dict[str, str] = {}  # rebuilt layer -> source diff ID
@@ -88,7 +91,7 @@ def _entry_blocks(reader: tarstream.EntryReader) -> Iterator[bytes]:
 
 
 def exported_layers(
-    engine: Engine,
+    engine: EngineClient,
     bundle: LoadedBundle,
     plan: ExportPlan,
     names: dict[str, str],
@@ -108,14 +111,15 @@ def exported_layers(
         with engine.export([image_id]) as stream, PrefetchReader(stream) as ahead:
             for entry, reader in tarstream.iter_entries(ahead, "Docker engine export"):
                 named = entry.name.removeprefix("blobs/sha256/")
-                is_layer = entry.kind == "file" and (entry.name.endswith("/layer.tar") or named != entry.name)
+                legacy = entry.name.endswith("/layer.tar") or bool(_PODMAN_LAYER.fullmatch(entry.name))
+                is_layer = entry.kind == "file" and (legacy or named != entry.name)
                 source_of = next(
                     (
                         layer
                         for layer, r in recipes.items()
                         if layer not in rebuilt
                         and plan.rebuild_from[layer] == image_id
-                        and (f"sha256:{named}" == r.source or (entry.name.endswith("/layer.tar") and entry.size == r.source_size))
+                        and (f"sha256:{named}" == r.source or (legacy and entry.size == r.source_size))
                     ),
                     None,
                 )

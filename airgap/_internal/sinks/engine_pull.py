@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from airgap._internal.clients.docker import Engine
+from airgap._internal.clients.docker import EngineClient
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.origins import Origin, iter_origin
 from airgap.errors import DockerError, Error, UsageError
@@ -318,7 +318,7 @@ def _skip(blocks: Iterator[bytes], n: int) -> Iterator[bytes]:
 
 
 def pull_from_loopback(
-    engine: Engine, origins: Mapping[str, Origin], images: list[Image], cache: VerifiedCache, transfer: Transfer
+    engine: EngineClient, origins: Mapping[str, Origin], images: list[Image], cache: VerifiedCache, transfer: Transfer
 ) -> None:
     """Serve the bundle on 127.0.0.1 and let the engine pull it; then name the images and drop the loopback names."""
     if not engine.is_local():

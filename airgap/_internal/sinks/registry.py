@@ -2,17 +2,19 @@
 
 Every blob is read through its checked origin; the registry checks the digest again when each upload
 ends.  Tags are checked for every repository before any blob is sent, so a conflict changes nothing.
+A blob one repository of the push already holds is mounted into the next (a refused mount falls back to an
+upload); manifests go up by digest before a tag names them, so a tag never moves to a manifest the registry
+stored under another digest.  Progress counts every blob once, against the plan's total of distinct blobs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from types import TracebackType
 
 from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry
 from airgap._internal.format.cache import VerifiedCache
-from airgap._internal.format.origins import BASE_HINT, Held, iter_origin
+from airgap._internal.format.origins import BASE_HINT, Held, Origin, iter_origin
 from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
 from airgap.errors import UsageError
@@ -104,32 +106,39 @@ class RegistrySink:
                     registry.check_tag(repo, tag, oci.digest_of(top), self._replace)
             done: set[tuple[str, str]] = set()
             homes: dict[str, str] = {}  # blob -> a repository of this registry that has it
+            counted: set[str] = set()  # blobs the progress has counted: once, however many repositories take them
             for repo, tag, group, manifests, top, top_type in plans:
                 sent = present = 0
                 for digest, size in blobs_of(group):
                     if (repo, digest) in done:
                         continue
+                    origin = plan.origins[digest]
                     home = homes.get(digest)
                     if registry.has_blob(repo, digest, push=True) or (
                         home is not None and registry.mount_blob(repo, digest, home)
                     ):
                         present += 1
-                        transfer.moved(size)
+                        if digest not in counted:
+                            transfer.moved(origin.size)
                     else:
-                        origin = plan.origins[digest]
                         if isinstance(origin, Held):
                             raise UsageError(
                                 f"layer {digest[:19]} is not in this delta bundle, and {self._host} does not hold it",
                                 hint=BASE_HINT,
                             )
-                        with closing(iter_origin(origin, cache=cache, transfer=transfer)) as blocks:
-                            registry.upload_blob(repo, digest, size, _counting(blocks, transfer), self._chunk)
+                        progress = None if digest in counted else transfer.moved
+                        registry.upload_blob(repo, digest, size, _opener(origin, cache, transfer), self._chunk, progress)
                         sent += 1
+                    counted.add(digest)
                     done.add((repo, digest))
                     homes.setdefault(digest, repo)
                 for _image, data, mt in manifests:
                     registry.put_manifest(repo, oci.digest_of(data), data, mt)
-                digest = registry.put_manifest(repo, tag or oci.digest_of(top), top, top_type)
+                digest = oci.digest_of(top)
+                if len(group) > 1:  # the index by its digest first: the tag below names only what was stored as sent
+                    registry.put_manifest(repo, digest, top, top_type)
+                if tag is not None:
+                    registry.put_manifest(repo, tag, top, top_type)
                 location = f"{self._host}/{repo}:{tag}" if tag else f"{self._host}/{repo}@{digest}"
                 for image in group:
                     delivered.append(
@@ -141,7 +150,10 @@ class RegistrySink:
         return tuple(delivered)
 
 
-def _counting(blocks: Iterator[bytes], transfer: Transfer) -> Iterator[bytes]:
-    for block in blocks:
-        transfer.moved(len(block))
-        yield block
+def _opener(origin: Origin, cache: VerifiedCache, transfer: Transfer) -> Callable[[], Iterator[bytes]]:
+    """Opens a blob's checked bytes from the start, as often as an upload that resumes or starts over needs."""
+
+    def open_blob() -> Iterator[bytes]:
+        return iter_origin(origin, cache=cache, transfer=transfer)
+
+    return open_blob

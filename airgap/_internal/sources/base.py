@@ -23,7 +23,7 @@ from airgap.model.manifest import Image, Platform
 from airgap.progress import Reporter
 
 if TYPE_CHECKING:
-    from airgap._internal.clients.docker import Engine
+    from airgap._internal.clients.docker import EngineClient
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class OpenContext:
     """What pack lends the sources it opens."""
 
     stack: ExitStack  # connections a source opens (the engine, registry clients) are closed when the pack ends
-    connect: Callable[[], Engine]  # connects to the Docker engine (DOCKER_HOST)
+    connect: Callable[[], EngineClient]  # connects to the Docker engine (DOCKER_HOST)
     reporter: Reporter  # for notes: what is exported or pulled, the platforms a registry has besides
     platform: str | None = None  # --platform as given (PackOptions checked it): None, "all" or "os/arch[,...]"
     plain_http: bool = False  # registries without TLS (loopback registries always are)

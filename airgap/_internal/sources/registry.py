@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import requests
 import urllib3
 
-from airgap._internal.clients.distribution import Registry, RegistryRef, parse_ref
+from airgap._internal.clients.distribution import Registry, RegistryRef, data_hint, parse_ref
 from airgap._internal.sources.archive import config_facts, normalize_layer_type
 from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, Source, SourceKind, host_default, parse_platforms
 from airgap._internal.util.pipeline import PrefetchReader
@@ -273,9 +273,11 @@ def fetch(
                 # the registry names every digest before it is read: the store need not guess at base layers
                 blob = store.store_stream(size, EntryReader(ahead, size, label), f"{ref}\0{digest}", guess=False)
                 if ahead.read(1):
-                    raise IntegrityError(f"{label} is longer than the manifest says ({size} bytes)")
+                    raise IntegrityError(
+                        f"{label} is longer than the manifest says ({size} bytes)", hint=data_hint(ref.host), digest=digest
+                    )
             if blob.digest != digest:
-                raise IntegrityError(f"{label} does not match its digest", hint="the registry holds damaged data")
+                raise IntegrityError(f"{label} does not match its digest", hint=data_hint(ref.host), digest=digest)
             stored[digest] = size
         media_type = normalize_layer_type(str(desc.get("mediaType", "")))
         if media_type in (MT_DOCKER_LAYER, MT_OCI_LAYER) and digest != diff_ids[i]:
