@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from airgap import receipt
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.check import PartResult, PartsFailed, check_parts
 from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
@@ -166,8 +167,6 @@ def verify_with_receipt(
     reporter: Reporter | None = None,
 ) -> VerifyReport:
     """verify, then write a receipt of the outcome, failed or not."""
-    from airgap import receipt
-
     receipt.start(receipt_path, options.bundle)  # a receipt present always belongs to a finished run
     try:
         report = verify(options, reporter)
