@@ -29,6 +29,7 @@ from airgap._version import __version__
 if TYPE_CHECKING:
     from airgap import diff, inspect, install, pack, publish, sign, verify
     from airgap.diff import BundleDiff, ImageChange
+    from airgap.discs import Changer, DiscRequest, VolumeCheck
     from airgap.errors import (
         ConflictError,
         DiskSpaceError,
@@ -51,13 +52,14 @@ if TYPE_CHECKING:
     from airgap.sign import SignOptions, SignResult
     from airgap.trust.keys import PublicKey, load_private, load_trusted
     from airgap.trust.policy import TrustResult
-    from airgap.verify import PartResult, PartsFailed, VerifyOptions, VerifyReport, verify_with_receipt
+    from airgap.verify import PartResult, PartsFailed, VerifyOptions, VerifyReport, VolumesChecked, verify_with_receipt
 
 # where each public name lives; loaded on first access (PEP 562)
 _MODULES: dict[str, tuple[str, ...]] = {
     "airgap.pack": ("PackOptions", "PackResult", "Source", "parse_source"),
     "airgap.install": ("InstallOptions", "InstallResult", "InstalledImage"),
-    "airgap.verify": ("verify_with_receipt", "VerifyOptions", "VerifyReport", "PartResult", "PartsFailed"),
+    "airgap.verify": ("verify_with_receipt", "VerifyOptions", "VerifyReport", "VolumesChecked", "PartResult", "PartsFailed"),
+    "airgap.discs": ("Changer", "DiscRequest", "VolumeCheck"),
     "airgap.sign": ("SignOptions", "SignResult"),
     "airgap.inspect": ("Inspection",),
     "airgap.diff": ("BundleDiff", "ImageChange"),
@@ -86,7 +88,9 @@ _COMMANDS = ("diff", "inspect", "install", "pack", "publish", "sign", "verify")
 
 __all__ = [
     "BundleDiff",
+    "Changer",
     "ConflictError",
+    "DiscRequest",
     "DiskSpaceError",
     "DockerError",
     "EnvironmentProblem",
@@ -116,6 +120,8 @@ __all__ = [
     "UsageError",
     "VerifyOptions",
     "VerifyReport",
+    "VolumeCheck",
+    "VolumesChecked",
     "__version__",
     "diff",
     "inspect",

@@ -5,6 +5,10 @@ upload, or a pull from a loopback registry), containerd (``ctr images import`` f
 OCI registry, or an image archive.  The steps are the same for each:
 choose the images, refuse conflicts, resolve where every blob comes from and open every part that will be
 read (nothing is sent before that), then deliver, hashing every part and checking every blob on the way.
+
+A split bundle can also come from one drive (``--one-drive``), its discs one after another in any order: each
+disc is checked as it comes (:func:`~airgap._internal.format.discs.check_disc`), the stream reads whatever
+disc is in the drive first, and a disc that fails stops the upload before its end, so the target keeps nothing.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ from pathlib import Path
 
 from airgap._internal.clients.distribution import DEFAULT_CHUNK
 from airgap._internal.clients.docker import Engine, EngineClient
-from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format import discs
+from airgap._internal.format.cache import KnownBundles, VerifiedCache, known_dir
 from airgap._internal.format.reader import LoadedBundle, attach_base, load_trusted_bundle, refuse_unexpected
 from airgap._internal.sinks.archives import ArchiveSink
 from airgap._internal.sinks.base import InstalledImage, Sink, parse_target
 from airgap._internal.sinks.containerd import ContainerdSink
 from airgap._internal.sinks.engine import EngineSink
 from airgap._internal.sinks.registry import RegistrySink
+from airgap.discs import Changer
+from airgap.errors import UsageError
 from airgap.model.manifest import format_time
 from airgap.progress import NullReporter, Reporter, Transfer
 from airgap.trust.keys import PublicKey
 from airgap.trust.policy import TrustResult, check_rollback
-from airgap.trust.rollback import InstallState, cache_path
+from airgap.trust.rollback import InstallState, RecordedImage, cache_path
 from airgap.trust.rollback import default_path as default_state_path
 
 __all__ = ["InstallOptions", "InstallResult", "InstalledImage", "install"]
@@ -55,6 +62,8 @@ class InstallOptions:
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
     base: Path | None = None  # a delta's base bundle, for layers the target does not hold
     via: str = "load"  # Docker engine: "load" (stream an image upload) or "registry" (the engine pulls from loopback)
+    keep_host: bool = False  # registry target: each name's registry host stays, as the first component below PREFIX
+    changer: Changer | None = None  # --one-drive: ``bundle`` is a drive's directory, its discs come one after another
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,8 @@ def install(
     checked against the manifest."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle, trust_result = load_trusted_bundle(
-        options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
-    )
+    state_path = options.state or default_state_path()
+    bundle, trust_result = _open(options, KnownBundles(known_dir(state_path)), reporter)
     for line in trust_result.notes():
         reporter.note(line)
     if options.base is not None:
@@ -122,21 +130,55 @@ def install(
         bundle = attach_base(bundle, base)
     manifest = bundle.manifest
     manifest_sha256 = hashlib.sha256(bundle.manifest_bytes).hexdigest()
-    state_path = options.state or default_state_path()
     state = InstallState(state_path)
     check_rollback(manifest.name, manifest.sequence, manifest_sha256, state.get(manifest.name), options.allow_downgrade)
+    state.check_writable()  # a state that cannot be written fails now, before anything is delivered
     cache = VerifiedCache(cache_path(state_path))
     with _sink(options, reporter, connect) as sink:
         result = _deliver(options, sink, bundle, trust_result, reporter, started, cache)
-    state.record(manifest.name, manifest.sequence, manifest_sha256, format_time(datetime.now(timezone.utc)))
+    state.record(
+        manifest.name,
+        manifest.sequence,
+        manifest_sha256,
+        format_time(datetime.now(timezone.utc)),
+        signatures=trust_result,
+        images=[RecordedImage(i.image_id, i.ref_names, i.platform) for i in result.images],
+    )
     return result
+
+
+def _open(options: InstallOptions, known: KnownBundles, reporter: Reporter) -> tuple[LoadedBundle, TrustResult]:
+    """The bundle and its trust check: from its directory (and --from), or from one drive, each disc checked as it
+    comes (every part there with its size, its signed files matching, nothing else on it)."""
+    args = (options.trusted, options.threshold, options.allow_expired)
+    if options.changer is None:
+        return load_trusted_bundle(options.bundle, *args, options.search)
+    if options.search:
+        raise UsageError("--one-drive reads every volume from BUNDLE, the drive's directory", hint="leave out --from")
+    if options.via == "registry":
+        raise UsageError(
+            "--one-drive needs --via load: an engine pulling from the loopback registry reads several blobs at once, "
+            "in its own order",
+            hint="leave out --via registry",
+        )
+    return discs.open_drive(
+        options.bundle,
+        options.changer,
+        *args,
+        known,
+        reporter.note,
+        check_each_disc=True,
+        allow_unexpected=options.allow_unexpected,
+    )
 
 
 def _sink(options: InstallOptions, reporter: Reporter, connect: Callable[[], EngineClient]) -> Sink:
     """The install target named by --to (the Docker engine by default)."""
     target = parse_target(options.target)
     if target.kind == "registry":
-        return RegistrySink(target, reporter.note, options.platform, options.replace, options.plain_http, options.chunk_size)
+        return RegistrySink(
+            target, reporter.note, options.platform, options.replace, options.plain_http, options.chunk_size, options.keep_host
+        )
     if target.kind in ("docker-archive", "oci-archive"):
         return ArchiveSink(target, reporter.note, options.platform, options.replace)
     if target.kind == "containerd":

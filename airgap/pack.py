@@ -36,23 +36,48 @@ from airgap._internal.format.reader import (
     refuse_unexpected,
 )
 from airgap._internal.format.writer import GUESS_HEAD, BundleWriter, SpeculationMiss
+from airgap._internal.inventory import cyclonedx
+from airgap._internal.inventory.tap import InventoryTap
 from airgap._internal.sources.base import ImageSource, OpenContext, Source, parse_platforms
 from airgap._internal.sources.kinds import open_sources, parse_source
 from airgap._internal.util import fsutil
 from airgap._internal.util.tarstream import EntryReader
 from airgap._version import __version__
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
-from airgap.model.manifest import BundleFile, Compression, Image, Manifest, Part, Rebuild, Volume, format_time, parse_time
+from airgap.model.manifest import (
+    SBOM_DIR,
+    BundleFile,
+    Compression,
+    Image,
+    Manifest,
+    Part,
+    Rebuild,
+    Volume,
+    format_time,
+    parse_time,
+)
 from airgap.model.mediatypes import MT_DOCKER_LAYER, MT_OCI_LAYER
 from airgap.progress import NullReporter, Reporter, Transfer
 from airgap.trust import keys
 from airgap.trust import policy as trust
 from airgap.trust.keys import PublicKey, Signer, SigningKey
 
-__all__ = ["DEFAULT_LEVEL", "DEFAULT_PART_SIZE", "PackOptions", "PackResult", "Source", "expiry", "pack", "parse_source"]
+__all__ = [
+    "DEFAULT_LEVEL",
+    "DEFAULT_PART_SIZE",
+    "SBOM_MODES",
+    "PackOptions",
+    "PackResult",
+    "Source",
+    "expiry",
+    "pack",
+    "parse_source",
+]
 
 DEFAULT_PART_SIZE = 1 << 30
 DEFAULT_LEVEL = 3
+SBOM_MODES = ("off", "on", "require")  # --sbom: no inventory; one with its warnings noted; one without warnings or no bundle
+NOTED_WARNINGS = 10  # inventory warnings shown per image; all are in its SBOM
 
 
 @dataclass(frozen=True)
@@ -80,12 +105,15 @@ class PackOptions:
     trusted: tuple[PublicKey, ...] = ()  # with --since: keys besides the packing key that may have signed the base
     chunk_deltas: bool = True  # with --since DIR: carry changed layers as recipes over the old layers' chunks
     speculate: bool = True  # with --since: only hash members the size of a base layer (retried without on a miss)
+    sbom: str = "on"  # one of SBOM_MODES: a signed CycloneDX inventory of each image (sbom/<image-id>.cdx.json)
 
     def __post_init__(self) -> None:
-        """The one check of the part size (the parts' writer relies on it) and of --platform."""
+        """The one check of the part size (the parts' writer relies on it), of --platform and of --sbom."""
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part size {self.part_size} is too small", hint=f"use at least {MIN_PART_SIZE} bytes")
         parse_platforms(self.platform)
+        if self.sbom not in SBOM_MODES:
+            raise UsageError(f"--sbom {self.sbom!r} is not one of {', '.join(SBOM_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,8 @@ class PackResult:
     seconds: float
     reused_parts: int = 0  # staged by an interrupted pack and checked, not compressed again
     hashed_only_bytes: int = 0  # a delta's left-out layers, read and hashed but never compressed or written
+    sbom: str = "on"  # the --sbom mode it was packed with
+    inventory_warnings: tuple[str, ...] = ()  # what the inventory could not read, "IMAGE: warning"
 
     def to_dict(self) -> dict[str, object]:
         """The result as ``pack --json`` prints it."""
@@ -117,6 +147,11 @@ class PackResult:
             "reused_parts": self.reused_parts,
             "hashed_only_bytes": self.hashed_only_bytes,
             "seconds": round(self.seconds, 3),
+            "sbom": {
+                "mode": self.sbom,
+                "files": [f.path for f in self.manifest.files if f.path.startswith(f"{SBOM_DIR}/")],
+                "warnings": list(self.inventory_warnings),
+            },
         }
 
 
@@ -172,12 +207,14 @@ def _pack(run: _Run) -> PackResult:
     created = _created()
     expires = expiry(options.expires, created)  # a bad --expires fails before any work
     base = _load_base(options.since, _trusted_for_base(options, run.signer)) if options.since is not None else None
-    writer = _open_writer(run, base, transfer)
+    tap = InventoryTap() if options.sbom != "off" else None
+    writer = _open_writer(run, base, transfer, tap)
     try:
         images = _stream_sources(run, writer, base)
+        sboms, warnings = _inventory(images, tap, options, reporter, format_time(created))
         digests, rebuilds = _delta(images, base, writer, options, reporter)
         blobs, parts = writer.commit_parts(digests)
-        files = _side_files(images, parts, writer, options, reporter)
+        files = _side_files(images, parts, writer, options, reporter, sboms)
         manifest = Manifest(
             name=options.name or _default_name(images),
             sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
@@ -209,7 +246,7 @@ def _pack(run: _Run) -> PackResult:
     writer.cleanup()
     return PackResult(
         options.out_dir, manifest, fingerprint, transfer.bytes, time.monotonic() - run.started, writer.reused_parts,
-        sum(writer.hashed_only.values()),
+        sum(writer.hashed_only.values()), options.sbom, tuple(warnings),
     )  # fmt: skip
 
 
@@ -227,14 +264,15 @@ def _check_space(run: _Run) -> None:
         fsutil.require_space(target, run.estimate + run.estimate // 100 + (16 << 20), "packing")
 
 
-def _open_writer(run: _Run, base: _Base | None, transfer: Transfer) -> BundleWriter:
-    """The bundle writer for the output directory, keeping what an interrupted run of this same pack staged."""
+def _open_writer(run: _Run, base: _Base | None, transfer: Transfer, tap: InventoryTap | None = None) -> BundleWriter:
+    """The bundle writer for the output directory, keeping what an interrupted run of this same pack staged;
+    ``tap``: the inventory, which reads every layer as it is staged."""
     options = run.options
     # a delta: a member with the size and first MiB of a base layer is most likely that layer: hash it only
     guesses = _guesses(base.bundle, base.layers) if base and options.speculate else {}
     writer = BundleWriter(
         options.out_dir, options.part_size, run.compressor, options.overwrite, transfer, options.level, guesses,
-        resume_key=_resume_key(options, run.signer),
+        resume_key=_resume_key(options, run.signer), tap=tap,
     )  # fmt: skip
     if writer.discarded_parts:
         run.reporter.note(
@@ -279,14 +317,49 @@ def _delta(
     return digests, rebuilds
 
 
+def _inventory(
+    images: list[Image], tap: InventoryTap | None, options: PackOptions, reporter: Reporter, created: str
+) -> tuple[dict[str, bytes], list[str]]:
+    """Each image's SBOM (``sbom/<image-id>.cdx.json``) and the inventory's warnings, each noted; with
+    --sbom=require a warning fails the pack (its staged parts are kept for a resume)."""
+    if tap is None:
+        return {}, []
+    sboms: dict[str, bytes] = {}
+    warnings: list[str] = []
+    for image in images:
+        inventory = tap.image(image)
+        sboms[cyclonedx.sbom_path(image.image_id)] = cyclonedx.write(image, inventory, created, __version__)
+        name = image.ref_names[0] if image.ref_names else image.image_id[:19]
+        warnings += [f"{name}: {w}" for w in inventory.warnings]
+        for w in inventory.warnings[:NOTED_WARNINGS]:
+            reporter.note(f"inventory of {name}: {w}")
+        if len(inventory.warnings) > NOTED_WARNINGS:
+            reporter.note(
+                f"inventory of {name}: {len(inventory.warnings) - NOTED_WARNINGS} more warning(s), recorded in its SBOM"
+            )
+    if warnings and options.sbom == "require":
+        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        raise FormatError(
+            f"the inventory is incomplete: {warnings[0]}{more}",
+            hint="with --sbom=on the bundle carries the inventory and its warnings; --sbom=require packs only a complete one",
+        )
+    return sboms, warnings
+
+
 def _side_files(
-    images: list[Image], parts: list[Part], writer: BundleWriter, options: PackOptions, reporter: Reporter
+    images: list[Image],
+    parts: list[Part],
+    writer: BundleWriter,
+    options: PackOptions,
+    reporter: Reporter,
+    sboms: dict[str, bytes] | None = None,
 ) -> list[BundleFile]:
-    """Write the signed side files: the POSIX installer and, with --with-installer, the wheelhouse."""
+    """Write the signed side files: the POSIX installer, the images' SBOMs and, with --with-installer, the wheelhouse."""
     parts_by_blob: dict[str, list[Part]] = {}
     for part in parts:
         parts_by_blob.setdefault(part.blob, []).append(part)
     side: dict[str, bytes | Path] = dict(installer_files(images, parts_by_blob.get))
+    side.update(sboms or {})
     with tempfile.TemporaryDirectory(prefix="wheels-", dir=writer.staging) as tmp:
         if options.with_installer:
             if options.wheelhouse is None:

@@ -37,7 +37,7 @@ from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, Regis
 from airgap._internal.format.reader import LoadedBundle, load_bundle, open_part, read_signatures
 from airgap._internal.util import fsutil
 from airgap.errors import ConflictError, FormatError, IntegrityError, RegistryError, UsageError
-from airgap.model.manifest import MANIFEST_NAME, BundleFile, Manifest, Part
+from airgap.model.manifest import FILE_PATH_PATTERN, MANIFEST_NAME, BundleFile, Manifest, Part
 from airgap.model.mediatypes import MT_OCI_MANIFEST
 from airgap.progress import NullReporter, Reporter
 
@@ -54,8 +54,7 @@ TITLE = "org.opencontainers.image.title"
 PULL_STAGING = ".airgap-pull"
 BLOCK = 1 << 20
 _SAFE_PATH = re.compile(
-    r"^(?:manifest\.json|signatures/[0-9a-f]{64}\.sig|parts/[0-9a-f]{64}\.[0-9]{5}\.zst"
-    r"|installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt)$"
+    rf"^(?:manifest\.json|signatures/[0-9a-f]{{64}}\.sig|parts/[0-9a-f]{{64}}\.[0-9]{{5}}\.zst|{FILE_PATH_PATTERN})$"
 )
 
 

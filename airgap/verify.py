@@ -1,20 +1,28 @@
-"""verify: the signature, then every part, hashed in parallel.  Reads nothing but the bundle."""
+"""verify: the signature, then every part, hashed in parallel.  Reads nothing but the bundle.
+
+A split bundle can be checked one volume at a time (``--volume``: a disc as it is burned, or as it arrives)
+and read from one drive, its discs coming one after another (``--one-drive``); this host remembers which of
+its volumes passed, so each run says which are still unchecked."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from airgap import receipt
-from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format import discs
+from airgap._internal.format.cache import KnownBundles, VerifiedCache, known_dir
 from airgap._internal.format.check import PartResult, PartsFailed, check_parts
-from airgap._internal.format.reader import find_unexpected, load_trusted_bundle
+from airgap._internal.format.discs import NeverAsk
+from airgap._internal.format.reader import LoadedBundle, Unexpected, find_unexpected, load_trusted_bundle
 from airgap._version import __version__
-from airgap.errors import Error
+from airgap.discs import Changer, VolumeCheck
+from airgap.errors import Error, UsageError
 from airgap.model.manifest import format_time
 from airgap.progress import NullReporter, Reporter
 from airgap.trust.keys import PublicKey, Signer
@@ -22,7 +30,15 @@ from airgap.trust.policy import TrustResult
 from airgap.trust.rollback import cache_path
 from airgap.trust.rollback import default_path as default_state_path
 
-__all__ = ["PartResult", "PartsFailed", "VerifyOptions", "VerifyReport", "verify", "verify_with_receipt"]
+__all__ = [
+    "PartResult",
+    "PartsFailed",
+    "VerifyOptions",
+    "VerifyReport",
+    "VolumesChecked",
+    "verify",
+    "verify_with_receipt",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,51 @@ class VerifyOptions:
     allow_expired: bool = False
     allow_unexpected: bool = False  # files in the bundle that the manifest does not list: warn instead of fail
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
+    volume: str | None = None  # --volume: check this volume only ("3", "vol-03"; "" the one in ``bundle``)
+    changer: Changer | None = None  # --one-drive: ``bundle`` is a drive's directory, its discs come one after another
+
+
+@dataclass(frozen=True)
+class VolumesChecked:
+    """A split bundle's volumes as checked on this host: which this run checked, and the latest result of each."""
+
+    names: tuple[str, ...]  # every volume, in order
+    this_run: tuple[str, ...]
+    checks: tuple[tuple[str, VolumeCheck], ...]  # volume -> its latest check here (this run's, else an earlier one)
+
+    @classmethod
+    def of(cls, names: list[str], this_run: list[str], checks: Mapping[str, VolumeCheck]) -> VolumesChecked:
+        """The status from the checks so far (this run's included)."""
+        return cls(tuple(names), tuple(this_run), tuple((n, checks[n]) for n in names if n in checks))
+
+    def _with(self, result: str) -> list[str]:
+        """The volumes whose latest check had this result."""
+        return [name for name, check in self.checks if check.result == result]
+
+    @property
+    def unchecked(self) -> list[str]:
+        """The volumes not checked on this host yet."""
+        done = {name for name, _ in self.checks}
+        return [name for name in self.names if name not in done]
+
+    def line(self) -> str:
+        """One line for the user: what this run checked, what passed so far, what is still unchecked."""
+        passed, failed, left = self._with("pass"), self._with("fail"), self.unchecked
+        text = f"volumes passed on this host: {', '.join(passed) or 'none'} (of {len(self.names)})"
+        if failed:
+            text += f"; failed: {', '.join(failed)}"
+        return text + (f"; still unchecked: {', '.join(left)}" if left else "; none unchecked")
+
+    def to_dict(self) -> dict[str, object]:
+        """As ``verify --json`` reports it, under ``volumes``."""
+        return {
+            "total": len(self.names),
+            "this_run": list(self.this_run),
+            "passed": self._with("pass"),
+            "failed": self._with("fail"),
+            "unchecked": self.unchecked,
+            "checks": {name: check.to_dict() for name, check in self.checks},
+        }
 
 
 @dataclass(frozen=True)
@@ -53,6 +114,7 @@ class VerifyReport:
     name: str = ""
     sequence: int = 0
     checked_at: str = ""
+    volumes: VolumesChecked | None = None  # a split bundle: its volumes checked on this host
 
     @property
     def ok(self) -> bool:
@@ -119,16 +181,19 @@ class VerifyReport:
             "unexpected_files": list(self.unexpected_files),
             "tool_version": __version__,
             "seconds": round(self.seconds, 3),
+            **({"volumes": self.volumes.to_dict()} if self.volumes is not None else {}),
         }
 
 
 def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyReport:
-    """Check the bundle's signatures and hash every part and listed file; PartsFailed (carrying this report) if any is bad."""
+    """Check the bundle's signatures and hash every part and listed file (of one volume with ``volume``; read
+    from one drive with ``changer``); PartsFailed (carrying this report) if any is bad."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    bundle, trust_result = load_trusted_bundle(
-        options.bundle, options.trusted, options.threshold, options.allow_expired, options.search
-    )
+    state_path = default_state_path()
+    known = KnownBundles(known_dir(state_path))
+    cache = VerifiedCache(cache_path(state_path))
+    bundle, trust_result = _open(options, known, reporter)
     for line in trust_result.notes():
         reporter.note(line)
     if bundle.manifest.base:
@@ -137,8 +202,28 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
             f"{len(bundle.manifest.external_layers()) + len(bundle.manifest.rebuilds)} left-out or rebuilt layer(s) "
             "are checked against their digests when installed"
         )
-    results = check_parts(bundle, options.jobs, reporter, "verify", VerifiedCache(cache_path(default_state_path())))
-    unexpected = find_unexpected(bundle)
+    volume = _wanted_volume(bundle, options.volume)
+    outcome: dict[str, tuple[bool, Path]] = {}
+    results: list[PartResult] = []
+    unexpected: list[Unexpected] = []
+    if options.changer is None and volume is None:
+        results = list(check_parts(bundle, options.jobs, reporter, "verify", cache))
+        unexpected = find_unexpected(bundle)
+        if bundle.manifest.volumes:
+            outcome = _outcome_of_whole(bundle, results, unexpected)
+    else:
+        names = [volume] if volume is not None else [v.name for v in bundle.manifest.volumes]
+        reporter.start("verify", sum(i.size for name in names for i in discs.items_on(bundle.manifest, name)))
+        for done in discs.check_volumes(bundle, names, options.jobs, reporter.advance, cache):
+            results += done.results
+            unexpected += done.unexpected
+            outcome[done.volume] = (done.ok, done.where)
+        reporter.finish()
+    volumes = None
+    if bundle.manifest.volumes:
+        discs.remember(known, bundle)
+        checks = discs.record_checks(known, bundle, outcome)
+        volumes = VolumesChecked.of([v.name for v in bundle.manifest.volumes], list(outcome), checks)
     report = VerifyReport(
         name=bundle.manifest.name,
         sequence=bundle.manifest.sequence,
@@ -151,6 +236,7 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
         unexpected_why=tuple(u.why for u in unexpected),
         unexpected_allowed=options.allow_unexpected,
         seconds=time.monotonic() - started,
+        volumes=volumes,
     )
     if options.allow_unexpected:
         for extra in report.unexpected_files:
@@ -158,6 +244,54 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     if not report.ok:
         raise PartsFailed(report.bad_parts, report)
     return report
+
+
+def _open(options: VerifyOptions, known: KnownBundles, reporter: Reporter) -> tuple[LoadedBundle, TrustResult]:
+    """The bundle and its trust check: from the directory (and --from), or from one drive (``changer``); a disc
+    other than the first checked alone (``volume``) with the manifest this host kept of its bundle."""
+    args = (options.trusted, options.threshold, options.allow_expired)
+    if options.changer is not None:
+        if options.search:
+            raise UsageError("--one-drive reads every volume from BUNDLE, the drive's directory", hint="leave out --from")
+        return discs.open_drive(options.bundle, options.changer, *args, known, reporter.note)
+    if options.volume is not None and not options.search:
+        # the disc (or folders) given, as a drive that holds what it holds: a disc is known by its listing, and one
+        # other than the first is checked against the manifest this host kept of its bundle
+        return discs.open_drive(options.bundle, NeverAsk(), *args, known, reporter.note)
+    return load_trusted_bundle(options.bundle, *args, options.search)
+
+
+def _wanted_volume(bundle: LoadedBundle, text: str | None) -> str | None:
+    """The volume ``--volume`` names: by number, or ("") the one the given directory holds."""
+    if text is None:
+        return None
+    if not bundle.manifest.volumes:
+        raise UsageError(
+            f"bundle {bundle.path} is not split into volumes", hint="--volume is for a bundle packed with --media-dir-size"
+        )
+    number = discs.volume_number(text)
+    if number is not None:
+        return discs.volume_named(bundle.manifest, number)
+    held = sorted(bundle.drive.discs()) if bundle.drive is not None else [p.volume for p in bundle.places()[:1] if p.volume]
+    if len(held) != 1 or bundle.root is not None:
+        raise UsageError(
+            f"{bundle.path} holds {'several volumes' if held else 'no one volume'}: name the one to check",
+            hint="--volume N (e.g. --volume 3)",
+        )
+    return held[0]
+
+
+def _outcome_of_whole(
+    bundle: LoadedBundle, results: list[PartResult], unexpected: list[Unexpected]
+) -> dict[str, tuple[bool, Path]]:
+    """Each volume's result when the whole bundle was checked at once: all pass when nothing was wrong; else a
+    volume fails that carries a bad part or file (where an unexpected file lies is not told, so others stay unsaid)."""
+    m = bundle.manifest
+    where = {v.name: bundle.place_of(discs.items_on(m, v.name)[0]).path for v in m.volumes}
+    bad = {m.volume_of(r.path) for r in results if not r.ok}
+    if not bad and not unexpected:
+        return {name: (True, path) for name, path in where.items()}
+    return {name: (False, where[name]) for name in sorted(v for v in bad if v)}
 
 
 def verify_with_receipt(

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Generate a seed-shaped sample image locally, with no pulls.
 
-The image is shaped like the "coding agent" our users ship: a small base layer, an "app" layer of many
-small compressible source files (like Open WebUI's Python tree), an incompressible "model" blob (like
-GGUF weights) in a layer of its own, and a small config layer.  Everything is deterministic for a
-given seed, so the same arguments always give the same image ID.
+The image is shaped like the "coding agent" our users ship: a small base layer (with a dpkg database), an
+"app" layer of many small compressible source files (like Open WebUI's Python tree, with Python
+distributions and node_modules packages), a "model" layer holding an Ollama model store (a manifest, a
+config and a license blob, and the model: a GGUF file, header written with the gguf package, whose tensor
+data are incompressible), and a small config layer that deletes one Python distribution (a whiteout).
+Everything is deterministic for a given seed, so the same arguments always give the same image ID.
 
     scripts/sample_image.py OUT.tar --model-size 64MiB --app-size 16MiB [--format oci] [--load [--direct]]
 
@@ -135,8 +137,125 @@ def _write_layer(fh: Any, fill: Callable[[tarfile.TarFile], None]) -> tuple[str,
     return "sha256:" + hw.sha.hexdigest(), hw.size
 
 
+OLLAMA_MODEL = ("registry.ollama.ai", "library", "airgap-coder", "tiny-q5_K_M")  # models/manifests/HOST/NS/MODEL/TAG
+Q5_K_BLOCK = (256, 176)  # a Q5_K block: 256 weights in 176 bytes
+
+DPKG_STATUS = b"""Package: base-files
+Status: install ok installed
+Priority: required
+Architecture: {arch}
+Version: 12.4+deb12u5
+Description: Debian base system miscellaneous files
+
+Package: libc6
+Status: install ok installed
+Architecture: {arch}
+Multi-Arch: same
+Source: glibc
+Version: 2.36-9+deb12u7
+Description: GNU C Library: Shared libraries
+
+Package: zlib1g
+Status: install ok installed
+Architecture: {arch}
+Source: zlib
+Version: 1:1.2.13.dfsg-1
+Description: compression library - runtime
+
+Package: nano
+Status: deinstall ok config-files
+Architecture: {arch}
+Version: 7.2-1
+Description: removed, its configuration files kept: not installed
+"""
+ZLIB_COPYRIGHT = b"""Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: zlib
+
+Files: *
+Copyright: 1995-2022 Jean-loup Gailly and Mark Adler
+License: Zlib
+"""
+SITE_PACKAGES = "usr/local/lib/python3.11/site-packages"
+PY_DISTS = {
+    "requests-2.31.0.dist-info": b"Metadata-Version: 2.1\nName: requests\nVersion: 2.31.0\nLicense: Apache 2.0\n\nPython HTTP for Humans.\n",
+    "six-1.16.0.dist-info": b"Metadata-Version: 2.1\nName: six\nVersion: 1.16.0\nLicense: MIT\n\nPython 2 and 3 compatibility.\n",
+}
+NPM_PACKAGES = {
+    "app/frontend/node_modules/marked/package.json": {"name": "marked", "version": "12.0.0", "license": "MIT"},
+    "app/frontend/node_modules/@types/node/package.json": {"name": "@types/node", "version": "20.11.5", "license": "MIT"},
+}
+
+
+def _gguf_header(name: str, blocks: int) -> bytes:
+    """A GGUF header (written with the gguf package) for a Q5_K_M model of one tensor of ``blocks`` Q5_K
+    blocks, padded to the data's alignment: the tensor's bytes follow it."""
+    import gguf  # numpy comes with it: loaded only when an image is made
+
+    with tempfile.TemporaryDirectory(prefix="sample-gguf-") as tmp:
+        path = Path(tmp) / "model.gguf"
+        writer = gguf.GGUFWriter(path, "qwen2")
+        writer.add_name(name)
+        writer.add_size_label("tiny")
+        writer.add_license("apache-2.0")
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q5_K_M)
+        writer.add_context_length(32768)
+        writer.add_block_count(1)
+        weights, nbytes = blocks * Q5_K_BLOCK[0], blocks * Q5_K_BLOCK[1]
+        writer.add_tensor_info("token_embd.weight", (weights,), gguf.np.dtype("float32"), nbytes, gguf.GGMLQuantizationType.Q5_K)
+        writer.write_header_to_file(path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        header = path.read_bytes()
+    return header + b"\0" * ((-len(header)) % 32)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The sample's GGUF model: its header, the size of the random bytes after it, and its sha256."""
+
+    header: bytes
+    data_size: int
+    sha256: str
+
+    def stream(self, mseed: str) -> Any:
+        """The file's bytes: the header, then the tensor data (deterministic random bytes)."""
+        return _Concat(self.header, RandomStream(f"{mseed}-model", self.data_size))
+
+
+class _Concat:
+    def __init__(self, head: bytes, rest: RandomStream) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        """``n`` bytes (all that is left when negative), as tarfile wants them: never short before the end."""
+        head, self._head = (self._head, b"") if n < 0 else (self._head[:n], self._head[n:])
+        return head + self._rest.read(-1 if n < 0 else n - len(head))
+
+
+_MODELS: dict[tuple[str, int], _Model] = {}
+
+
+def _model_file(mseed: str, model_size: int) -> _Model:
+    """The GGUF model of ``model_size`` bytes (at least one Q5_K block after the header), hashed once per
+    process: Ollama names the file after its sha256."""
+    key = (mseed, model_size)
+    if key not in _MODELS:
+        probe = _gguf_header(f"airgap sample coder {mseed}", 1)
+        blocks = max(1, (model_size - len(probe)) // Q5_K_BLOCK[1])
+        header = _gguf_header(f"airgap sample coder {mseed}", blocks)
+        data_size = max(model_size - len(header), blocks * Q5_K_BLOCK[1])
+        sha = hashlib.sha256(header)
+        rest = RandomStream(f"{mseed}-model", data_size)
+        while chunk := rest.read(COPY):
+            sha.update(chunk)
+        _MODELS[key] = _Model(header, data_size, sha.hexdigest())
+    return _MODELS[key]
+
+
 def _fillers(
-    seed: str, model_size: int, app_size: int, model_seed: str | None = None, model_mtime: int = 0
+    seed: str, model_size: int, app_size: int, model_seed: str | None = None, model_mtime: int = 0, arch: str = "amd64"
 ) -> list[tuple[str, Callable[[tarfile.TarFile], None]]]:
     """The four layers, as functions that write them into a tar: deterministic, so they can run twice.
     ``model_seed`` (default: ``seed``) lets two images share the model layer, as an app update does;
@@ -145,13 +264,21 @@ def _fillers(
     rng = random.Random(seed)
     modules = [_module_text(rng, rng.randint(2_000, 40_000)) for _ in range(64)]
 
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        tar.addfile(_info(name, len(data)), io.BytesIO(data))
+
     def base(tar: tarfile.TarFile) -> None:
-        for d in ("etc", "usr", "usr/bin", "root", "app"):
+        for d in ("etc", "usr", "usr/bin", "root", "app", "var", "var/lib", "var/lib/dpkg"):
             tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
-        text = b'PRETTY_NAME="airgap sample"\nID=airgap-sample\n'
-        tar.addfile(_info("etc/os-release", len(text)), io.BytesIO(text))
+        add(tar, "etc/os-release", b'PRETTY_NAME="airgap sample (Debian 12 layout)"\nID=debian\nVERSION_ID="12"\n')
+        add(tar, "var/lib/dpkg/status", DPKG_STATUS.replace(b"{arch}", arch.encode()))
+        add(tar, "usr/share/doc/zlib1g/copyright", ZLIB_COPYRIGHT)
 
     def app(tar: tarfile.TarFile) -> None:
+        for dist, metadata in PY_DISTS.items():
+            add(tar, f"{SITE_PACKAGES}/{dist}/METADATA", metadata)
+        for path, package in NPM_PACKAGES.items():
+            add(tar, path, json.dumps(package, sort_keys=True).encode())
         # each file: a shared module (repeats, like boilerplate) and as much text of its own (never repeats)
         unique = RandomStream(f"{seed}-app", app_size)
         total, i = 0, 0
@@ -168,16 +295,43 @@ def _fillers(
             i += 1
 
     def model(tar: tarfile.TarFile) -> None:
-        for d in ("root/.ollama", "root/.ollama/models", "root/.ollama/models/blobs"):
+        store = "root/.ollama/models"
+        for d in ("root/.ollama", store, f"{store}/blobs"):
             tar.addfile(_info(d, kind=tarfile.DIRTYPE, mode=0o755))
-        name = "root/.ollama/models/blobs/sha256-" + hashlib.sha256(f"{mseed}-model".encode()).hexdigest()
-        info = _info(name, model_size)
+        gguf_model = _model_file(mseed, model_size)
+        small = {
+            "application/vnd.ollama.image.license": b"Apache License 2.0 (the sample model's)\n",
+            "application/vnd.docker.container.image.v1+json": json.dumps(
+                {"model_format": "gguf", "model_family": "qwen2", "file_type": "Q5_K_M", "seed": mseed}, sort_keys=True
+            ).encode(),
+        }
+        for data in small.values():
+            add(tar, f"{store}/blobs/sha256-{hashlib.sha256(data).hexdigest()}", data)
+        size = len(gguf_model.header) + gguf_model.data_size
+        info = _info(f"{store}/blobs/sha256-{gguf_model.sha256}", size)
         info.mtime = model_mtime
-        tar.addfile(info, RandomStream(f"{mseed}-model", model_size))  # type: ignore[arg-type]
+        tar.addfile(info, gguf_model.stream(mseed))
+        config_type = "application/vnd.docker.container.image.v1+json"
+        config = small[config_type]
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": config_type, "digest": f"sha256:{hashlib.sha256(config).hexdigest()}", "size": len(config)},
+            "layers": [
+                {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{gguf_model.sha256}", "size": size},
+                *(
+                    {"mediaType": t, "digest": f"sha256:{hashlib.sha256(d).hexdigest()}", "size": len(d)}
+                    for t, d in small.items()
+                    if t != config_type
+                ),
+            ],
+        }
+        add(tar, f"{store}/manifests/{'/'.join(OLLAMA_MODEL)}", json.dumps(manifest, sort_keys=True).encode())
 
     def settings(tar: tarfile.TarFile) -> None:
         text = json.dumps({"model": "qwen2.5-coder:32b-instruct-q5_K_M", "seed": seed}).encode()
         tar.addfile(_info("app/config.json", len(text)), io.BytesIO(text))
+        tar.addfile(_info(f"{SITE_PACKAGES}/.wh.six-1.16.0.dist-info"), io.BytesIO(b""))  # pip uninstall six
 
     return [("base", base), ("app", app), ("model", model), ("settings", settings)]
 
@@ -228,7 +382,7 @@ def build(
     Docker >= 25 (fmt="docker-oci"), or as an oci-archive (fmt="oci")."""
     work = Path(tempfile.mkdtemp(prefix=".sample-", dir=out.parent))
     try:
-        fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime)
+        fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime, arch)
         layers = []
         for name, fill in fillers:
             path = work / f"{name}.tar"
@@ -339,7 +493,7 @@ def stream_into_engine(
     once to learn their digests, then made again straight into the engine's image load."""
     import docker
 
-    fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime)
+    fillers = _fillers(seed, model_size, app_size, model_seed, model_mtime, arch)
     facts = [_write_layer(None, fill) for _, fill in fillers]
     config_bytes, config_digest = _config([d for d, _ in facts], arch)
     index = json.dumps(

@@ -15,21 +15,24 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import click
+from click import shell_completion
 
 from airgap import receipt as receipts
+from airgap._cli import discs, examples, render
 from airgap._cli import options as opt
-from airgap._cli import render
 from airgap._cli.reporters import Tracker, choose
 from airgap._version import __version__
 from airgap.diff import diff
 from airgap.errors import UsageError
 from airgap.inspect import inspect
 from airgap.install import InstallOptions, install
-from airgap.pack import PackOptions, pack, parse_source
+from airgap.pack import SBOM_MODES, PackOptions, pack, parse_source
 from airgap.progress import Reporter
 from airgap.publish import publish, pull
 from airgap.sign import SignOptions, sign
 from airgap.trust import keys
+from airgap.trust.rollback import InstallState
+from airgap.trust.rollback import default_path as default_state_path
 from airgap.verify import PartsFailed, VerifyOptions, verify, verify_with_receipt
 
 
@@ -42,7 +45,13 @@ def _reporter(ctx: click.Context) -> Reporter:
 
 
 class Command(click.Command):
-    """Every airgap command: records itself and its options in the run's Invocation before it runs."""
+    """Every airgap command: records itself and its options in the run's Invocation before it runs; its
+    help ends with its examples (:mod:`airgap._cli.examples`)."""
+
+    def __init__(self, name: str | None, **attrs: Any) -> None:
+        if attrs.get("epilog") is None and name is not None:
+            attrs["epilog"] = examples.epilog(name)
+        super().__init__(name, **attrs)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; its callback returns a render.Output, which main prints."""
@@ -52,10 +61,22 @@ class Command(click.Command):
         return super().invoke(ctx)
 
 
+ALIASES = {"installed": "list"}  # another name a command answers to (not listed in --help)
+
+
 class Group(click.Group):
-    """The airgap group: its commands are :class:`Command`."""
+    """The airgap group: its commands are :class:`Command`; a command's alias (:data:`ALIASES`) runs it."""
 
     command_class = Command
+
+    def __init__(self, name: str | None = None, **attrs: Any) -> None:
+        if attrs.get("epilog") is None:
+            attrs["epilog"] = examples.epilog("airgap")
+        super().__init__(name, **attrs)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command named ``cmd_name``, or the one it is an alias of."""
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,9 +87,7 @@ def cli() -> None:
 
 
 @cli.command(name="keygen")
-@click.option(
-    "--out", "out", required=True, type=click.Path(path_type=Path), help="writes OUT.key and OUT.pub (with --pkcs11: OUT.pub)"
-)
+@click.option("--out", "out", required=True, type=opt.OUTPUT_PREFIX, help="writes OUT.key and OUT.pub (with --pkcs11: OUT.pub)")
 @opt.passphrase_env_option(help="encrypt the private key with the passphrase in $VAR")
 @click.option("--no-passphrase", is_flag=True, help="write the private key unencrypted (not recommended)")
 @click.option(
@@ -154,6 +173,13 @@ def keygen_command(
     required=False, help="with --since: a key (.pub or a directory of them) that may have signed the older bundle, besides --key"
 )
 @click.option("--overwrite", is_flag=True, help="replace the contents of a non-empty output directory")
+@click.option(
+    "--sbom",
+    type=click.Choice(SBOM_MODES),
+    default=opt.core_default(PackOptions, "sbom", str),
+    show_default=True,
+    help="a signed CycloneDX inventory of each image (packages, GGUF models); 'require': refuse an incomplete one",
+)
 @opt.json_option()
 @opt.progress_options()
 @click.pass_context
@@ -179,6 +205,7 @@ def pack_command(
     since: Path | None,
     trust: tuple[Path, ...],
     overwrite: bool,
+    sbom: str,
 ) -> render.Output:
     """Pack IMAGES into a signed bundle.
 
@@ -203,6 +230,7 @@ def pack_command(
         wheelhouse=wheelhouse,
         since=since,
         trusted=opt.trusted_keys(trust) if trust else (),
+        sbom=sbom,
     )
     return render.pack_result(pack(options, _reporter(ctx)))
 
@@ -213,6 +241,7 @@ def pack_command(
 @opt.passphrase_env_option()
 @opt.token_options()
 @opt.trust_options(SignOptions)
+@opt.one_drive_options()
 @click.option("--allow-expired", is_flag=True, help="sign a bundle past its expiry date")
 @opt.jobs_option(SignOptions)
 @opt.json_option()
@@ -228,30 +257,38 @@ def sign_command(
     trust: tuple[Path, ...],
     threshold: int,
     search: tuple[Path, ...],
+    one_drive: bool,
+    media_command: str | None,
     allow_expired: bool,
     jobs: int,
 ) -> render.Output:
     """Add a signature to an existing bundle: its signatures are checked against --trust and every part is
-    hashed first, so a signer never vouches for a bundle changed since it was signed."""
-    options = SignOptions(
-        bundle=bundle,
-        key=opt.signing_key(key_text, passphrase_env, pkcs11_module, pin_env),
-        trusted=opt.trusted_keys(trust),
-        threshold=threshold,
-        jobs=jobs,
-        allow_expired=allow_expired,
-        search=search,
-    )
-    return render.sign_result(sign(options, _reporter(ctx)))
+    hashed first (or known from 'airgap verify' on this host), so a signer never vouches for a bundle changed
+    since it was signed."""
+    inv = ctx.ensure_object(render.Invocation)
+    with discs.changer(one_drive, media_command, inv.command, inv.progress_mode() == "json") as changer:
+        options = SignOptions(
+            bundle=bundle,
+            key=opt.signing_key(key_text, passphrase_env, pkcs11_module, pin_env),
+            trusted=opt.trusted_keys(trust),
+            threshold=threshold,
+            jobs=jobs,
+            allow_expired=allow_expired,
+            search=search,
+            changer=changer,
+        )
+        return render.sign_result(sign(options, _reporter(ctx)))
 
 
 @cli.command(name="verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @opt.trust_options(VerifyOptions)
+@opt.volume_option()
+@opt.one_drive_options()
 @opt.jobs_option(VerifyOptions)
 @click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
 @click.option("--allow-unexpected", is_flag=True, help="only warn about files the manifest does not list")
-@click.option("--receipt", "receipt", type=click.Path(path_type=Path), help="write a JSON record of every check and its outcome")
+@click.option("--receipt", "receipt", type=opt.OUTPUT_FILE, help="write a JSON record of every check and its outcome")
 @click.option(
     "--receipt-key", metavar="KEY", help="sign the receipt with this key, a key file or a pkcs11: URI (writes RECEIPT.sig)"
 )
@@ -266,6 +303,9 @@ def verify_command(
     trust: tuple[Path, ...],
     threshold: int,
     search: tuple[Path, ...],
+    volume: str | None,
+    one_drive: bool,
+    media_command: str | None,
     jobs: int,
     allow_expired: bool,
     allow_unexpected: bool,
@@ -275,45 +315,54 @@ def verify_command(
     pkcs11_module: str | None,
     pin_env: str | None,
 ) -> render.Output:
-    """Check a bundle's signature and every part, without installing anything."""
+    """Check a bundle's signature and every part (or one volume's, as discs are burned or arrive), without
+    installing anything."""
     if receipt_key is not None and receipt is None:
         raise UsageError("--receipt-key needs --receipt FILE")
-    options = VerifyOptions(
-        bundle=bundle,
-        trusted=opt.trusted_keys(trust),
-        threshold=threshold,
-        jobs=jobs,
-        allow_expired=allow_expired,
-        allow_unexpected=allow_unexpected,
-        search=search,
-    )
-    if receipt is not None:
-        receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
-    key = opt.signing_key(receipt_key, passphrase_env, pkcs11_module, pin_env) if receipt_key else None
-    # a key on a token stays logged in until the receipt is signed
-    with keys.open_signer(key) if key is not None else nullcontext() as signer:
-        try:
-            if receipt is not None:
-                report = verify_with_receipt(options, receipt, signer, _reporter(ctx))
-            else:
-                report = verify(options, _reporter(ctx))
-        except PartsFailed as e:
-            render.verify_failure(e, ctx.ensure_object(render.Invocation))
-            raise
+    inv = ctx.ensure_object(render.Invocation)
+    with discs.changer(one_drive, media_command, inv.command, inv.progress_mode() == "json") as changer:
+        options = VerifyOptions(
+            bundle=bundle,
+            trusted=opt.trusted_keys(trust),
+            threshold=threshold,
+            jobs=jobs,
+            allow_expired=allow_expired,
+            allow_unexpected=allow_unexpected,
+            search=search,
+            volume=volume,
+            changer=changer,
+        )
+        if receipt is not None:
+            receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
+        key = opt.signing_key(receipt_key, passphrase_env, pkcs11_module, pin_env) if receipt_key else None
+        # a key on a token stays logged in until the receipt is signed
+        with keys.open_signer(key) if key is not None else nullcontext() as signer:
+            try:
+                if receipt is not None:
+                    report = verify_with_receipt(options, receipt, signer, _reporter(ctx))
+                else:
+                    report = verify(options, _reporter(ctx))
+            except PartsFailed as e:
+                render.verify_failure(e, inv)
+                raise
     return render.verify_result(report)
 
 
 @cli.command(name="inspect")
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--sbom", is_flag=True, help="also show each image's inventory: packages and models, from its signed SBOM")
+@opt.trust_option(required=False, help="check the signature with this key (.pub or a directory of them) first")
 @opt.json_option(help="print the manifest and signers as JSON")
-def inspect_command(bundle: Path) -> render.Output:
-    """Show what a bundle holds (reads the manifest only)."""
-    return render.inspect_result(inspect(bundle))
+def inspect_command(bundle: Path, sbom: bool, trust: tuple[Path, ...]) -> render.Output:
+    """Show what a bundle holds (reads the manifest only; with --sbom, the images' SBOMs too, checked against
+    the manifest, and with --trust after the signature check)."""
+    return render.inspect_result(inspect(bundle, sbom, opt.trusted_keys(trust) if trust else ()))
 
 
 @cli.command(name="install")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @opt.trust_options(InstallOptions)
+@opt.one_drive_options()
 @click.option(
     "--to",
     "target",
@@ -323,6 +372,12 @@ def inspect_command(bundle: Path) -> render.Output:
 )
 @opt.plain_http_option(help="talk plain HTTP to a registry target (loopback registries always do)")
 @opt.chunk_size_option(opt.core_default(InstallOptions, "chunk_size", int), help="largest single upload request to a registry")
+@click.option(
+    "--keep-host",
+    is_flag=True,
+    help="registry target: push each image to PREFIX/<its registry host>/<repository> (names that differ only in "
+    "their host stay apart)",
+)
 @click.option(
     "--base",
     type=click.Path(path_type=Path),
@@ -355,9 +410,12 @@ def install_command(
     trust: tuple[Path, ...],
     threshold: int,
     search: tuple[Path, ...],
+    one_drive: bool,
+    media_command: str | None,
     target: str | None,
     plain_http: bool,
     chunk_size: int,
+    keep_host: bool,
     base: Path | None,
     via: str,
     replace: bool,
@@ -369,24 +427,28 @@ def install_command(
 ) -> render.Output:
     """Verify a bundle and load its images into the Docker engine or Podman (DOCKER_HOST), or import them
     into containerd, push them into a registry, or write them as an image archive (--to)."""
-    options = InstallOptions(
-        bundle=bundle,
-        trusted=opt.trusted_keys(trust),
-        threshold=threshold,
-        replace=replace,
-        platform=platform,
-        allow_expired=allow_expired,
-        allow_unexpected=allow_unexpected,
-        allow_downgrade=allow_downgrade,
-        state=state,
-        target=target,
-        plain_http=plain_http,
-        chunk_size=chunk_size,
-        via=via,
-        search=search,
-        base=base,
-    )
-    return render.install_result(install(options, _reporter(ctx)))
+    inv = ctx.ensure_object(render.Invocation)
+    with discs.changer(one_drive, media_command, inv.command, inv.progress_mode() == "json") as changer:
+        options = InstallOptions(
+            bundle=bundle,
+            trusted=opt.trusted_keys(trust),
+            threshold=threshold,
+            replace=replace,
+            platform=platform,
+            allow_expired=allow_expired,
+            allow_unexpected=allow_unexpected,
+            allow_downgrade=allow_downgrade,
+            state=state,
+            target=target,
+            plain_http=plain_http,
+            chunk_size=chunk_size,
+            keep_host=keep_host,
+            via=via,
+            search=search,
+            base=base,
+            changer=changer,
+        )
+        return render.install_result(install(options, _reporter(ctx)))
 
 
 @cli.command(name="publish")
@@ -427,6 +489,38 @@ def diff_command(a: Path, b: Path) -> render.Output:
     return render.diff_result(diff(a, b))
 
 
+@cli.command(name="list")
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="rollback state file to read (default: $AIRGAP_STATE or ~/.local/state/airgap/installed.json)",
+)
+@opt.json_option(help="print the installed bundles as JSON")
+def list_command(state: Path | None) -> render.Output:
+    """Show what this host installed.
+
+    Per bundle name, from the install state: the newest sequence installed (the rollback mark), its manifest
+    sha256 and when, who signed it and which images it delivered.  Also run as 'airgap installed'."""
+    path = state or default_state_path()
+    return render.list_result(path, InstallState(path).entries())
+
+
+COMPLETE_VAR = "_AIRGAP_COMPLETE"  # click's completion protocol: the shell runs airgap with it set
+
+
+@cli.command(name="completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@opt.json_option(help="print the script inside a JSON object")
+def completion_command(shell: str) -> render.Output:
+    """Print the script that makes SHELL complete airgap's commands, options and paths."""
+    complete = shell_completion.get_completion_class(shell)
+    if complete is None:  # click knows every shell the Choice offers
+        raise UsageError(f"no completion for {shell}")
+    script = complete(cli, {}, "airgap", COMPLETE_VAR).source()
+    return render.Output({"shell": shell, "script": script}, script.splitlines())
+
+
 @contextmanager
 def _terminate_like_interrupt(inv: render.Invocation) -> Iterator[None]:
     """For the block, SIGTERM unwinds the command as Ctrl-C does: the same clean-up, then exit code 143."""
@@ -456,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code.  The one place output is printed: the command's result, or its
     failure as one line plus a hint on stderr; with --json, one JSON object on stdout either way."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    inv = render.Invocation.from_argv(args, cli.commands, _group_options_with_values())
+    inv = render.Invocation.from_argv(args, [*cli.commands, *ALIASES], _group_options_with_values())
+    inv.command = ALIASES.get(inv.command, inv.command) if inv.command else None
     with _terminate_like_interrupt(inv):
         try:
             rv = cli.main(args=args, prog_name="airgap", standalone_mode=False, obj=inv)

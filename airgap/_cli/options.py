@@ -10,16 +10,19 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from airgap._cli import render
 from airgap._cli.reporters import PROGRESS_MODES
+from airgap._internal.format.discs import volume_number
 from airgap._internal.util.text import printable
-from airgap.errors import UsageError
+from airgap.errors import EnvironmentProblem, UsageError
 from airgap.model.units import parse_media_size, parse_size
 from airgap.trust import keys
 from airgap.trust.keys import PublicKey
@@ -114,11 +117,69 @@ def passphrase_env_option(help: str = "the key's passphrase is in $VAR") -> Deco
     return click.option("--passphrase-env", metavar="VAR", help=help)
 
 
+class OutputPath(click.ParamType):  # type: ignore[type-arg]  # not generic before click 8.5
+    """A path a command writes to, checked before any work starts: its directory must exist (a directory to be
+    made, ``makes_dirs``: its nearest existing ancestor) and take a new file.  A missing or wrong directory is
+    a usage error (exit 2), one we may not write in an environment problem (exit 6): never an internal
+    error after the work is done."""
+
+    name = "path"
+
+    def __init__(self, makes_dirs: bool = False, file: bool = False) -> None:
+        """``makes_dirs``: the command makes the missing directories itself (an output directory); ``file``:
+        the path names a file, so an existing directory there is refused."""
+        self._makes_dirs = makes_dirs
+        self._file = file
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        """The path, once its directory is known to take new files."""
+        path = value if isinstance(value, Path) else Path(str(value))
+        option = max(param.opts, key=len) if isinstance(param, click.Option) and param.opts else "the path"
+        check_writable_place(path, option, self._makes_dirs, self._file)
+        return path
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        """Complete file names (directories for an output directory), as click.Path does."""
+        return [CompletionItem(incomplete, type="dir" if self._makes_dirs else "file")]
+
+
+def check_writable_place(path: Path, option: str, makes_dirs: bool = False, file: bool = False) -> None:
+    """Refuse PATH, named by ``option``, when nothing can be written there (see :class:`OutputPath`)."""
+    shown = printable(str(path))
+    if file and path.is_dir():
+        raise UsageError(f"{option} {shown} is a directory", hint="name the file to write, in an existing directory")
+    directory = Path(os.path.abspath(path)).parent
+    if makes_dirs:
+        while not os.path.lexists(directory) and directory != directory.parent:
+            directory = directory.parent
+    where = printable(str(directory))
+    if not os.path.lexists(directory):
+        raise UsageError(
+            f"{option} {shown}: directory {where} does not exist",
+            hint=f"create it first (mkdir -p {where}), or name a place in an existing directory",
+        )
+    if not directory.is_dir():
+        raise UsageError(f"{option} {shown}: {where} is not a directory", hint="name a place in an existing directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".airgap-", suffix=".probe", dir=directory)
+    except OSError as e:
+        raise EnvironmentProblem(
+            f"{option} {shown}: cannot write in {where}: {e.strerror or e}",
+            hint="choose a directory you can write to (check its permissions, and that its file system is not read-only or full)",
+            path=str(directory),
+        ) from e
+    os.close(fd)
+    os.unlink(probe)
+
+
+OUTPUT_FILE = OutputPath(file=True)  # a file written in an existing directory (verify --receipt)
+OUTPUT_PREFIX = OutputPath()  # PREFIX of files written beside it (keygen --out: PREFIX.key, PREFIX.pub)
+OUTPUT_DIR = OutputPath(makes_dirs=True)  # a directory made with its missing parents (pack -o, pull -o)
+
+
 def out_option() -> Decorator:
-    """``-o/--out``: the bundle directory a command writes."""
-    return click.option(
-        "-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="bundle directory to write"
-    )
+    """``-o/--out``: the bundle directory a command writes (made with its parents; checked before any work)."""
+    return click.option("-o", "--out", "out_dir", required=True, type=OUTPUT_DIR, help="bundle directory to write")
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -198,6 +259,49 @@ def from_option() -> Decorator:
         multiple=True,
         type=click.Path(path_type=Path, file_okay=False, exists=True),
         help="another directory holding parts (a mounted volume of a split bundle); repeatable",
+    )
+
+
+def one_drive_options() -> Decorator:
+    """``--one-drive`` and ``--media-command CMD``: a split bundle's discs come one after another into BUNDLE."""
+    one = click.option(
+        "--one-drive",
+        is_flag=True,
+        help="BUNDLE is a drive's directory (e.g. /media/cdrom): the discs of a split bundle go in one after another, "
+        "in any order, as asked (Enter on a terminal, else a line on stdin)",
+    )
+    command = click.option(
+        "--media-command",
+        metavar="CMD",
+        help="with --one-drive, run 'CMD VOLUME...' to load one of the wanted discs instead of asking; it exits 0 once "
+        "the disc is in BUNDLE (implies --one-drive)",
+    )
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        """Add both options, in the order help lists them."""
+        return one(command(f))
+
+    return apply
+
+
+def _check_volume(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--volume``'s value read once, at the edge: a number, vol-NN, or nothing (the volume in BUNDLE)."""
+    if value is not None:
+        volume_number(value)
+    return value
+
+
+def volume_option() -> Decorator:
+    """``--volume [N]``: check one volume of a split bundle (alone: the one in BUNDLE)."""
+    return click.option(
+        "--volume",
+        metavar="[N]",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        callback=_check_volume,
+        help="check one volume of a split bundle, N (3 or vol-03), or alone the disc in BUNDLE, against its signed "
+        "listing; says which volumes are still unchecked",
     )
 
 

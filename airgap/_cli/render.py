@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from airgap.publish import TransferResult
     from airgap.sign import SignResult
     from airgap.trust.policy import TrustResult
+    from airgap.trust.rollback import InstalledBundle
     from airgap.verify import PartsFailed, VerifyReport
 
 SCHEMA_VERSION = 1  # of the JSON objects on stdout and the progress events (manifests/cli-*.schema.json)
@@ -161,7 +162,8 @@ def sign_result(result: SignResult) -> Output:
     """The new signature's fingerprint and how many the bundle now has."""
     # "fingerprint" is the older name of "signer", kept for scripts that read it
     data = {**result.to_dict(), "signer": result.fingerprint}
-    return Output(data, [f"signed {result.bundle} as {result.fingerprint}; {len(result.signers)} signature(s) now"])
+    known = f" ({result.parts_cached} part(s) known from 'airgap verify' on this host)" if result.parts_cached else ""
+    return Output(data, [f"signed {result.bundle} as {result.fingerprint}; {len(result.signers)} signature(s) now{known}"])
 
 
 def verify_data(report: VerifyReport) -> dict[str, object]:
@@ -174,7 +176,9 @@ def verify_result(report: VerifyReport) -> Output:
     parts = sum(1 for p in report.parts if p.kind == "part")
     files = f" and {len(report.parts) - parts} files" if len(report.parts) > parts else ""
     line = f"OK: signature by {', '.join(report.trust.valid)}; {parts} parts{files} verified in {report.seconds:.1f}s"
-    return Output(verify_data(report), [line])
+    if report.volumes is not None and set(report.volumes.this_run) != set(report.volumes.names):
+        line += f" ({', '.join(report.volumes.this_run)})"
+    return Output(verify_data(report), [line, *([report.volumes.line()] if report.volumes is not None else [])])
 
 
 def verify_failure(failed: PartsFailed, inv: Invocation) -> None:
@@ -224,6 +228,25 @@ def pull_result(result: TransferResult) -> Output:
 def diff_result(result: BundleDiff) -> Output:
     """The differences as JSON, or the diff's table."""
     return Output(result.to_dict(), result.render().split("\n"))
+
+
+def list_result(state: Path, bundles: Sequence[InstalledBundle]) -> Output:
+    """Per bundle name: the sequence installed, when, its manifest, who signed it and its images."""
+    data = {"state": str(state), "bundles": [b.to_dict() for b in bundles]}
+    if not bundles:
+        return Output(data, [f"no bundle installed yet (install state {state})"])
+    lines = []
+    for b in bundles:
+        lines.append(f"{b.name}  sequence {b.sequence}  installed {b.installed}  manifest {b.manifest_sha256[:16]}")
+        if b.details is None:
+            lines.append("  signers and images not recorded (installed by install.sh, or by an older airgap)")
+            continue
+        valid = b.details.signatures.get("valid")
+        by = ", ".join(fp[:16] for fp in valid) if isinstance(valid, list) else ""
+        others = len(b.details.signers) - (len(valid) if isinstance(valid, list) else 0)
+        lines.append(f"  signed by {by or '(none recorded)'}" + (f"  (and {others} key(s) not trusted here)" if others else ""))
+        lines += [f"  {', '.join(i.ref_names) or '(untagged)'}  {i.image_id}  {i.platform}" for i in b.details.images]
+    return Output(data, lines)
 
 
 # -- failures ------------------------------------------------------------------------------------

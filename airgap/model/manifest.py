@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airgap.errors import FormatError, UsageError
+from airgap.model.reference import InvalidReference, Reference
 
 SCHEMA_VERSION = 1
 MANIFEST_MEDIA_TYPE = "application/vnd.airgap.bundle.manifest.v1+json"
@@ -27,11 +28,6 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-# Docker reference: [registry[:port]/]path[:tag] (digest references are not tags and are not kept).
-_REF_RE = re.compile(
-    r"^(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-)
 _PLATFORM_WORD_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 
@@ -53,9 +49,24 @@ def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
+def image_name(ref: Any) -> Reference:
+    """``ref`` read with Docker's reference grammar (:mod:`airgap.model.reference`), which must give a tag and no
+    digest: REPOSITORY:TAG, the only names a bundle keeps.  InvalidReference otherwise."""
+    if not isinstance(ref, str):
+        raise InvalidReference("an image name must be a string")
+    parsed = Reference.parse(ref)
+    if parsed.tag is None or parsed.digest is not None:
+        raise InvalidReference("an image name is REPOSITORY:TAG, with a tag and no digest")
+    return parsed
+
+
 def valid_ref(ref: str) -> bool:
-    """Whether ``ref`` is a Docker reference with a tag (REPOSITORY:TAG), the only names a bundle keeps."""
-    return bool(_REF_RE.fullmatch(ref))
+    """Whether ``ref`` is a Docker reference with a tag and no digest (REPOSITORY:TAG), the only names a bundle keeps."""
+    try:
+        image_name(ref)
+    except InvalidReference:
+        return False
+    return True
 
 
 # --- strict field readers -------------------------------------------------------------------
@@ -90,6 +101,13 @@ def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise FormatError(f"manifest: {where} is not a valid value: {str(value)[:80]!r}")
     return value
+
+
+def _ref(value: Any, where: str) -> str:
+    """An image name: a JSON string that Docker's reference grammar reads as REPOSITORY:TAG."""
+    if not valid_ref(value):
+        raise FormatError(f"manifest: {where} is not a valid value: {str(value)[:80]!r}")
+    return str(value)
 
 
 def _list(value: Any, where: str) -> list[Any]:
@@ -215,11 +233,13 @@ class Image:
     def __post_init__(self) -> None:
         """Refuse names that are not Docker references, a name listed twice, and diff IDs that do not match the layers."""
         for ref in self.ref_names:
-            if not isinstance(ref, str) or not valid_ref(ref):
+            try:
+                image_name(ref)
+            except InvalidReference as e:
                 raise FormatError(
-                    f"image name {str(ref)[:200]!r} is not a valid Docker reference (REPOSITORY:TAG)",
+                    f"image name {str(ref)[:200]!r} is not a valid Docker reference (REPOSITORY:TAG): {e}",
                     hint="Docker would refuse it: rename the image in its source",
-                )
+                ) from e
         if len(set(self.ref_names)) != len(self.ref_names):
             raise FormatError(f"image {self.config.digest[:19]} lists the name {self.ref_names[0]!r} twice")
         for diff_id in self.diff_ids:
@@ -246,9 +266,7 @@ class Image:
     def from_dict(cls, d: Any, where: str) -> Image:
         """Parse the manifest's JSON form strictly; errors name ``where``."""
         d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"})
-        refs = tuple(
-            _str(r, f"{where}.ref_names[{i}]", _REF_RE) for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names"))
-        )
+        refs = tuple(_ref(r, f"{where}.ref_names[{i}]") for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names")))
         layers = tuple(
             Descriptor.from_dict(x, f"{where}.layers[{i}]") for i, x in enumerate(_list(d["layers"], f"{where}.layers"))
         )
@@ -323,11 +341,12 @@ class Part:
             raise FormatError(f"manifest: {where}: {e.message}", hint=e.hint) from e
 
 
-_FILE_PATH_RE = re.compile(
-    r"^(?:installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt)$"
-)
+# the paths a bundle file (not a part) may have; install.sh, audit.sh and the bundle schema spell the same
+FILE_PATH_PATTERN = r"installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt|sbom/[0-9a-f]{64}\.cdx\.json"
+_FILE_PATH_RE = re.compile(rf"^(?:{FILE_PATH_PATTERN})$")
 _VOLUME_RE = re.compile(r"^vol-[0-9]{2,3}$")
 INSTALLER_DIR = "installer"
+SBOM_DIR = "sbom"  # each image's CycloneDX SBOM: sbom/<image-id>.cdx.json
 
 
 @dataclass(frozen=True)
@@ -500,8 +519,8 @@ class Manifest:
         _checked(self.name, "bundle name", _NAME_RE)
         named: dict[tuple[str, str], str] = {}
         for image in self.images:
-            for ref in image.ref_names:
-                other = named.setdefault((ref, str(image.platform)), image.image_id)
+            for ref in image.ref_names:  # compared as Docker normalizes them: busybox:1 is docker.io/library/busybox:1
+                other = named.setdefault((image_name(ref).key, str(image.platform)), image.image_id)
                 if other != image.image_id:
                     raise FormatError(
                         f"manifest: the name {ref} is given to two {image.platform} images ({other[:19]} and {image.image_id[:19]})",

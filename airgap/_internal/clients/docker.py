@@ -1,4 +1,11 @@
-"""The Docker engine, through the Engine API (docker SDK).  Honours DOCKER_HOST.
+"""The Docker engine, through the Engine API (docker SDK).
+
+The engine dialled is the one the docker CLI would dial (:func:`docker_endpoint`): ``DOCKER_HOST`` when set
+(with ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH``), else the context ``DOCKER_CONTEXT`` names, else the
+current context of the Docker client's config (``currentContext`` in ``$DOCKER_CONFIG/config.json``, by
+default ``~/.docker``), whose endpoint and TLS material ``docker context create`` keeps under
+``contexts/meta/<sha256 of the name>/meta.json`` and ``contexts/tls/<sha256 of the name>/docker/``; the
+``default`` context is ``unix:///var/run/docker.sock``.
 
 Every docker or transport exception is converted here into :class:`~airgap.errors.DockerError`.
 """
@@ -9,23 +16,28 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import docker
 import docker.errors
+import docker.tls
 import requests
 import urllib3.exceptions
 
+from airgap._internal.clients.distribution import is_loopback
 from airgap.errors import DockerError
 from airgap.model.manifest import Platform
 
 if TYPE_CHECKING:
     from airgap._internal.util.tarstream import Readable
 
-_HINT = "is dockerd running and DOCKER_HOST pointing at it? ('docker info' should answer)"
+_HINT = "is dockerd running, and DOCKER_HOST or the docker context pointing at it? ('docker info' should answer)"
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+DEFAULT_CONTEXT = "default"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}
 LOAD_TIMEOUT = 6 * 3600
 
@@ -89,31 +101,132 @@ class EngineClient(Protocol):
         """Whether Podman's Docker-compatible service answers rather than dockerd."""
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """The engine to dial, chosen as the docker CLI chooses it, and where the choice came from.
+
+    ``context`` is None for the default context: ``DOCKER_HOST`` and its TLS variables, or the default socket;
+    a named context carries its endpoint's TLS material (``ca``, ``cert``: paths in the context store)."""
+
+    host: str
+    source: str  # for messages: "DOCKER_HOST", or the context and what named it
+    context: str | None = None
+    tls: bool = False
+    ca: str | None = None
+    cert: tuple[str, str] | None = None
+    skip_verify: bool = False
+
+    @property
+    def hint(self) -> str:
+        """What to check when the engine does not answer there."""
+        if self.context is None:
+            return _HINT
+        return (
+            f"is dockerd running at {self.host}? it is the endpoint of docker context {self.context!r} ({self.source}); "
+            "'docker context ls' lists the contexts, 'docker info' should answer"
+        )
+
+    def client(self, **kwargs: Any) -> docker.DockerClient:
+        """A Docker SDK client for this endpoint (``kwargs``: version, timeout)."""
+        if self.context is None:
+            return docker.from_env(**kwargs)  # DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, or the default socket
+        tls: docker.tls.TLSConfig | bool = False
+        if self.tls:
+            tls = docker.tls.TLSConfig(client_cert=self.cert, ca_cert=self.ca, verify=not self.skip_verify)
+        return docker.DockerClient(base_url=self.host, tls=tls, use_ssh_client=self.host.startswith("ssh://"), **kwargs)
+
+
+def docker_endpoint(environ: Mapping[str, str] | None = None) -> Endpoint:
+    """The engine the docker CLI would dial: ``DOCKER_HOST``, else the context named by ``DOCKER_CONTEXT``, else the
+    current context of the Docker client's config, else the default socket.  A context named but not found, or
+    unreadable, is a DockerError naming it (the docker CLI refuses it too)."""
+    env = os.environ if environ is None else environ
+    if env.get("DOCKER_HOST"):
+        return Endpoint(env["DOCKER_HOST"], "DOCKER_HOST")
+    config_dir = Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name, source = env.get("DOCKER_CONTEXT"), "named by DOCKER_CONTEXT"
+    if not name:
+        config_path = config_dir / "config.json"
+        current = _read_json(config_path, "the Docker client config", DEFAULT_CONTEXT).get("currentContext")
+        name, source = (current if isinstance(current, str) else ""), f"the current context in {config_path}"
+    if not name or name == DEFAULT_CONTEXT:
+        return Endpoint(DEFAULT_HOST, "the default context")
+    context_id = hashlib.sha256(name.encode()).hexdigest()
+    meta_path = config_dir / "contexts" / "meta" / context_id / "meta.json"
+    if not meta_path.is_file():
+        raise DockerError(
+            f"Docker engine: docker context {name[:120]!r} ({source}) does not exist: no {meta_path}",
+            hint="'docker context ls' lists the contexts; 'docker context use default' (or unsetting DOCKER_CONTEXT) "
+            "goes back to the default socket, DOCKER_HOST overrides both",
+        )
+    meta = _read_json(meta_path, f"docker context {name[:120]!r}", name)
+    endpoints = meta.get("Endpoints")
+    endpoint = endpoints.get("docker") if isinstance(endpoints, dict) else None
+    host = endpoint.get("Host") if isinstance(endpoint, dict) else None
+    if not isinstance(endpoint, dict) or not isinstance(host, str) or not host:
+        raise DockerError(
+            f"Docker engine: docker context {name[:120]!r} ({source}) has no Docker endpoint in {meta_path}",
+            hint=f"'docker context inspect {name[:120]}' shows it; recreate it with 'docker context create --docker host=...'",
+        )
+    tls_dir = config_dir / "contexts" / "tls" / context_id / "docker"
+    ca, cert, key = (tls_dir / f for f in ("ca.pem", "cert.pem", "key.pem"))
+    skip_verify = endpoint.get("SkipTLSVerify") is True
+    client_cert = (str(cert), str(key)) if cert.is_file() and key.is_file() else None
+    return Endpoint(
+        host,
+        source,
+        context=name,
+        tls=skip_verify or ca.is_file() or client_cert is not None,  # as the docker CLI: TLS when the context has some
+        ca=str(ca) if ca.is_file() else None,
+        cert=client_cert,
+        skip_verify=skip_verify,
+    )
+
+
+def _read_json(path: Path, what: str, name: str) -> dict[str, Any]:
+    """A JSON object from the Docker client's files; {} when the file does not exist, a DockerError when unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise DockerError(
+            f"Docker engine: cannot read {what} ({path}): {str(e)[:200]}",
+            hint=f"fix or remove {path}; 'docker context ls' reads it too",
+        ) from e
+    if not isinstance(data, dict):
+        raise DockerError(f"Docker engine: {what} ({path}) is not a JSON object", hint=f"fix or remove {path}")
+    return data
+
+
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, endpoint: Endpoint | None = None) -> None:
         self._client = client
+        self.endpoint = endpoint if endpoint is not None else Endpoint(DEFAULT_HOST, "the default context")
         self.api = client.api
         self._image_layers: dict[str, list[str]] | None = None
         self._podman: bool | None = None
 
     @classmethod
     def connect(cls) -> Engine:
-        _check_unix_socket(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+        """The engine the docker CLI would dial (:func:`docker_endpoint`), once it answers a ping."""
+        endpoint = docker_endpoint()
+        _check_unix_socket(endpoint)
         try:
             # a pinned API version does not touch the engine on construction, so a dead engine leaks no socket
-            probe = docker.from_env(version="1.24", timeout=30)
+            probe = endpoint.client(version="1.24", timeout=30)
         except docker.errors.DockerException as e:
-            raise _fail("cannot connect", e) from e
+            raise _connect_failed(endpoint, e) from e
         try:
             probe.ping()
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
-            raise _fail("cannot connect", e) from e
+            raise _connect_failed(endpoint, e) from e
         finally:
             probe.close()
         try:
-            return cls(docker.from_env(timeout=LOAD_TIMEOUT))
+            return cls(endpoint.client(timeout=LOAD_TIMEOUT), endpoint)
         except (docker.errors.DockerException, requests.RequestException, OSError) as e:
-            raise _fail("cannot connect", e) from e
+            raise _connect_failed(endpoint, e) from e
 
     def close(self) -> None:
         self._client.close()
@@ -278,9 +391,12 @@ class Engine:
         return self._podman
 
     def is_local(self) -> bool:
-        """Whether the engine shares this host's loopback (a unix socket or a loopback TCP address)."""
-        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        return host.startswith(("unix://", "tcp://127.", "tcp://localhost"))
+        """Whether the engine shares this host's loopback: a unix socket, or a TCP address on loopback (localhost in any
+        case, 127.0.0.0/8, [::1])."""
+        host = self.endpoint.host
+        if host.startswith("unix://"):
+            return True
+        return host.startswith("tcp://") and is_loopback(host[len("tcp://") :].partition("/")[0])
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -291,7 +407,7 @@ def chain_id(parent: str | None, diff_id: str) -> str:
 
 
 def engine_answers() -> bool:
-    """Whether an engine answers at DOCKER_HOST (or the default socket)."""
+    """Whether an engine answers where the docker CLI would dial (DOCKER_HOST, the docker context, the default socket)."""
     try:
         Engine.connect().close()
     except DockerError:
@@ -299,17 +415,27 @@ def engine_answers() -> bool:
     return True
 
 
-def _check_unix_socket(host: str) -> None:
-    """Fail early and clearly when a unix-socket DOCKER_HOST has no engine behind it."""
-    if not host.startswith("unix://"):
+def _connect_failed(endpoint: Endpoint, e: BaseException) -> DockerError:
+    """A failed connection, naming the endpoint and where it came from."""
+    detail = getattr(e, "explanation", None) or str(e)
+    return DockerError(
+        f"Docker engine: cannot connect to {endpoint.host} ({endpoint.source}): {str(detail).strip()[:300]}", hint=endpoint.hint
+    )
+
+
+def _check_unix_socket(endpoint: Endpoint) -> None:
+    """Fail early and clearly when a unix-socket endpoint has no engine behind it."""
+    if not endpoint.host.startswith("unix://"):
         return
-    path = host[len("unix://") :]
+    path = endpoint.host[len("unix://") :]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     try:
         sock.connect(path)
     except OSError as e:
-        raise DockerError(f"Docker engine: cannot connect to {path}: {e.strerror or e}", hint=_HINT) from e
+        raise DockerError(
+            f"Docker engine: cannot connect to {path} ({endpoint.source}): {e.strerror or e}", hint=endpoint.hint
+        ) from e
     finally:
         sock.close()
 

@@ -332,7 +332,7 @@ printf '%s\n' "$expires" | grep -Eqx -- '-|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[
 [ -s "$tmp/parts" ] || die 3 "manifest.json lists no part"
 bad=$(grep -Evx '[0-9a-f]{64} (0|[1-9][0-9]{0,14}) parts/[0-9a-f]{64}\.[0-9]{5}\.zst' "$tmp/parts" | head -n 1)
 [ -z "$bad" ] || die 3 "manifest.json lists a part airgap never writes: ${bad#* * }" "do not use this bundle"
-bad=$(grep -Evx '[0-9a-f]{64} (0|[1-9][0-9]{0,14}) (installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt)' "$tmp/files" | head -n 1)
+bad=$(grep -Evx '[0-9a-f]{64} (0|[1-9][0-9]{0,14}) (installer/[A-Za-z0-9_+-][A-Za-z0-9._+-]*(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*|volume-[0-9]{2,3}\.txt|sbom/[0-9a-f]{64}\.cdx\.json)' "$tmp/files" | head -n 1)
 [ -z "$bad" ] || die 3 "manifest.json lists a path airgap never writes: ${bad#* * }" "do not use this bundle"
 bad=$(awk 'length($3) > 300 { print $3; exit }' "$tmp/files")
 [ -z "$bad" ] || die 3 "manifest.json lists a path airgap never writes: $bad" "do not use this bundle"

@@ -1,4 +1,5 @@
-"""The POSIX installer that travels in every bundle: ``installer/install.sh`` and, per platform, a
+"""The POSIX scripts that travel in every bundle: ``installer/audit.sh``, the auditor's check of the whole
+bundle with openssl, sha256sum and zstd (installing nothing), and ``installer/install.sh`` with, per platform, a
 load plan with the tar headers it needs, so plain ``sh``, ``zstd`` and ``dd`` can stream the same
 docker-save archive that ``airgap install`` builds.  All of them are listed, with their sha256, in the
 signed manifest's ``files``: install.sh uses only plans the manifest lists, checks a private copy of
@@ -25,11 +26,12 @@ from airgap.model.manifest import INSTALLER_DIR, Image, Part
 from airgap.model.oci import docker_save_layout
 
 SCRIPT_PATH = f"{INSTALLER_DIR}/install.sh"
+AUDIT_PATH = f"{INSTALLER_DIR}/audit.sh"
 
 
-def script() -> bytes:
-    """install.sh's bytes, as shipped inside the package."""
-    return resources.files("airgap._internal.format").joinpath("install.sh").read_bytes()
+def script(name: str = "install.sh") -> bytes:
+    """The bytes of install.sh (or audit.sh), as shipped inside the package."""
+    return resources.files("airgap._internal.format").joinpath(name).read_bytes()
 
 
 def plan_name(image: Image) -> str:
@@ -39,11 +41,11 @@ def plan_name(image: Image) -> str:
 
 
 def installer_files(images: list[Image], parts_of: Callable[[str], list[Part] | None]) -> dict[str, bytes]:
-    """install.sh and one plan (+ blocks) per platform of the bundle's images."""
+    """install.sh, audit.sh and one plan (+ blocks) per platform of the bundle's images."""
     by_platform: dict[str, list[Image]] = {}
     for image in images:
         by_platform.setdefault(plan_name(image), []).append(image)
-    files = {SCRIPT_PATH: script()}
+    files = {SCRIPT_PATH: script(), AUDIT_PATH: script("audit.sh")}
     for name, group in sorted(by_platform.items()):
         entries, index = docker_save_layout(group)
         blocks = bytearray()

@@ -2,7 +2,8 @@
 
 Volumes fill in manifest order (installer files first, then parts, blob by blob), each up to the
 medium's size less a reserve for its listing; the first also keeps room for manifest.json and the
-signatures.  Every volume carries ``volume-NN.txt``, a listing that is itself a signed file.
+signatures.  Every volume carries ``volume-NN.txt``, a listing that is itself a signed file: reading from one
+drive (:mod:`airgap._internal.format.discs`), a disc is known by it.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def listing_name(index: int, count: int) -> str:
 
 
 def listing(bundle_name: str, sequence: int, index: int, count: int, entries: list[tuple[str, int]]) -> bytes:
-    """The text of one volume's listing: which volume of which bundle it is, how to install from every
-    medium, and the paths and sizes it carries."""
+    """The text of one volume's listing: which volume of which bundle it is, how to install from one drive or
+    from every medium mounted, how to check it alone, and the paths and sizes it carries."""
     name = volume_name(index, count)
     command = " ".join(
         ["airgap install", f"/media/{volume_name(1, count)}"]
@@ -60,8 +61,12 @@ def listing(bundle_name: str, sequence: int, index: int, count: int, entries: li
     lines = [
         f"airgap bundle {bundle_name}, sequence {sequence}: volume {name} ({index} of {count})",
         "",
-        f"Copy the folder {name} onto one medium and label it {name}. On the offline host, with every medium mounted:",
+        f"Copy the folder {name} onto one medium and label it {name}. On the offline host, with one drive",
+        "(insert the media as asked, in any order):",
+        "  airgap install /media/cdrom --one-drive --trust SIGNER.pub",
+        "or with every medium mounted:",
         f"  {command}",
+        "Check one medium as it is burned or arrives: airgap verify /media/cdrom --volume --trust SIGNER.pub",
         "",
         f"On this volume ({human_bytes(sum(size for _, size in entries))}):",
     ]

@@ -9,11 +9,11 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from airgap._internal.format.writer import STAGING_DIR
 from airgap._internal.util import fsutil
@@ -40,6 +40,25 @@ class Place:
     volume: str | None = None
 
 
+class Drive(Protocol):
+    """Where the volumes of a split bundle come in one after another: a drive's mount point, one disc at a time
+    (``install --one-drive``; :mod:`airgap._internal.format.discs` is the one implementation)."""
+
+    media: Path  # the directory the user named (its discs appear there, or in folders directly below it)
+
+    def discs(self) -> Mapping[str, Path]:
+        """The volumes at hand now, each with the directory it is read from; each checked against its signed listing."""
+        ...
+
+    def require(self, volume: str, why: str = "") -> Path:
+        """The directory holding ``volume``, asking for its disc (and waiting) when it is not at hand."""
+        ...
+
+    def next_of(self, volumes: Sequence[str], why: str = "") -> tuple[str, Path]:
+        """One of ``volumes`` at hand, with its directory, asking for any of them when none is."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoadedBundle:
     """A bundle as read from disk: its manifest's exact bytes and parsed form, the signatures found, and every
@@ -52,6 +71,7 @@ class LoadedBundle:
     search: tuple[Path, ...] = ()  # more directories holding parts (other volumes, --from)
     base: LoadedBundle | None = None  # a delta's base bundle (install --base): where its external layers come from
     root: Path | None = None  # a split bundle given as its top directory: the folder holding the vol-NN folders
+    drive: Drive | None = None  # its volumes come one after another into one directory (``path``)
 
     @functools.cached_property
     def _places(self) -> tuple[Place, ...]:
@@ -60,8 +80,20 @@ class LoadedBundle:
 
     def places(self) -> tuple[Place, ...]:
         """Every directory the bundle spans, home first, each with the volume it holds when known (looked up
-        once per loaded bundle)."""
+        once per loaded bundle).  Read from one drive: the discs at hand now."""
+        if self.drive is not None:
+            held: dict[Path, list[str]] = {}
+            for volume, directory in self.drive.discs().items():
+                held.setdefault(directory, []).append(volume)
+            return tuple(Place(d, names[0] if len(names) == 1 else None) for d, names in held.items())
         return self._places
+
+    def at_hand(self, item: Part | BundleFile) -> bool:
+        """Whether the part or file can be read now without asking for a disc (always, unless read from one drive)."""
+        if self.drive is None:
+            return True
+        volume = self.manifest.volume_of(item.path)
+        return volume is None or volume in self.drive.discs()
 
     def _find_places(self) -> tuple[Place, ...]:
         """The home directory, then each --from or vol-NN directory once (by real path), each with its volume."""
@@ -97,8 +129,11 @@ class LoadedBundle:
 
     def place_of(self, part: Part | BundleFile) -> Place:
         """The directory to read a part or listed file from: a place holding its volume, else one of unknown
-        volume that has it.  A copy on another volume's medium is never used."""
+        volume that has it.  A copy on another volume's medium is never used.  Read from one drive: the disc
+        holding its volume when it is at hand (else the drive's directory: see :func:`open_part`)."""
         volume = self.manifest.volume_of(part.path)
+        if self.drive is not None:
+            return Place(self.drive.discs().get(volume or "") or self.path, volume)
         places = self.places()
         candidates = [p for p in places if p.volume == volume] if volume else list(places)
         candidates += [p for p in places if volume and p.volume is None]
@@ -249,15 +284,19 @@ def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
     label = f"{'part' if isinstance(part, Part) else 'file'} {part.path}"
     volume = bundle.manifest.volume_of(part.path)
     on = f" (on {volume})" if volume else ""
-    place = bundle.place_of(part)
-    try:
+    if bundle.drive is not None and volume is not None:
+        place = Place(bundle.drive.require(volume, label), volume)
+        inside = place.path != bundle.drive.media  # a disc's folder found below the drive's directory: no link either
+    else:
+        place = bundle.place_of(part)
         inside = bundle.root is not None and place.path.parent == bundle.root  # a vol-NN folder: no link either
+    try:
         fh = fsutil.open_regular(place.path / part.path, label, root=place.path, root_is_ours=inside)
     except IntegrityError as e:
         missing = e.message == f"{label} is missing"
         raise PartProblem(
             e.message + on,
-            hint=f"mount the medium labelled {volume} and pass its directory with --from" if missing and volume else e.hint,
+            hint=_missing_hint(bundle, volume) if missing and volume else e.hint,
             path=part.path,
             volume=volume,
             missing=missing,
@@ -272,6 +311,13 @@ def open_part(bundle: LoadedBundle, part: Part | BundleFile) -> BinaryIO:
             volume=volume,
         )
     return fh
+
+
+def _missing_hint(bundle: LoadedBundle, volume: str) -> str:
+    """What to do about a part missing from its volume."""
+    if bundle.drive is not None:
+        return f"the disc labelled {volume} lacks it: burn or copy that volume again from the bundle's {volume} folder"
+    return f"mount the medium labelled {volume} and pass its directory with --from"
 
 
 class PartProblem(IntegrityError):
@@ -296,16 +342,28 @@ def unexpected_files(bundle: LoadedBundle) -> list[str]:
     return [u.path for u in find_unexpected(bundle)]
 
 
-def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
+def find_unexpected(bundle: LoadedBundle, volume: str | None = None) -> list[Unexpected]:
     """Every file in every directory the bundle spans that airgap would not read for this bundle: unlisted
     files, second copies of a listed file (a listed file is expected only where it is read from), files on
     the wrong volume, signature files that are not 64 bytes, links, FIFOs and devices, staging leftovers,
-    nested folders.  Scanned iteratively, links never followed, depth bounded."""
+    nested folders.  Scanned iteratively, links never followed, depth bounded.  With ``volume``, only the
+    directories holding that volume; read from one drive, only the discs at hand."""
     m = bundle.manifest
     read_from: dict[Path, set[str]] = {}
     items: list[Part | BundleFile] = [*m.parts, *m.files]
-    for item in items:
-        read_from.setdefault(bundle.place_of(item).path, set()).add(item.path)
+    if bundle.drive is not None:
+        held = bundle.drive.discs()  # looked at once: each look checks what is in the drive
+        for item in items:
+            directory = held.get(m.volume_of(item.path) or "")
+            if directory is not None:
+                read_from.setdefault(directory, set()).add(item.path)
+        places = tuple(Place(d) for d in dict.fromkeys(held.values()) if volume is None or d == held.get(volume))
+        home = held.get(m.volumes[0].name) if m.volumes else None
+    else:
+        for item in items:
+            read_from.setdefault(bundle.place_of(item).path, set()).add(item.path)
+        places = tuple(p for p in bundle.places() if volume is None or p.volume == volume)
+        home = bundle.path
     found: list[Unexpected] = []
 
     def odd(entry: fsutil.TreeEntry, name: str) -> bool:
@@ -328,21 +386,20 @@ def find_unexpected(bundle: LoadedBundle) -> list[Unexpected]:
                 continue
             found.append(Unexpected(name))
 
-    places = bundle.places()
-    if bundle.root is not None:
+    if bundle.root is not None and volume is None:
         # the top folder of a split bundle holds the vol-NN folders the manifest names, and nothing else
-        inside = frozenset(p.path.name for p in places if p.path.parent == bundle.root)  # scanned as places below
+        inside = frozenset(p.path.name for p in bundle.places() if p.path.parent == bundle.root)  # scanned as places
         for entry in fsutil.walk_files(bundle.root, skip=inside):
             if not odd(entry, entry.rel):
                 found.append(Unexpected(entry.rel))
     for place in places:
         if bundle.root is not None and place.path.parent == bundle.root:
             shown = f"{place.path.name}/"
-        elif place.path == bundle.path:
+        elif place.path == bundle.path and bundle.drive is None:
             shown = ""
         else:
             shown = f"{place.path}/"
-        scan(place.path, shown, read_from.get(place.path, set()), home=place.path == bundle.path)
+        scan(place.path, shown, read_from.get(place.path, set()), home=place.path == home)
     unique: dict[str, Unexpected] = {}
     for u in found:
         unique.setdefault(u.path, u)
@@ -355,9 +412,10 @@ def _is_signature_path(rel: str) -> bool:
     return head == SIGNATURES_DIR and "/" not in name and bool(_SIG_RE.fullmatch(name))
 
 
-def refuse_unexpected(bundle: LoadedBundle, allow: bool) -> list[str]:
-    """Fail on files the manifest does not list (nothing unsigned rides along), unless allowed."""
-    found = find_unexpected(bundle)
+def refuse_unexpected(bundle: LoadedBundle, allow: bool, volume: str | None = None) -> list[str]:
+    """Fail on files the manifest does not list (nothing unsigned rides along), unless allowed; with ``volume``,
+    only where that volume is read from."""
+    found = find_unexpected(bundle, volume)
     if found and not allow:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise IntegrityError(

@@ -34,6 +34,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import zstandard
 
@@ -46,6 +47,7 @@ from airgap.model.manifest import (
     INSTALLER_DIR,
     MANIFEST_NAME,
     PARTS_DIR,
+    SBOM_DIR,
     SIGNATURES_DIR,
     Blob,
     BundleFile,
@@ -74,6 +76,25 @@ def _is_volume_dir(name: str) -> bool:
 def _is_volume_listing(name: str) -> bool:
     """Whether ``name`` is a volume listing's (volume-NN.txt or volume-NNN.txt)."""
     return bool(re.fullmatch(r"volume-[0-9]{2,3}\.txt", name))
+
+
+class TapStream(Protocol):
+    """One blob's bytes, lent as they are staged."""
+
+    def feed(self, data: bytes) -> None:
+        """The blob's next bytes (the writer's own buffer, never to be changed)."""
+
+    def close(self, digest: str | None) -> None:
+        """The blob is staged as ``digest``; None: it was not (the pack is failing)."""
+
+
+class BlobTap(Protocol):
+    """Sees every blob's bytes as the writer stages them: pack's inventory reads the layers this way, in the
+    same pass (no second read of the source, no copy)."""
+
+    def open(self, name: str, size: int) -> TapStream:
+        """The next blob, ``size`` bytes, from the member ``name``."""
+        ...
 
 
 class SpeculationMiss(Exception):
@@ -135,8 +156,10 @@ class BundleWriter:
         level: int = 0,
         guesses: dict[int, frozenset[str]] | None = None,
         resume_key: str | None = None,
+        tap: BlobTap | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self._tap = tap  # the inventory: lent every blob's bytes as they are staged
         self._guesses = guesses or {}
         self.hashed_only: dict[str, int] = {}  # digest -> size: members hashed, not stored
         self.part_size = part_size
@@ -242,7 +265,7 @@ class BundleWriter:
             st = os.stat(name, dir_fd=out_fd, follow_symlinks=False)
             if name == STAGING_DIR:
                 why = _not_private(st, stat.S_ISDIR)  # nobody else may have written what is resumed
-            elif name in (PARTS_DIR, SIGNATURES_DIR, INSTALLER_DIR) or _is_volume_dir(name):
+            elif name in (PARTS_DIR, SIGNATURES_DIR, INSTALLER_DIR, SBOM_DIR) or _is_volume_dir(name):
                 why = _not_private(st, stat.S_ISDIR) if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() else ""
                 why = why or ("" if stat.S_ISDIR(st.st_mode) else "not a directory")
             elif _is_volume_listing(name) or name == MANIFEST_NAME:
@@ -393,11 +416,26 @@ class BundleWriter:
     def store_stream(self, size: int, reader: EntryReader, name: str, *, guess: bool = True) -> StoredBlob:
         """Stage ``size`` bytes from ``reader`` as parts (reusing those an interrupted pack staged for ``name``).
         ``guess``: a member with the size and first MiB of a base layer is only hashed (see the class)."""
+        tap = self._tap.open(name, size) if self._tap is not None else None
+        try:
+            stored = self._store_stream(size, reader, name, guess, tap)
+        except BaseException:
+            if tap is not None:
+                tap.close(None)
+            raise
+        if tap is not None:
+            tap.close(stored.digest)
+        return stored
+
+    def _store_stream(self, size: int, reader: EntryReader, name: str, guess: bool, tap: TapStream | None) -> StoredBlob:
+        """:meth:`store_stream`, each block lent to ``tap`` before it is compressed."""
         first = b""
         if guess and size in self._guesses:
             first = read_exact(reader, min(size, GUESS_HEAD))
+            if tap is not None:
+                tap.feed(first)
             if hashlib.sha256(first).hexdigest() in self._guesses[size]:
-                return self._hash_only(size, reader, first)
+                return self._hash_only(size, reader, first, tap)
         stem = self._stem(name, size)
         if stem in self._stems_used:  # the same member twice in one run: a name of its own, no resume
             self._counter += 1
@@ -412,7 +450,10 @@ class BundleWriter:
             if first:
                 writer.write(first)
             while reader.remaining:
-                writer.write(reader.read(min(COPY_BLOCK, reader.remaining)))
+                data = reader.read(min(COPY_BLOCK, reader.remaining))
+                if tap is not None:
+                    tap.feed(data)
+                writer.write(data)
             staged = writer.finish()
         except OSError as e:
             writer.abort()
@@ -424,7 +465,7 @@ class BundleWriter:
             self.reused_parts += writer.reused
         return self._keep(staged)
 
-    def _hash_only(self, size: int, reader: EntryReader, first: bytes) -> StoredBlob:
+    def _hash_only(self, size: int, reader: EntryReader, first: bytes, tap: TapStream | None = None) -> StoredBlob:
         """Hash the rest of a guessed base layer without storing it, remembering it in :attr:`hashed_only`."""
         sha = hashlib.sha256(first)
         head = first[:16]
@@ -433,6 +474,8 @@ class BundleWriter:
             data = reader.read(min(COPY_BLOCK, reader.remaining))
             if len(head) < 16:
                 head += data[: 16 - len(head)]
+            if tap is not None:
+                tap.feed(data)
             sha.update(data)
             self._transfer.moved(len(data))
         digest = "sha256:" + sha.hexdigest()
@@ -453,6 +496,10 @@ class BundleWriter:
         except OSError as e:
             writer.abort()
             raise fsutil.io_error(e, f"parts in {self.out_dir}") from e
+        if self._tap is not None:  # a small layer held in memory goes past the inventory whole
+            tap = self._tap.open("", len(data))
+            tap.feed(data)
+            tap.close(staged.digest)
         return self._keep(staged)
 
     def _keep(self, staged: StagedBlob) -> StoredBlob:
@@ -534,7 +581,7 @@ class BundleWriter:
                         for name in names:
                             os.replace(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
                         os.fsync(dst_fd)
-            for leftover in (PARTS_DIR, INSTALLER_DIR):
+            for leftover in (PARTS_DIR, INSTALLER_DIR, SBOM_DIR):
                 shutil.rmtree(self.out_dir / leftover, ignore_errors=True)
             home = (manifest.volumes[0].name,)
         with self._dir(*home, SIGNATURES_DIR) as sig_fd:

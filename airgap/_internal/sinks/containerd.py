@@ -42,7 +42,7 @@ from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import threaded
 from airgap.errors import ConflictError, EnvironmentProblem, UsageError
 from airgap.model import oci
-from airgap.model.manifest import Image, Platform
+from airgap.model.manifest import Image, Platform, image_name
 from airgap.model.mediatypes import INDEX_TYPES, MT_OCI_MANIFEST
 from airgap.progress import Transfer
 
@@ -101,20 +101,12 @@ class ContainerdAddress:
 
 
 def kubelet_name(ref: str) -> str:
-    """``ref`` (REPOSITORY:TAG) as the kubelet asks containerd for it: the Docker reference normalization.
+    """``ref`` (REPOSITORY:TAG) as the kubelet asks containerd for it: the Docker reference normalization
+    (:meth:`~airgap.model.reference.Reference.normalized`).
 
     ``busybox:1`` is ``docker.io/library/busybox:1``, ``team/app:1`` ``docker.io/team/app:1``; a first
     component with a dot, a port or upper case, or ``localhost``, is a registry host and stays."""
-    first, slash, rest = ref.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
-        domain, path = first, rest
-    else:
-        domain, path = "docker.io", ref
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in path:
-        path = f"library/{path}"
-    return f"{domain}/{path}"
+    return image_name(ref).normalized()
 
 
 def host_platform() -> Platform:
@@ -230,8 +222,9 @@ class Ctr:
             raise self.fail(f"reading {digest[:19]} failed", "its content does not match its digest")
         return out
 
-    def check(self, names: Iterable[str]) -> dict[str, bool]:
-        """name -> whether ``ctr images check`` finds the image's content complete and unpacked."""
+    def check(self, names: Iterable[str]) -> dict[str, tuple[bool, bool]]:
+        """name -> whether ``ctr images check`` finds the image's content (complete, unpacked); an image
+        without layers is never unpacked."""
         wanted = set(names)
         if not wanted:
             return {}
@@ -242,7 +235,7 @@ class Ctr:
         for line in out.decode("utf-8", "replace").splitlines()[1:]:
             fields = line.split()
             if len(fields) >= 6 and fields[0] in wanted:
-                found[fields[0]] = fields[3] == "complete" and fields[-1] == "true"
+                found[fields[0]] = (fields[3] == "complete", fields[-1] == "true")
         return found
 
     def content_root(self) -> Path | None:
@@ -418,7 +411,7 @@ class ContainerdSink:
                     continue
                 media_type, digest = found
                 held = image.image_id if digest == manifest else self._config_of(media_type, digest, image.platform)
-                if held == image.image_id and ready.get(name):
+                if held == image.image_id and _usable(ready.get(name), image):
                     continue
                 if held not in (None, image.image_id) and not self._replace:
                     raise ConflictError(
@@ -476,7 +469,7 @@ class ContainerdSink:
                 found = current.get(name)
                 if found is None or found[1] != manifest:
                     raise self.ctr.fail("after the import", f"{name} does not name the manifest sent ({manifest[:19]})")
-                if not ready.get(name):
+                if not _usable(ready.get(name), image):
                     raise self.ctr.fail(
                         "after the import", f"'ctr images check' does not find {name} complete and unpacked"
                     ).with_hint("free space in containerd's root, then install again")
@@ -487,3 +480,8 @@ class ContainerdSink:
 def _manifest_digest(image: Image) -> str:
     """The digest of the manifest the import stream sends for ``image``."""
     return oci.digest_of(oci.image_manifest(image, oci=True)[0])
+
+
+def _usable(state: tuple[bool, bool] | None, image: Image) -> bool:
+    """What ``ctr images check`` said is an image the kubelet can run: complete, and unpacked if it has layers."""
+    return state is not None and state[0] and (state[1] or not image.layers)

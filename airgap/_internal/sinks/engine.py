@@ -5,26 +5,85 @@ The load stream is a docker-save archive built on the fly, ``manifest.json`` las
 while it streams, and if one fails the upload is cut off before ``manifest.json`` is sent, so the engine,
 which unpacks the whole upload before registering anything, loads nothing.  Layers the engine holds are
 left out; a delta's base layers the engine holds under another chain come from its own export.
+
+Which layer compressions an engine reads is asked of the engine itself, not assumed from a version
+number (Docker reads zstd from 23.0 on, Podman always; distributions patch, and other engines speak the
+same API): a tiny untagged image with one layer so compressed is loaded and removed again
+(:func:`engine_reads`), once per compression and connection, and only when a layer the engine lacks is
+compressed so.  A compression it cannot read is decompressed on the way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gzip
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from types import TracebackType
 
+import zstandard
+
 from airgap._internal.clients.docker import EngineClient
 from airgap._internal.format.cache import VerifiedCache
+from airgap._internal.format.origins import Origin, Rebuilt, Stored, decompress_layers, to_decompress
 from airgap._internal.format.reader import LoadedBundle
-from airgap._internal.sinks.archives import save_stream
+from airgap._internal.sinks.archives import one_image_per_name, save_stream
 from airgap._internal.sinks.base import InstalledImage, Plan, make_plan, plan_total, select_images
 from airgap._internal.sinks.engine_layers import ExportPlan, exported_layers, held_layers, plan_exports
 from airgap._internal.sinks.engine_pull import pull_from_loopback
-from airgap._internal.util import fsutil
+from airgap._internal.util import fsutil, tarstream
 from airgap._internal.util.pipeline import threaded
 from airgap.errors import ConflictError, DockerError, UsageError
 from airgap.model.manifest import Image, Platform
+from airgap.model.oci import compression_of
 from airgap.progress import Transfer
+
+_COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": lambda data: gzip.compress(data, mtime=0),
+    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+def engine_reads(engine: EngineClient, compression: str) -> bool:
+    """Whether the engine's image load reads layers compressed with ``compression`` ("gzip" or "zstd").
+
+    A tiny untagged image whose one layer is so compressed is loaded, looked for and removed again (a few
+    hundred bytes).  Its layer holds a random token, so it is one no engine holds: a load that skipped the
+    layer would prove nothing.  A load the engine refuses means it cannot read the compression, once the
+    engine is seen to answer still (an engine that went away is reported as such)."""
+    token = secrets.token_hex(16).encode()
+    layer_tar = tarstream.header("airgap-probe", len(token)) + token + tarstream.padding(len(token)) + tarstream.END_OF_ARCHIVE
+    diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
+    layer = _COMPRESS[compression](layer_tar)
+    platform = engine.platform()
+    config = json.dumps(
+        {
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created_by": f"airgap: does the engine read {compression} layers?"}],
+        },
+        sort_keys=True,
+    ).encode()
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    layer_name = hashlib.sha256(layer).hexdigest() + "/layer.tar"
+    index = json.dumps([{"Config": f"{image_id[7:]}.json", "RepoTags": None, "Layers": [layer_name]}]).encode()
+    upload = b"".join(
+        tarstream.header(name, len(data)) + data + tarstream.padding(len(data))
+        for name, data in ((layer_name, layer), (f"{image_id[7:]}.json", config), ("manifest.json", index))
+    )
+    try:
+        engine.load(iter([upload + tarstream.END_OF_ARCHIVE]))
+    except DockerError:
+        engine.platform()  # raises DockerError itself if the engine no longer answers
+        return False
+    try:
+        return engine.inspect(image_id) is not None
+    finally:
+        engine.untag(image_id)  # the probe image goes again
 
 
 class EngineSink:
@@ -48,6 +107,7 @@ class EngineSink:
         self._engine: EngineClient | None = None
         self._exports = ExportPlan()
         self._stack = ExitStack()
+        self._reads: dict[str, bool] = {}  # compression -> whether this engine reads it (asked once per connection)
 
     @property
     def engine(self) -> EngineClient:
@@ -65,9 +125,25 @@ class EngineSink:
         self._stack.close()
 
     def choose(self, images: tuple[Image, ...]) -> list[Image]:
-        """The images for the engine's platform, or for --platform."""
+        """The images for the engine's platform, or for --platform; no name may be left on two of them (two
+        variants of one architecture)."""
         wanted = Platform.parse(self._platform) if self._platform else self.engine.platform()
-        return select_images(images, wanted, self._platform is not None, self._note)
+        chosen = select_images(images, wanted, self._platform is not None, self._note)
+        one_image_per_name(chosen, "the engine")
+        return chosen
+
+    def unreadable(self, images: list[Image], origins: Mapping[str, Origin]) -> set[str]:
+        """The compressions of layers the engine will read from the bundle that it cannot read (asked of the
+        engine, once per compression and connection)."""
+        needed = {
+            c
+            for image in images
+            for layer in image.layers
+            if (c := compression_of(layer.media_type)) is not None and isinstance(origins[layer.digest], (Stored, Rebuilt))
+        }
+        for compression in sorted(needed - set(self._reads)):
+            self._reads[compression] = engine_reads(self.engine, compression)
+        return {c for c in needed if not self._reads[c]}
 
     def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
         """Never move a tag silently: a tag naming another image is refused unless --replace."""
@@ -105,7 +181,23 @@ class EngineSink:
         exports = plan_exports(engine, bundle, images, held) if loading else ExportPlan()
         self._exports = exports
         first = exports.images[0] if exports.images else ""
-        origins = make_plan(bundle, images, allow_unexpected, held, dict.fromkeys(exports.layers, first), exports.rebuild_from)
+        origins: dict[str, Origin] = make_plan(
+            bundle, images, allow_unexpected, held, dict.fromkeys(exports.layers, first), exports.rebuild_from
+        )
+        unreadable = self.unreadable(images, origins)
+        if unreadable and not loading:
+            raise UsageError(
+                f"the engine cannot read {'/'.join(sorted(unreadable))}-compressed layers, and with --via registry it "
+                "would pull them as they are",
+                hint="use the default, --via load: such layers are decompressed on the way",
+            )
+        if unreadable:
+            count = len(to_decompress(images, origins, unreadable))
+            self._note(
+                f"{count} {'/'.join(sorted(unreadable))} layer(s) will be decompressed on the way: the engine cannot read "
+                "them; each is read once first, to learn its size and check it against its diff_id"
+            )
+            origins = decompress_layers(images, origins, unreadable)
         if held:
             self._note(f"{len(held)} layer(s) already in the engine: not read from the bundle")
         if exports.rebuild_from:

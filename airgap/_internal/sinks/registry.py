@@ -5,6 +5,11 @@ ends.  Tags are checked for every repository before any blob is sent, so a confl
 A blob one repository of the push already holds is mounted into the next (a refused mount falls back to an
 upload); manifests go up by digest before a tag names them, so a tag never moves to a manifest the registry
 stored under another digest.  Progress counts every blob once, against the plan's total of distinct blobs.
+
+Each name goes to ``PREFIX/<its repository path>:<tag>``, the path as Docker normalizes the name (``busybox:1``
+is ``library/busybox`` on Docker Hub, which a registry mirror of docker.io serves); the name's registry host
+is left out, or kept as the first component below the prefix with --keep-host.  Two names that would land
+on one repository and tag while naming different images are refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -12,24 +17,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry
+from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, parse_host
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.origins import BASE_HINT, Held, Origin, iter_origin
 from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
 from airgap.errors import UsageError
 from airgap.model import oci
-from airgap.model.manifest import Image, Platform
+from airgap.model.manifest import Image, Platform, image_name
+from airgap.model.reference import host_as_component, valid_path
 from airgap.progress import Transfer
 
 
 def split_ref(ref: str) -> tuple[str, str]:
-    """'[host[:port]/]path:tag' -> (path without a registry host, tag)."""
-    name, _, tag = ref.rpartition(":")
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        name = rest
-    return name, tag
+    """A bundle's image name -> (its repository path without the registry host, its tag), as Docker normalizes
+    it: ``reg:5000/team/app:1`` -> ``team/app``, ``busybox:1`` -> ``library/busybox`` (Docker Hub's path)."""
+    name = image_name(ref)
+    return name.path, str(name.tag)
+
+
+def repository_for(ref: str, prefix: str, keep_host: bool) -> tuple[str, str]:
+    """Where a name goes below ``PREFIX``: (repository, tag).  With ``keep_host`` the name's registry host is the first
+    component below the prefix (``reg1:5000/team/app:1`` -> ``PREFIX/reg1_5000/team/app:1``)."""
+    name = image_name(ref)
+    parts = [prefix] if prefix else []
+    if keep_host:
+        parts.append(host_as_component(name.host))
+    return "/".join([*parts, name.path]), str(name.tag)
 
 
 class RegistrySink:
@@ -46,9 +60,17 @@ class RegistrySink:
         replace: bool = False,
         plain_http: bool = False,
         chunk_size: int = DEFAULT_CHUNK,
+        keep_host: bool = False,
     ) -> None:
         self.label = str(target)
-        self._host, _, self._prefix = target.value.partition("/")
+        host, _, self._prefix = target.value.partition("/")
+        self._host = parse_host(host, f"--to {self.label}")
+        if self._prefix and not valid_path(self._prefix):
+            raise UsageError(
+                f"--to {self.label}: {self._prefix[:120]!r} is not a repository path",
+                hint="lower-case letters and digits, joined by '.', '_', '-' and '/'",
+            )
+        self._keep_host = keep_host
         self._platform = platform
         self._replace = replace
         self._plain_http = plain_http
@@ -67,7 +89,23 @@ class RegistrySink:
         return select_images(images, Platform.parse(self._platform), True, self._note)
 
     def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
-        return None  # tags are checked against the registry at the start of the delivery
+        """Refuse two names that would land on one repository and tag below the prefix while naming different images
+        (``reg1:5000/team/app:1`` and ``reg2:5000/team/app:1`` both go to ``PREFIX/team/app:1`` unless --keep-host).
+        Tags are checked against the registry at the start of the delivery."""
+        sources: dict[tuple[str, str], dict[str, set[str]]] = {}  # target -> source name -> image IDs it names
+        for image in images:
+            for ref in image.ref_names:
+                target = repository_for(ref, self._prefix, self._keep_host)
+                sources.setdefault(target, {}).setdefault(image_name(ref).key, set()).add(image.image_id)
+        for (repo, tag), by_name in sources.items():
+            if len({frozenset(ids) for ids in by_name.values()}) > 1:
+                first, second = sorted(by_name)[:2]
+                raise UsageError(
+                    f"{first} and {second} are different images but would both be pushed as {self._host}/{repo}:{tag}",
+                    hint="pass --keep-host to keep each registry host in the path below the prefix "
+                    f"({self._host}/{repository_for(first, self._prefix, True)[0]}:{tag}), or install them to different prefixes",
+                )
+        return None
 
     def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
         # a delta's layers without --base: the registry may hold them already (checked blob by blob)
@@ -76,16 +114,16 @@ class RegistrySink:
         return Plan(origins, plan_total(origins))
 
     def _names(self, bundle: LoadedBundle, images: list[Image]) -> dict[tuple[str, str | None], list[Image]]:
-        """(repository, tag) -> images under that name; untagged images go to PREFIX/<bundle name> by digest."""
-        names: dict[tuple[str, str | None], list[Image]] = {}
+        """(repository, tag) -> images under that name, each once; untagged images go to PREFIX/<bundle name> by digest."""
+        names: dict[tuple[str, str | None], dict[str, Image]] = {}
         for image in images:
             if not image.ref_names:
                 repo = f"{self._prefix}/{bundle.manifest.name}".strip("/").lower()
-                names.setdefault((repo, None), []).append(image)
+                names.setdefault((repo, None), {})[image.image_id] = image
             for ref in image.ref_names:
-                path, name_tag = split_ref(ref)
-                names.setdefault((f"{self._prefix}/{path}" if self._prefix else path, name_tag), []).append(image)
-        return names
+                repo, tag = repository_for(ref, self._prefix, self._keep_host)
+                names.setdefault((repo, tag), {})[image.image_id] = image
+        return {target: list(group.values()) for target, group in names.items()}
 
     def deliver(
         self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache

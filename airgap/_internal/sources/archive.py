@@ -20,10 +20,12 @@ from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, S
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import Readable, iter_entries
 from airgap.errors import FormatError, UsageError
-from airgap.model.manifest import Descriptor, Image, Platform, valid_ref
+from airgap.model.manifest import Descriptor, Image, Platform, image_name, valid_ref
 from airgap.model.mediatypes import (
     MT_DOCKER_CONFIG,
     MT_DOCKER_LAYER,
+    MT_DOCKER_LAYER_GZIP,
+    MT_DOCKER_LAYER_ZSTD,
     MT_DOCKER_LIST,
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
@@ -247,13 +249,17 @@ def layer_media_type(head: bytes, oci: bool) -> str:
 
 
 def config_facts(config: Any, label: str) -> tuple[tuple[str, ...], Platform]:
-    """An image config's layer diff_ids and platform, checked (archives and registries alike)."""
+    """An image config's layer diff_ids (none for an image without layers) and platform, checked (archives and
+    registries alike)."""
     if not isinstance(config, dict):
         raise FormatError(f"{label}: image config is not a JSON object")
     rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(rootfs, dict):
+        raise FormatError(f"{label}: image config has no rootfs", hint="the image spec and Docker require one, if only {}")
+    # an image without layers (FROM scratch and metadata only) has none: Docker leaves diff_ids out, others write []
+    diff_ids = rootfs.get("diff_ids") or []
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise FormatError(f"{label}: image config has no rootfs.diff_ids")
+        raise FormatError(f"{label}: image config has a malformed rootfs.diff_ids")
     os_name = config.get("os") or "linux"
     arch = config.get("architecture") or "amd64"
     variant = config.get("variant") or None
@@ -397,12 +403,12 @@ def _oci_ref(annotations: Any, default_name: str | None) -> str | None:
         return None
     full = annotations.get("io.containerd.image.name")
     if isinstance(full, str) and valid_ref(_with_tag(full)):
-        return full
+        return image_name(_with_tag(full)).familiar()
     name = annotations.get("org.opencontainers.image.ref.name")
     if not isinstance(name, str) or not name:
         return None
     if "/" in name or ":" in name:
-        return name if valid_ref(_with_tag(name)) else None
+        return image_name(_with_tag(name)).familiar() if valid_ref(_with_tag(name)) else None
     if default_name and valid_ref(f"{default_name}:{name}"):
         return f"{default_name}:{name}"
     return None
@@ -414,7 +420,8 @@ def _with_tag(ref: str) -> str:
 
 
 _LAYER_TYPES: dict[str, str] = {
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": MT_OCI_LAYER_GZIP,
+    MT_DOCKER_LAYER_GZIP: MT_OCI_LAYER_GZIP,
+    MT_DOCKER_LAYER_ZSTD: MT_OCI_LAYER_ZSTD,  # containerd's and BuildKit's name for zstd with Docker media types
     MT_DOCKER_LAYER: MT_OCI_LAYER,
 }
 

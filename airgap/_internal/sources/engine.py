@@ -1,7 +1,9 @@
 """Image source: images in the Docker engine (DOCKER_HOST), named as ``docker images`` shows them.
 
 Every engine image of one pack comes out of one export call (``GET /images/get``, what ``docker save``
-does): the engine writes a docker-save archive, read like any other (``archive.py``).
+does): the engine writes a docker-save archive, read like any other (``archive.py``).  Images without
+layers (``FROM scratch`` and metadata only) come out of a call of their own: dockerd's export refuses
+them ("empty export"), Podman's does not, so a refusal is told apart from an engine that went away.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from airgap._internal.sources.archive import images_from_archive, read_archive
 from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, Source, SourceKind
 from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import PrefetchReader
-from airgap.errors import UsageError
+from airgap.errors import DockerError, UsageError
 from airgap.model.manifest import Image
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class EngineExport:
         ctx.stack.callback(self._engine.close)
         self._reporter: Reporter = ctx.reporter
         self._refs: list[str] = []
+        self._layerless: list[str] = []  # images without layers: exported on their own
         self._size = 0
 
     def add(self, source: EngineImage) -> None:
@@ -68,17 +71,18 @@ class EngineExport:
                 f"image {source.ref} is not in the Docker engine",
                 hint="check 'docker images', or name an archive with docker-archive:PATH",
             )
-        self._refs.append(source.ref)
+        rootfs = found.get("RootFS")  # {"Type": "layers"} alone for an image without layers
+        (self._layerless if isinstance(rootfs, dict) and not rootfs.get("Layers") else self._refs).append(source.ref)
         self._size += int(found.get("Size") or 0)
 
     def sources(self) -> list[ImageSource]:
         """This export, if an engine image was named."""
-        return [self] if self._refs else []
+        return [self] if self._refs or self._layerless else []
 
     @property
     def name(self) -> str:
         """The images' names."""
-        return ", ".join(self._refs)
+        return ", ".join(self._refs + self._layerless)
 
     def estimate(self) -> int:
         """The images' sizes as the engine reports them."""
@@ -94,8 +98,26 @@ class EngineExport:
         """Read the export into ``store``.  ``left_out`` is not known before a layer is read: the store's
         guesses leave out a delta's base layers."""
         self._reporter.note(f"exporting {self.name} from the Docker engine")
-        with self._engine.export(self._refs) as stream, PrefetchReader(stream) as ahead:
-            contents = read_archive(ahead, "Docker engine export", store)
+        images = []
+        if self._layerless:  # first: they are small, and an engine that refuses them fails the pack before any work
+            try:
+                images += self._export(self._layerless, "Docker engine export of images without layers", store)
+            except DockerError as e:
+                self._engine.platform()  # raises DockerError itself if the engine no longer answers
+                names = ", ".join(self._layerless)
+                raise DockerError(
+                    f"the Docker engine does not export {names}: an image without layers (dockerd's export refuses "
+                    f"them: {e.message.removeprefix('Docker engine: ')[:160]})",
+                    hint="push it to a registry (docker push) and pack it from there: oci://HOST/REPO:TAG",
+                ) from e
+        if self._refs:
+            images += self._export(self._refs, "Docker engine export", store)
+        return images
+
+    def _export(self, refs: list[str], label: str, store: BlobStore) -> list[Image]:
+        """One export call's images, read into ``store``."""
+        with self._engine.export(refs) as stream, PrefetchReader(stream) as ahead:
+            contents = read_archive(ahead, label, store)
             return images_from_archive(contents, store)
 
 

@@ -36,7 +36,10 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Temp file in the destination directory, fsync, rename over the target."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a missing or read-only directory: the user's problem, named, not a bug
+        raise io_error(e, str(path)) from e
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
