@@ -297,14 +297,14 @@ def test_token_taken_away_mid_sign_is_an_environment_error(
 
     t = hsm.init_token("airgap-removable")
     keys.generate_on_token(tmp_path / "removable", _key(hsm, t.uri("k")))
-    check_parts = getattr(airgap.sign, "check_parts")  # noqa: B009  # the name sign.py imported
+    check = getattr(airgap.sign, "_check")  # noqa: B009  # sign's hashing of the parts, before it signs
 
     def then_remove(*args: Any, **kwargs: Any) -> Any:
-        results = check_parts(*args, **kwargs)
+        results = check(*args, **kwargs)
         hsm.remove(t)
         return results
 
-    monkeypatch.setattr(airgap.sign, "check_parts", then_remove)
+    monkeypatch.setattr(airgap.sign, "_check", then_remove)
     r = _sign(cli, bundle, keypair, t.uri("k"), "--pkcs11-module", hsm.module, "--pin-env", PIN_ENV)
     assert r.code == ExitCode.ENVIRONMENT
     line = _one_error_line(r.err)
