@@ -46,6 +46,7 @@ from airgap._version import __version__
 from airgap.errors import Error, FormatError, IntegrityError, TrustError, UsageError
 from airgap.model.manifest import (
     SBOM_DIR,
+    SBOM_MODES,
     BundleFile,
     Compression,
     Image,
@@ -76,7 +77,6 @@ __all__ = [
 
 DEFAULT_PART_SIZE = 1 << 30
 DEFAULT_LEVEL = 3
-SBOM_MODES = ("off", "on", "require")  # --sbom: no inventory; one with its warnings noted; one without warnings or no bundle
 NOTED_WARNINGS = 10  # inventory warnings shown per image; all are in its SBOM
 
 

@@ -17,23 +17,19 @@ from typing import Any, NoReturn
 import click
 from click import shell_completion
 
-from airgap import receipt as receipts
 from airgap._cli import discs, examples, render
 from airgap._cli import options as opt
 from airgap._cli.reporters import Tracker, choose
 from airgap._version import __version__
-from airgap.diff import diff
 from airgap.errors import UsageError
-from airgap.inspect import inspect
-from airgap.install import InstallOptions, install
-from airgap.pack import SBOM_MODES, PackOptions, pack, parse_source
+from airgap.model.manifest import SBOM_MODES
 from airgap.progress import Reporter
-from airgap.publish import publish, pull
-from airgap.sign import SignOptions, sign
 from airgap.trust import keys
 from airgap.trust.rollback import InstallState
 from airgap.trust.rollback import default_path as default_state_path
-from airgap.verify import PartsFailed, VerifyOptions, verify, verify_with_receipt
+
+# Each command imports its core module when it runs (and click reads the core's defaults when it needs
+# them, see options.CoreDefault): starting airgap, or running one command, never loads the others.
 
 
 def _reporter(ctx: click.Context) -> Reporter:
@@ -130,7 +126,7 @@ def keygen_command(
 @opt.key_option()
 @opt.passphrase_env_option()
 @opt.token_options()
-@opt.part_size_option(opt.core_default(PackOptions, "part_size", int))
+@opt.part_size_option("airgap.pack:PackOptions")
 @click.option(
     "--media-dir-size",
     metavar="SIZE",
@@ -139,7 +135,8 @@ def keygen_command(
 )
 @click.option(
     "--level",
-    default=opt.core_default(PackOptions, "level", int),
+    cls=opt.CoreOption,
+    default=opt.core_default("airgap.pack:PackOptions", "level", int),
     show_default=True,
     type=int,
     help="zstd level, 1-19 (up to 22 with more memory)",
@@ -176,7 +173,8 @@ def keygen_command(
 @click.option(
     "--sbom",
     type=click.Choice(SBOM_MODES),
-    default=opt.core_default(PackOptions, "sbom", str),
+    cls=opt.CoreOption,
+    default=opt.core_default("airgap.pack:PackOptions", "sbom", str),
     show_default=True,
     help="a signed CycloneDX inventory of each image (packages, GGUF models); 'require': refuse an incomplete one",
 )
@@ -212,6 +210,8 @@ def pack_command(
     Each IMAGE is a name in the Docker engine (DOCKER_HOST), docker-archive:PATH, oci-archive:PATH[:REPO],
     or an image in a registry, oci://HOST[:PORT]/REPO:TAG (no Docker engine needed).
     """
+    from airgap.pack import PackOptions, pack, parse_source
+
     options = PackOptions(
         sources=tuple(parse_source(s) for s in images),
         out_dir=out_dir,
@@ -240,10 +240,10 @@ def pack_command(
 @opt.key_option()
 @opt.passphrase_env_option()
 @opt.token_options()
-@opt.trust_options(SignOptions)
+@opt.trust_options("airgap.sign:SignOptions")
 @opt.one_drive_options()
 @click.option("--allow-expired", is_flag=True, help="sign a bundle past its expiry date")
-@opt.jobs_option(SignOptions)
+@opt.jobs_option("airgap.sign:SignOptions")
 @opt.json_option()
 @opt.progress_options()
 @click.pass_context
@@ -265,6 +265,8 @@ def sign_command(
     """Add a signature to an existing bundle: its signatures are checked against --trust and every part is
     hashed first (or known from 'airgap verify' on this host), so a signer never vouches for a bundle changed
     since it was signed."""
+    from airgap.sign import SignOptions, sign
+
     inv = ctx.ensure_object(render.Invocation)
     with discs.changer(one_drive, media_command, inv.command, inv.progress_mode() == "json") as changer:
         options = SignOptions(
@@ -282,10 +284,10 @@ def sign_command(
 
 @cli.command(name="verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@opt.trust_options(VerifyOptions)
+@opt.trust_options("airgap.verify:VerifyOptions")
 @opt.volume_option()
 @opt.one_drive_options()
-@opt.jobs_option(VerifyOptions)
+@opt.jobs_option("airgap.verify:VerifyOptions")
 @click.option("--allow-expired", is_flag=True, help="accept a bundle past its expiry date (reported as expired)")
 @click.option("--allow-unexpected", is_flag=True, help="only warn about files the manifest does not list")
 @click.option("--receipt", "receipt", type=opt.OUTPUT_FILE, help="write a JSON record of every check and its outcome")
@@ -317,6 +319,9 @@ def verify_command(
 ) -> render.Output:
     """Check a bundle's signature and every part (or one volume's, as discs are burned or arrive), without
     installing anything."""
+    from airgap import receipt as receipts
+    from airgap.verify import PartsFailed, VerifyOptions, verify, verify_with_receipt
+
     if receipt_key is not None and receipt is None:
         raise UsageError("--receipt-key needs --receipt FILE")
     inv = ctx.ensure_object(render.Invocation)
@@ -356,12 +361,14 @@ def verify_command(
 def inspect_command(bundle: Path, sbom: bool, trust: tuple[Path, ...]) -> render.Output:
     """Show what a bundle holds (reads the manifest only; with --sbom, the images' SBOMs too, checked against
     the manifest, and with --trust after the signature check)."""
+    from airgap.inspect import inspect
+
     return render.inspect_result(inspect(bundle, sbom, opt.trusted_keys(trust) if trust else ()))
 
 
 @cli.command(name="install")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@opt.trust_options(InstallOptions)
+@opt.trust_options("airgap.install:InstallOptions")
 @opt.one_drive_options()
 @click.option(
     "--to",
@@ -371,7 +378,7 @@ def inspect_command(bundle: Path, sbom: bool, trust: tuple[Path, ...]) -> render
     "oci-archive:PATH (default: the Docker engine, or Podman's service, at DOCKER_HOST)",
 )
 @opt.plain_http_option(help="talk plain HTTP to a registry target (loopback registries always do)")
-@opt.chunk_size_option(opt.core_default(InstallOptions, "chunk_size", int), help="largest single upload request to a registry")
+@opt.chunk_size_option("airgap.install:InstallOptions", "chunk_size", help="largest single upload request to a registry")
 @click.option(
     "--keep-host",
     is_flag=True,
@@ -386,7 +393,8 @@ def inspect_command(bundle: Path, sbom: bool, trust: tuple[Path, ...]) -> render
 @click.option(
     "--via",
     type=click.Choice(["load", "registry"]),
-    default=opt.core_default(InstallOptions, "via", str),
+    cls=opt.CoreOption,
+    default=opt.core_default("airgap.install:InstallOptions", "via", str),
     show_default=True,
     help="Docker engine: stream an image upload (load), or serve the bundle on 127.0.0.1 for the engine to pull",
 )
@@ -427,6 +435,8 @@ def install_command(
 ) -> render.Output:
     """Verify a bundle and load its images into the Docker engine or Podman (DOCKER_HOST), or import them
     into containerd, push them into a registry, or write them as an image archive (--to)."""
+    from airgap.install import InstallOptions, install
+
     inv = ctx.ensure_object(render.Invocation)
     with discs.changer(one_drive, media_command, inv.command, inv.progress_mode() == "json") as changer:
         options = InstallOptions(
@@ -455,7 +465,7 @@ def install_command(
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("target", metavar="oci://HOST[:PORT]/REPO:TAG")
 @opt.plain_http_option(help="talk plain HTTP (loopback registries always do)")
-@opt.chunk_size_option(opt.core_default(publish, "chunk", int), help="largest single upload request")
+@opt.chunk_size_option("airgap.publish:publish", "chunk", help="largest single upload request")
 @click.option("--replace", is_flag=True, help="move the tag if it names another artifact")
 @opt.json_option()
 @opt.progress_options()
@@ -464,6 +474,8 @@ def publish_command(
     ctx: click.Context, bundle: Path, target: str, plain_http: bool, chunk_size: int, replace: bool
 ) -> render.Output:
     """Upload a bundle to an OCI registry as an artifact (credentials: docker login, or $AIRGAP_REGISTRY_USER/_PASSWORD)."""
+    from airgap.publish import publish
+
     return render.publish_result(publish(bundle, target, plain_http, replace, chunk_size, _reporter(ctx)))
 
 
@@ -477,6 +489,8 @@ def publish_command(
 @click.pass_context
 def pull_command(ctx: click.Context, source: str, out_dir: Path, plain_http: bool, overwrite: bool) -> render.Output:
     """Download a published bundle; an interrupted pull resumes when run again.  Then run 'airgap verify'."""
+    from airgap.publish import pull
+
     return render.pull_result(pull(source, out_dir, plain_http, overwrite, _reporter(ctx)))
 
 
@@ -486,6 +500,8 @@ def pull_command(ctx: click.Context, source: str, out_dir: Path, plain_http: boo
 @opt.json_option(help="print the differences as JSON")
 def diff_command(a: Path, b: Path) -> render.Output:
     """Show which images, layers and bytes differ between bundles A and B (their directories or manifest.json)."""
+    from airgap.diff import diff
+
     return render.diff_result(diff(a, b))
 
 

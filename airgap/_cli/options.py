@@ -7,6 +7,7 @@ before any work starts; passphrases are read from the environment or a terminal 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import sys
@@ -31,12 +32,38 @@ T = TypeVar("T")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def core_default(owner: Callable[..., object], name: str, kind: type[T]) -> T:
-    """The default the core declares for ``name``: a field of an options dataclass or a function's parameter."""
-    default = inspect.signature(owner).parameters[name].default
-    if not isinstance(default, kind):
-        raise TypeError(f"{owner.__qualname__}.{name} declares no {kind.__name__} default")
-    return default
+class CoreDefault:
+    """The default the core declares for ``name`` (a field of an options dataclass, or a function's parameter),
+    read when a command needs it: naming the owner as ``"module:attr"`` keeps the module unimported until then,
+    so ``airgap --version`` or one command never loads the others.  ``show`` turns it into the option's text."""
+
+    def __init__(self, owner: str, name: str, kind: type, show: Callable[[Any], Any] | None = None) -> None:
+        self.owner, self.name, self.kind, self.show = owner, name, kind, show
+
+    def resolve(self) -> Any:
+        """Import the owner's module and read the default."""
+        module, _, attr = self.owner.partition(":")
+        owner = getattr(importlib.import_module(module), attr)
+        default = inspect.signature(owner).parameters[self.name].default
+        if not isinstance(default, self.kind):
+            raise TypeError(f"{self.owner}.{self.name} declares no {self.kind.__name__} default")
+        return self.show(default) if self.show is not None else default
+
+
+class CoreOption(click.Option):
+    """An option whose default is a :class:`CoreDefault`, resolved when parsing or showing help needs it."""
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        """The core's default, read now; other defaults as click reads them."""
+        if isinstance(self.default, CoreDefault):
+            return self.default.resolve()
+        return super().get_default(ctx, call)
+
+
+def core_default(owner: str, name: str, kind: type, show: Callable[[Any], Any] | None = None) -> CoreDefault:
+    """The default ``owner`` (``"airgap.pack:PackOptions"``) declares for ``name``, read when needed; pass it to an
+    option made with ``cls=CoreOption``."""
+    return CoreDefault(owner, name, kind, show)
 
 
 _IEC = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
@@ -75,14 +102,16 @@ OPTIONAL_MEDIA_SIZE = SizeType(parse_media_size, empty_is_unset=True)  # --media
 PART_SIZE_HELP = "largest part file, e.g. 4GiB, 700MB, or a medium: fat32 (4GiB-1), dvd, dvd-dl, bd25, bd50"
 
 
-def part_size_option(default: int) -> Decorator:
-    """``--part-size``, read with the medium-aware size type; ``default`` comes from the core."""
-    return click.option("--part-size", type=MEDIA_SIZE, default=size_text(default), show_default=True, help=PART_SIZE_HELP)
+def part_size_option(owner: str) -> Decorator:
+    """``--part-size``, read with the medium-aware size type; the default is ``owner``'s ``part_size``."""
+    default = core_default(owner, "part_size", int, size_text)
+    return click.option("--part-size", cls=CoreOption, type=MEDIA_SIZE, default=default, show_default=True, help=PART_SIZE_HELP)
 
 
-def chunk_size_option(default: int, help: str) -> Decorator:
-    """``--chunk-size``: the largest single upload request; ``default`` comes from the core."""
-    return click.option("--chunk-size", type=SIZE, default=size_text(default), show_default=True, help=help)
+def chunk_size_option(owner: str, name: str, help: str) -> Decorator:
+    """``--chunk-size``: the largest single upload request; the default is ``owner``'s ``name``."""
+    default = core_default(owner, name, int, size_text)
+    return click.option("--chunk-size", cls=CoreOption, type=SIZE, default=default, show_default=True, help=help)
 
 
 def key_option() -> Decorator:
@@ -229,10 +258,11 @@ def trust_option(required: bool, help: str) -> Decorator:
     return click.option("--trust", "trust", multiple=True, required=required, type=click.Path(path_type=Path), help=help)
 
 
-def threshold_option(owner: Callable[..., object]) -> Decorator:
+def threshold_option(owner: str) -> Decorator:
     """``--threshold``: at least 1, rejected by click before any work; the default is ``owner``'s."""
     return click.option(
         "--threshold",
+        cls=CoreOption,
         default=core_default(owner, "threshold", int),
         show_default=True,
         type=click.IntRange(min=1),
@@ -240,10 +270,11 @@ def threshold_option(owner: Callable[..., object]) -> Decorator:
     )
 
 
-def jobs_option(owner: Callable[..., object]) -> Decorator:
+def jobs_option(owner: str) -> Decorator:
     """``--jobs``: parts hashed at once, at least 1; the default (the CPU count) is ``owner``'s."""
     return click.option(
         "--jobs",
+        cls=CoreOption,
         default=core_default(owner, "jobs", int),
         show_default=True,
         type=click.IntRange(min=1),
@@ -305,7 +336,7 @@ def volume_option() -> Decorator:
     )
 
 
-def trust_options(owner: Callable[..., object]) -> Decorator:
+def trust_options(owner: str) -> Decorator:
     """``--trust``, ``--threshold`` and ``--from``, as sign, verify and install take them."""
     trust = trust_option(required=True, help="trusted public key (.pub) or a directory of them; repeatable")
 

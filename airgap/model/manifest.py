@@ -347,6 +347,7 @@ _FILE_PATH_RE = re.compile(rf"^(?:{FILE_PATH_PATTERN})$")
 _VOLUME_RE = re.compile(r"^vol-[0-9]{2,3}$")
 INSTALLER_DIR = "installer"
 SBOM_DIR = "sbom"  # each image's CycloneDX SBOM: sbom/<image-id>.cdx.json
+SBOM_MODES = ("off", "on", "require")  # pack --sbom: no inventory; one with its warnings noted; one without warnings or no bundle
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,7 @@ def test_internal_error_is_an_error_object(cli: Cli, monkeypatch: pytest.MonkeyP
         raise RuntimeError("surprise")
 
     monkeypatch.delenv("AIRGAP_DEBUG", raising=False)
-    monkeypatch.setattr(cli_main, "inspect", boom)
+    monkeypatch.setattr(importlib.import_module("airgap.inspect"), "inspect", boom)  # the command imports it when it runs
     error = failed(cli, ExitCode.INTERNAL, "inspect", str(packed))
     assert error["message"] == "internal error: RuntimeError: surprise" and "AIRGAP_DEBUG=1" in error["hint"]
 
@@ -287,7 +287,7 @@ def test_interrupted_verify_says_how_far_it_got_and_how_to_go_on(
         reporter.advance(40)
         raise raised
 
-    monkeypatch.setattr(cli_main, "verify", interrupted)
+    monkeypatch.setattr(importlib.import_module("airgap.verify"), "verify", interrupted)
     r, obj = run_json(cli, "verify", str(packed), "--trust", str(keypair[1]))
     assert r.code == code
     error = obj["error"]
@@ -435,7 +435,7 @@ def waiting(*args, **kwargs):
         if sys.argv[1] == "prompt":
             raise click.Abort from None
         raise
-m.inspect = waiting
+importlib.import_module("airgap.inspect").inspect = waiting  # the command imports it when it runs
 raise SystemExit(m.main(["inspect", "x", "--json"]))
 """
 
