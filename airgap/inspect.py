@@ -93,6 +93,12 @@ class Inspection:
             kinds[image.config.digest] = "config"
             for layer in image.layers:
                 kinds[layer.digest] = "layer " + layer.media_type.rsplit(".", 1)[-1]
+            if image.manifest is not None:
+                kinds[image.manifest.digest] = "manifest as its registry served it (a registry target keeps its digest)"
+        for index in m.indexes:
+            for extra in index.extras:
+                kinds.setdefault(extra.digest, f"listed by index {index.index.digest[7:19]} ({extra.media_type})")
+            kinds[index.index.digest] = f"index of {', '.join(index.ref_names) or '(by digest)'} as its registry served it"
         for r in m.rebuilds:
             kinds[r.recipe] = f"recipe for layer {r.layer[7:19]} (from {r.source[7:19]} of the base)"
         for blob in m.blobs:

@@ -25,7 +25,7 @@ from airgap._internal.clients.docker import Engine, EngineClient
 from airgap._internal.delta import rebuild
 from airgap._internal.format import wheelhouse
 from airgap._internal.format.installer import installer_files
-from airgap._internal.format.media import listing, listing_name, plan_volumes, volume_name
+from airgap._internal.format.media import LISTING_RESERVE, listing, listing_name, plan_volumes, volume_name
 from airgap._internal.format.origins import iter_blob
 from airgap._internal.format.parts import MIN_PART_SIZE, make_compressor
 from airgap._internal.format.reader import (
@@ -49,10 +49,12 @@ from airgap.model.manifest import (
     SBOM_MODES,
     BundleFile,
     Compression,
+    Descriptor,
     Image,
     Manifest,
     Part,
     Rebuild,
+    SourceIndex,
     Volume,
     format_time,
     parse_time,
@@ -108,12 +110,26 @@ class PackOptions:
     sbom: str = "on"  # one of SBOM_MODES: a signed CycloneDX inventory of each image (sbom/<image-id>.cdx.json)
 
     def __post_init__(self) -> None:
-        """The one check of the part size (the parts' writer relies on it), of --platform and of --sbom."""
+        """The one check of the part size (the parts' writer relies on it), of --platform and of --sbom; and
+        that the options agree with each other, so that no pack exports a whole image to fail on them."""
         if self.part_size < MIN_PART_SIZE:
             raise UsageError(f"part size {self.part_size} is too small", hint=f"use at least {MIN_PART_SIZE} bytes")
         parse_platforms(self.platform)
         if self.sbom not in SBOM_MODES:
             raise UsageError(f"--sbom {self.sbom!r} is not one of {', '.join(SBOM_MODES)}")
+        if self.media_dir_size is not None and self.media_dir_size < self.part_size + LISTING_RESERVE:
+            raise UsageError(
+                f"--part-size {fsutil.human_bytes(self.part_size)} does not fit on a medium of --media-dir-size "
+                f"{fsutil.human_bytes(self.media_dir_size)} (each volume keeps {fsutil.human_bytes(LISTING_RESERVE)} "
+                "for its listing)",
+                hint="choose a --part-size well below --media-dir-size, or a larger medium",
+            )
+        if self.trusted and self.since is None:
+            raise UsageError("--trust is for --since", hint="it names keys that may have signed the older bundle")
+        if self.wheelhouse is not None:
+            if not self.wheelhouse.is_dir():
+                raise UsageError(f"--wheelhouse {self.wheelhouse} is not a directory", hint="build one with 'make wheelhouse'")
+            wheelhouse.wheels(self.wheelhouse)  # one without an airgap wheel fails now, not after the export
 
 
 @dataclass(frozen=True)
@@ -211,8 +227,10 @@ def _pack(run: _Run) -> PackResult:
     writer = _open_writer(run, base, transfer, tap)
     try:
         images = _stream_sources(run, writer, base)
+        indexes = _kept_indexes(run, images)
         sboms, warnings = _inventory(images, tap, options, reporter, format_time(created))
         digests, rebuilds = _delta(images, base, writer, options, reporter)
+        digests += [d.digest for index in indexes for d in (index.index, *index.extras)]
         blobs, parts = writer.commit_parts(digests)
         files = _side_files(images, parts, writer, options, reporter, sboms)
         manifest = Manifest(
@@ -229,6 +247,7 @@ def _pack(run: _Run) -> PackResult:
             files=tuple(files),
             base=base.digest if base is not None else None,
             rebuilds=tuple(rebuilds),
+            indexes=tuple(indexes),
         )
         if options.media_dir_size:
             manifest = _split_into_volumes(manifest, writer, options.media_dir_size)
@@ -238,7 +257,10 @@ def _pack(run: _Run) -> PackResult:
     except BaseException as e:
         error: BaseException = fsutil.io_error(e, f"bundle {options.out_dir}") if isinstance(e, OSError) else e
         if writer.keep_for_resume() and isinstance(error, Error):
-            resume = "the parts staged so far are kept: run the same pack again to resume"
+            if isinstance(error, UsageError):  # the same pack would fail the same way
+                resume = "the parts staged so far are kept: a pack of the same sources, --part-size and key reuses them"
+            else:
+                resume = "the parts staged so far are kept: run the same pack again to resume"
             error.with_hint(resume)
         if error is e:
             raise
@@ -256,6 +278,15 @@ def _check_space(run: _Run) -> None:
     the output directory's disk holds the worst case."""
     options = run.options
     _check_manifest_size(run.estimate // options.part_size * PART_ENTRY_BYTES, options.part_size)
+    if options.media_dir_size:
+        parts = run.estimate // options.part_size + 1
+        first_reserve = 2 * parts * PART_ENTRY_BYTES + 100 * parts + (64 << 10)  # as _split_into_volumes reserves it
+        if first_reserve + LISTING_RESERVE >= options.media_dir_size:
+            raise UsageError(
+                f"--media-dir-size {fsutil.human_bytes(options.media_dir_size)} leaves no room beside the manifest of "
+                f"about {parts} parts",
+                hint="use a larger medium size, or a larger --part-size (fewer parts)",
+            )
     for source in run.sources:
         source.check_room()
     target = options.out_dir if options.out_dir.exists() else options.out_dir.parent
@@ -294,15 +325,32 @@ def _stream_sources(run: _Run, writer: BundleWriter, base: _Base | None) -> list
     return _merge(images)
 
 
+def _kept_indexes(run: _Run, images: list[Image]) -> list[SourceIndex]:
+    """The sources' indexes kept byte for byte, each once, and only while every image manifest they list is in the
+    bundle with its own bytes (two sources of one image may have merged it under one manifest)."""
+    kept_manifests = {image.manifest.digest for image in images if image.manifest is not None}
+    found: dict[str, SourceIndex] = {}
+    for source in run.sources:
+        for index in source.indexes():
+            if index.index.digest in found:  # named twice: one index, every name
+                old = found[index.index.digest]
+                names = old.ref_names + tuple(r for r in index.ref_names if r not in old.ref_names)
+                found[index.index.digest] = replace(old, ref_names=names)
+            elif kept_manifests:
+                found[index.index.digest] = index
+    return list(found.values())
+
+
 def _delta(
     images: list[Image], base: _Base | None, writer: BundleWriter, options: PackOptions, reporter: Reporter
 ) -> tuple[list[str], list[Rebuild]]:
-    """The blobs the bundle carries: every config and layer, but for a delta not the base's layers (configs
-    always), and changed layers as recipes over the base's old ones where that pays.  Also the recipes."""
-    digests = [d.digest for image in images for d in (image.config, *image.layers)]
+    """The blobs the bundle carries: every config, layer and kept manifest, but for a delta not the base's layers
+    (configs and manifests always), and changed layers as recipes over the base's old ones where that pays.  Also
+    the recipes."""
+    digests = [d.digest for image in images for d in (image.config, *image.layers, *_kept(image))]
     if base is None:
         return digests, []
-    configs = {image.config.digest for image in images}
+    configs = {d.digest for image in images for d in (image.config, *_kept(image))}
     digests = [d for d in digests if d not in base.layers or d in configs]
     wanted = {layer.digest for image in images for layer in image.layers}
     reporter.note(
@@ -449,8 +497,14 @@ def _trusted_for_base(options: PackOptions, signer: Signer) -> tuple[PublicKey, 
     return (own, *options.trusted)
 
 
+def _kept(image: Image) -> tuple[Descriptor, ...]:
+    """The image's source manifest, when the bundle keeps it."""
+    return (image.manifest,) if image.manifest is not None else ()
+
+
 def _merge(images: list[Image]) -> list[Image]:
-    """One entry per (image ID, platform): the same image from two sources keeps every name."""
+    """One entry per (image ID, platform): the same image from two sources keeps every name, and the first source
+    manifest kept for the layers it keeps."""
     merged: dict[str, Image] = {}
     for image in images:
         old = merged.get(image.image_id)
@@ -458,7 +512,8 @@ def _merge(images: list[Image]) -> list[Image]:
             merged[image.image_id] = image
         else:
             refs = old.ref_names + tuple(r for r in image.ref_names if r not in old.ref_names)
-            merged[image.image_id] = Image(refs, old.config, old.layers, old.diff_ids, old.platform)
+            manifest = old.manifest or (image.manifest if image.layers == old.layers else None)
+            merged[image.image_id] = Image(refs, old.config, old.layers, old.diff_ids, old.platform, manifest)
     return list(merged.values())
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airgap.errors import FormatError, UsageError
+from airgap.model.mediatypes import IMAGE_MANIFEST_TYPES, INDEX_TYPES
 from airgap.model.reference import InvalidReference, Reference
 
 SCHEMA_VERSION = 1
@@ -58,6 +59,11 @@ def image_name(ref: Any) -> Reference:
     if parsed.tag is None or parsed.digest is not None:
         raise InvalidReference("an image name is REPOSITORY:TAG, with a tag and no digest")
     return parsed
+
+
+def valid_media_type(text: str) -> bool:
+    """Whether ``text`` is a media type a descriptor of the bundle may carry (type/subtype, no parameters)."""
+    return bool(_MEDIA_TYPE_RE.fullmatch(text))
 
 
 def valid_ref(ref: str) -> bool:
@@ -229,9 +235,12 @@ class Image:
     layers: tuple[Descriptor, ...]
     diff_ids: tuple[str, ...]
     platform: Platform
+    # the image manifest its registry served, carried as a blob: a registry target serves it under the same digest
+    manifest: Descriptor | None = None
 
     def __post_init__(self) -> None:
-        """Refuse names that are not Docker references, a name listed twice, and diff IDs that do not match the layers."""
+        """Refuse names that are not Docker references, a name listed twice, diff IDs that do not match the layers,
+        and a kept source manifest that is no image manifest."""
         for ref in self.ref_names:
             try:
                 image_name(ref)
@@ -246,6 +255,8 @@ class Image:
             _checked(diff_id, "diff_id", _DIGEST_RE)
         if len(self.diff_ids) != len(self.layers):
             raise FormatError(f"image {self.config.digest[:19]} has {len(self.layers)} layers but {len(self.diff_ids)} diff_ids")
+        if self.manifest is not None and self.manifest.media_type not in IMAGE_MANIFEST_TYPES:
+            raise FormatError(f"image {self.config.digest[:19]}: {self.manifest.media_type[:80]!r} is not an image manifest type")
 
     @property
     def image_id(self) -> str:
@@ -253,19 +264,20 @@ class Image:
         return self.config.digest
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest's JSON form."""
+        """The manifest's JSON form (``manifest`` only when the source's is kept)."""
         return {
             "ref_names": list(self.ref_names),
             "config": self.config.to_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
             "diff_ids": list(self.diff_ids),
             "platform": self.platform.to_dict(),
+            **({"manifest": self.manifest.to_dict()} if self.manifest is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> Image:
         """Parse the manifest's JSON form strictly; errors name ``where``."""
-        d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"})
+        d = _obj(d, where, {"ref_names", "config", "layers", "diff_ids", "platform"}, frozenset({"manifest"}))
         refs = tuple(_ref(r, f"{where}.ref_names[{i}]") for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names")))
         layers = tuple(
             Descriptor.from_dict(x, f"{where}.layers[{i}]") for i, x in enumerate(_list(d["layers"], f"{where}.layers"))
@@ -283,7 +295,51 @@ class Image:
             layers=layers,
             diff_ids=diff_ids,
             platform=Platform.from_dict(d["platform"], f"{where}.platform"),
+            manifest=Descriptor.from_dict(d["manifest"], f"{where}.manifest") if "manifest" in d else None,
         )
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """An image index (manifest list) as the source registry served it, carried as a blob with what it lists
+    besides the bundle's images (attestations, signatures: ``extras``, their blobs before the manifests naming
+    them), so a registry target serves the index, and every manifest it names, under the same digests."""
+
+    ref_names: tuple[str, ...]  # the names it had in its source (as the images' ref_names write them)
+    index: Descriptor
+    extras: tuple[Descriptor, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a name that is not REPOSITORY:TAG and a descriptor that is no index (an index packed by digest has
+        no name)."""
+        for ref in self.ref_names:
+            if not valid_ref(ref):
+                raise FormatError(f"index name {str(ref)[:120]!r} is not a valid Docker reference (REPOSITORY:TAG)")
+        if self.index.media_type not in INDEX_TYPES:
+            raise FormatError(f"index {self.index.digest[:19]}: {self.index.media_type[:80]!r} is not an index type")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form."""
+        return {
+            "ref_names": list(self.ref_names),
+            "index": self.index.to_dict(),
+            "extras": [x.to_dict() for x in self.extras],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> SourceIndex:
+        """Parse the manifest's JSON form strictly; errors name ``where``."""
+        d = _obj(d, where, {"ref_names", "index", "extras"})
+        refs = tuple(_ref(r, f"{where}.ref_names[{i}]") for i, r in enumerate(_list(d["ref_names"], f"{where}.ref_names")))
+        extras = tuple(
+            Descriptor.from_dict(x, f"{where}.extras[{i}]") for i, x in enumerate(_list(d["extras"], f"{where}.extras"))
+        )
+        try:
+            return cls(refs, Descriptor.from_dict(d["index"], f"{where}.index"), extras)
+        except FormatError as e:
+            if e.message.startswith("manifest: "):
+                raise
+            raise FormatError(f"manifest: {where}: {e.message}") from e
 
 
 @dataclass(frozen=True)
@@ -494,6 +550,7 @@ class Manifest:
     files: tuple[BundleFile, ...] = ()
     volumes: tuple[Volume, ...] = ()
     rebuilds: tuple[Rebuild, ...] = ()
+    indexes: tuple[SourceIndex, ...] = ()
     schema_version: int = SCHEMA_VERSION
     media_type: str = MANIFEST_MEDIA_TYPE
     _blob_index: dict[str, Blob] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -534,13 +591,20 @@ class Manifest:
             raise FormatError("manifest: a blob is listed twice")
         sizes = {b.digest: b.size for b in self.blobs}
         for image in self.images:
-            for desc in (image.config, *image.layers):
+            for desc in (image.config, *image.layers, *([image.manifest] if image.manifest else [])):
                 if desc.digest not in sizes:
                     if self.base is not None and desc in image.layers:
                         continue  # a delta: the layer comes from the base bundle
                     raise FormatError(f"manifest: image blob {desc.digest} is not among the bundle's blobs")
                 if sizes[desc.digest] != desc.size:
                     raise FormatError(f"manifest: blob {desc.digest} has two different sizes")
+        kept = {image.manifest.digest for image in self.images if image.manifest}
+        for index in self.indexes:
+            for desc in (index.index, *index.extras):
+                if sizes.get(desc.digest) != desc.size:
+                    raise FormatError(f"manifest: index blob {desc.digest} is not among the bundle's blobs with its size")
+            if not kept:
+                raise FormatError(f"manifest: index {index.index.digest} is kept, but no image manifest is")
         paths = set()
         expected_offset: dict[str, int] = {}
         expected_index: dict[str, int] = {}
@@ -638,7 +702,7 @@ class Manifest:
 
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The manifest's JSON form; ``files``, ``volumes`` and ``rebuilds`` appear only when not empty."""
+        """The manifest's JSON form; ``files``, ``volumes``, ``rebuilds`` and ``indexes`` appear only when not empty."""
         return {
             "schema_version": self.schema_version,
             "media_type": self.media_type,
@@ -656,6 +720,7 @@ class Manifest:
             **({"files": [f.to_dict() for f in self.files]} if self.files else {}),
             **({"volumes": [v.to_dict() for v in self.volumes]} if self.volumes else {}),
             **({"rebuilds": [r.to_dict() for r in self.rebuilds]} if self.rebuilds else {}),
+            **({"indexes": [x.to_dict() for x in self.indexes]} if self.indexes else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -690,7 +755,7 @@ class Manifest:
                 "blobs",
                 "parts",
             },
-            frozenset({"files", "volumes", "rebuilds"}),
+            frozenset({"files", "volumes", "rebuilds", "indexes"}),
         )
         if d["media_type"] != MANIFEST_MEDIA_TYPE:
             raise FormatError("manifest: media_type is not an airgap bundle manifest")
@@ -715,6 +780,9 @@ class Manifest:
             volumes=tuple(Volume.from_dict(x, f"volumes[{i}]") for i, x in enumerate(_list(d.get("volumes", []), "volumes"))),
             rebuilds=tuple(
                 Rebuild.from_dict(x, f"rebuilds[{i}]") for i, x in enumerate(_list(d.get("rebuilds", []), "rebuilds"))
+            ),
+            indexes=tuple(
+                SourceIndex.from_dict(x, f"indexes[{i}]") for i, x in enumerate(_list(d.get("indexes", []), "indexes"))
             ),
         )
 

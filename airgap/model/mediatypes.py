@@ -16,5 +16,6 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
+IMAGE_MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 UNCOMPRESSED_LAYERS = (MT_DOCKER_LAYER, MT_OCI_LAYER)
 MT_DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"  # zstd under a Docker-style name (BuildKit)

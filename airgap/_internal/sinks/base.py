@@ -10,7 +10,7 @@ A new target is one module implementing this protocol and one line where install
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -107,11 +107,13 @@ def make_plan(
     held: frozenset[str] = frozenset(),
     exported: Mapping[str, str] | None = None,
     rebuilt_over_engine: Mapping[str, str] | None = None,
+    also: Sequence[str] = (),
 ) -> dict[str, Origin]:
-    """Resolve every blob's origin and refuse, before anything is sent, unlisted files and missing, linked or
-    truncated parts among those that will be read, then changed signed side files."""
+    """Resolve the origin of every config and layer of ``images`` and of the blobs ``also`` names (kept manifests),
+    and refuse, before anything is sent, unlisted files and missing, linked or truncated parts among those that
+    will be read, then changed signed side files."""
     refuse_unexpected(bundle, allow_unexpected)
-    digests = dict.fromkeys(d.digest for image in images for d in (image.config, *image.layers))
+    digests = dict.fromkeys([*(d.digest for image in images for d in (image.config, *image.layers)), *also])
     origins = {d: resolve(bundle, d, held, exported, rebuilt_over_engine) for d in digests}
     for origin in origins.values():
         for owner, part in parts_to_open(origin):

@@ -14,6 +14,7 @@ on one repository and tag while naming different images are refused before anyth
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
@@ -22,9 +23,10 @@ from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.origins import BASE_HINT, Held, Origin, iter_origin
 from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
-from airgap.errors import UsageError
+from airgap.errors import FormatError, UsageError
 from airgap.model import oci
-from airgap.model.manifest import Image, Platform, image_name
+from airgap.model.manifest import Descriptor, Image, Platform, SourceIndex, image_name
+from airgap.model.mediatypes import INDEX_TYPES
 from airgap.model.reference import host_as_component, valid_path
 from airgap.progress import Transfer
 
@@ -110,8 +112,26 @@ class RegistrySink:
     def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
         # a delta's layers without --base: the registry may hold them already (checked blob by blob)
         external = frozenset(d.digest for d in bundle.manifest.external_layers()) if bundle.base is None else frozenset()
-        origins = make_plan(bundle, images, allow_unexpected, held=external)
+        origins = make_plan(bundle, images, allow_unexpected, held=external, also=self._kept_digests(bundle, images))
         return Plan(origins, plan_total(origins))
+
+    def _kept_digests(self, bundle: LoadedBundle, images: list[Image]) -> list[str]:
+        """The kept manifests of these images, and the kept indexes (with their extras) that may go up with them."""
+        kept = [image.manifest.digest for image in images if image.manifest is not None]
+        for index in self._indexes(bundle, images):
+            kept += [d.digest for d in (index.index, *index.extras)]
+        return kept
+
+    def _indexes(self, bundle: LoadedBundle, images: list[Image]) -> list[SourceIndex]:
+        """The kept indexes that may go up with these images: those named like one of them (or, untagged, with none)."""
+        targets = {repository_for(ref, self._prefix, self._keep_host) for image in images for ref in image.ref_names}
+        untagged = any(not image.ref_names for image in images)
+        return [
+            index
+            for index in bundle.manifest.indexes
+            if (untagged and not index.ref_names)
+            or any(repository_for(ref, self._prefix, self._keep_host) in targets for ref in index.ref_names)
+        ]
 
     def _names(self, bundle: LoadedBundle, images: list[Image]) -> dict[tuple[str, str | None], list[Image]]:
         """(repository, tag) -> images under that name, each once; untagged images go to PREFIX/<bundle name> by digest."""
@@ -128,24 +148,30 @@ class RegistrySink:
     def deliver(
         self, bundle: LoadedBundle, images: list[Image], plan: Plan, transfer: Transfer, cache: VerifiedCache
     ) -> tuple[InstalledImage, ...]:
+        kept = KeptBytes(plan, cache, transfer, self._kept_digests(bundle, images))
+        candidates = self._indexes(bundle, images)
         plans = []
         for (repo, tag), group in self._names(bundle, images).items():
-            manifests = [(image, *oci.image_manifest(image)) for image in group]
-            if len(group) == 1:
+            manifests = [(image, *manifest_of(image, kept)) for image in group]
+            index = self._kept_index(repo, tag, manifests, candidates, kept)
+            extras: tuple[tuple[Descriptor, bool], ...] = ()
+            if index is not None:
+                top, top_type, extras = index
+            elif len(group) == 1:
                 top, top_type = manifests[0][1], manifests[0][2]
             else:
                 top, top_type = oci.index_manifest([(data, mt, image.platform) for image, data, mt in manifests])
-            plans.append((repo, tag, group, manifests, top, top_type))
+            plans.append((repo, tag, group, manifests, top, top_type, extras))
 
         delivered = []
         with Registry(self._host, self._plain_http) as registry:
-            for repo, tag, _, _, top, _ in plans:  # refuse before sending anything
+            for repo, tag, _, _, top, _, _ in plans:  # refuse before sending anything
                 if tag is not None:
                     registry.check_tag(repo, tag, oci.digest_of(top), self._replace)
             done: set[tuple[str, str]] = set()
             homes: dict[str, str] = {}  # blob -> a repository of this registry that has it
             counted: set[str] = set()  # blobs the progress has counted: once, however many repositories take them
-            for repo, tag, group, manifests, top, top_type in plans:
+            for repo, tag, group, manifests, top, top_type, extras in plans:
                 sent = present = 0
                 for digest, size in blobs_of(group):
                     if (repo, digest) in done:
@@ -170,10 +196,17 @@ class RegistrySink:
                     counted.add(digest)
                     done.add((repo, digest))
                     homes.setdefault(digest, repo)
+                for extra, is_manifest in extras:  # what a kept index lists besides images: blobs, then their manifests
+                    data = kept.read(extra.digest)
+                    if is_manifest:
+                        registry.put_manifest(repo, extra.digest, data, extra.media_type)
+                    elif (repo, extra.digest) not in done and not registry.has_blob(repo, extra.digest, push=True):
+                        registry.upload_blob(repo, extra.digest, extra.size, _held(data), self._chunk, None)
+                    done.add((repo, extra.digest))
                 for _image, data, mt in manifests:
                     registry.put_manifest(repo, oci.digest_of(data), data, mt)
                 digest = oci.digest_of(top)
-                if len(group) > 1:  # the index by its digest first: the tag below names only what was stored as sent
+                if top_type in INDEX_TYPES:  # the index by its digest first: the tag below names only what was stored as sent
                     registry.put_manifest(repo, digest, top, top_type)
                 if tag is not None:
                     registry.put_manifest(repo, tag, top, top_type)
@@ -185,7 +218,95 @@ class RegistrySink:
                         )
                     )
                 self._note(f"pushed {location}  {digest}  ({sent} blob(s) sent, {present} already there)")
+        kept.count_unread()
         return tuple(delivered)
+
+    def _kept_index(
+        self,
+        repo: str,
+        tag: str | None,
+        manifests: list[tuple[Image, bytes, str]],
+        candidates: list[SourceIndex],
+        kept: KeptBytes,
+    ) -> tuple[bytes, str, tuple[tuple[Descriptor, bool], ...]] | None:
+        """The kept index to push as REPO:TAG's top: one named for it that lists exactly these images' manifests
+        and, besides them, only its extras.  (bytes, media type, each extra with whether it is a manifest)."""
+        pushed = {oci.digest_of(data) for _, data, _ in manifests}
+        for index in candidates:
+            named = any(repository_for(ref, self._prefix, self._keep_host) == (repo, tag) for ref in index.ref_names)
+            if not (named or (tag is None and not index.ref_names)):
+                continue
+            data = kept.read(index.index.digest)
+            listed = index_entries(data, index.index.digest)
+            extra_digests = {x.digest for x in index.extras}
+            if set(listed) - extra_digests == pushed and set(listed) <= pushed | extra_digests:
+                return data, index.index.media_type, tuple((x, x.digest in listed) for x in index.extras)
+            self._note(
+                f"note: the index kept for {', '.join(index.ref_names) or 'this bundle'} ({index.index.digest[:19]}) lists "
+                f"other manifests than those pushed to {repo}{':' + tag if tag else ''}: pushing a new index"
+            )
+        return None
+
+
+class KeptBytes:
+    """The bytes of kept manifests, indexes and their extras, read from the bundle once each (checked like every
+    blob) and counted in the progress as read; :meth:`count_unread` counts those the push did not need."""
+
+    def __init__(self, plan: Plan, cache: VerifiedCache, transfer: Transfer, planned: list[str]) -> None:
+        """``planned``: the kept blobs the plan holds for a possible push."""
+        self._plan = plan
+        self._cache = cache
+        self._transfer = transfer
+        self._read: dict[str, bytes] = {}
+        self._planned = set(planned)
+
+    def read(self, digest: str) -> bytes:
+        """The blob's checked bytes."""
+        if digest not in self._read:
+            origin = self._plan.origins[digest]
+            self._read[digest] = b"".join(iter_origin(origin, cache=self._cache, transfer=self._transfer))
+            self._transfer.moved(origin.size)
+        return self._read[digest]
+
+    def count_unread(self) -> None:
+        """Count the planned kept blobs no push read, so the progress ends at its total."""
+        for digest in self._planned - set(self._read):
+            self._transfer.moved(self._plan.origins[digest].size)
+
+
+def manifest_of(image: Image, kept: KeptBytes) -> tuple[bytes, str]:
+    """The manifest a registry target gets for ``image``: the one its source registry served, kept byte for byte,
+    else one built from the bundle's descriptors (:func:`oci.image_manifest`, the same bytes every time).  A kept
+    manifest that does not describe the image (its config and layers, in order) is refused."""
+    if image.manifest is None:
+        return oci.image_manifest(image)
+    data = kept.read(image.manifest.digest)
+    try:
+        body = json.loads(data)
+        config = body["config"]["digest"]
+        layers = [layer["digest"] for layer in body["layers"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"the manifest kept for image {image.image_id[:19]} is not an image manifest") from e
+    if config != image.config.digest or layers != [layer.digest for layer in image.layers]:
+        raise FormatError(
+            f"the manifest kept for image {image.image_id[:19]} ({image.manifest.digest[:19]}) does not describe it",
+            hint="the bundle was built wrongly or edited before it was signed: do not use it",
+        )
+    return data, image.manifest.media_type
+
+
+def index_entries(data: bytes, digest: str) -> list[str]:
+    """The manifest digests a kept index lists."""
+    try:
+        entries = json.loads(data)["manifests"]
+        return [str(entry["digest"]) for entry in entries]
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"the index kept as {digest[:19]} is not an image index") from e
+
+
+def _held(data: bytes) -> Callable[[], Iterator[bytes]]:
+    """Opens a small blob already read (and checked) from the bundle."""
+    return lambda: iter((data,))
 
 
 def _opener(origin: Origin, cache: VerifiedCache, transfer: Transfer) -> Callable[[], Iterator[bytes]]:

@@ -20,7 +20,7 @@ from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, S
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import Readable, iter_entries
 from airgap.errors import FormatError, UsageError
-from airgap.model.manifest import Descriptor, Image, Platform, image_name, valid_ref
+from airgap.model.manifest import Descriptor, Image, Platform, SourceIndex, image_name, valid_ref
 from airgap.model.mediatypes import (
     MT_DOCKER_CONFIG,
     MT_DOCKER_LAYER,
@@ -147,6 +147,10 @@ class ArchiveImages:
             contents = read_archive(ahead, self.name, store)
             found = images_from_archive(contents, store, self._source.repository)
         return _platform_filter(found, self._platform, self.name)
+
+    def indexes(self) -> list[SourceIndex]:
+        """None: an archive's manifests are rebuilt from its configs and layers."""
+        return []
 
 
 KIND = SourceKind(ArchiveFile, ArchiveOpener)

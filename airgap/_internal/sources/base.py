@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from airgap._internal.util.tarstream import EntryReader
-from airgap.model.manifest import Image, Platform
+from airgap.model.manifest import Image, Platform, SourceIndex
 from airgap.progress import Reporter
 
 if TYPE_CHECKING:
@@ -78,6 +78,11 @@ class ImageSource(Protocol):
         """Stream every image's config and layers into ``store`` and return the images, checked.
         ``left_out``: layer digests a delta's base bundle holds; a source that knows its layers' digests
         before reading them does not read these at all."""
+        ...
+
+    def indexes(self) -> list[SourceIndex]:
+        """After :meth:`stream`: the source's indexes the bundle keeps byte for byte (a registry's, when every
+        image it lists was packed); none for sources that rebuild their manifests."""
         ...
 
 

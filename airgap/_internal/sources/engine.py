@@ -16,7 +16,7 @@ from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, S
 from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap.errors import DockerError, UsageError
-from airgap.model.manifest import Image
+from airgap.model.manifest import Image, SourceIndex
 
 if TYPE_CHECKING:
     from airgap.progress import Reporter
@@ -113,6 +113,10 @@ class EngineExport:
         if self._refs:
             images += self._export(self._refs, "Docker engine export", store)
         return images
+
+    def indexes(self) -> list[SourceIndex]:
+        """None: the engine's export has no registry manifests to keep."""
+        return []
 
     def _export(self, refs: list[str], label: str, store: BlobStore) -> list[Image]:
         """One export call's images, read into ``store``."""

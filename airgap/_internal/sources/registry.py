@@ -23,14 +23,16 @@ from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, S
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import FormatError, IntegrityError, RegistryError, UsageError
-from airgap.model.manifest import Descriptor, Image, Platform
+from airgap.model.manifest import Descriptor, Image, Platform, SourceIndex, valid_media_type
 from airgap.model.mediatypes import (
+    IMAGE_MANIFEST_TYPES,
     INDEX_TYPES,
     MT_DOCKER_CONFIG,
     MT_DOCKER_LAYER,
     MT_DOCKER_MANIFEST,
     MT_OCI_CONFIG,
     MT_OCI_LAYER,
+    MT_OCI_MANIFEST,
 )
 
 CONFIG_LIMIT = 16 << 20
@@ -74,7 +76,8 @@ class RegistryImages:
         self._platform = ctx.platform
         self._plain_http = ctx.plain_http
         self._named: list[RegistryImage] = []
-        self._resolved: list[tuple[Registry, ResolvedImage]] | None = None
+        self._resolved: tuple[list[tuple[Registry, ResolvedImage]], list[tuple[Registry, ResolvedIndex]]] | None = None
+        self._kept: list[SourceIndex] = []
 
     def add(self, source: RegistryImage) -> None:
         """Nothing to check before the registry is asked (the reference was checked when parsed)."""
@@ -90,23 +93,32 @@ class RegistryImages:
         return ", ".join(map(str, self._named))
 
     def estimate(self) -> int:
-        """Resolves every image: the sizes of their configs and layers, as their manifests give them."""
-        return sum(image.size for _, image in self._resolve())
+        """Resolves every image: the sizes of their configs, layers and manifests, and of the indexes kept."""
+        images, indexes = self._resolve()
+        return sum(image.size for _, image in images) + sum(index.size for _, index in indexes)
 
     def check_room(self) -> None:
         """A registry needs no room here."""
 
     def stream(self, store: BlobStore, left_out: frozenset[str]) -> list[Image]:
-        """Fetch every image's config and layers into ``store``; layers in ``left_out`` are not fetched."""
+        """Fetch every image's config, layers and manifest into ``store``, then the indexes kept and what they list
+        besides the images; layers in ``left_out`` are not fetched."""
         fetched: dict[str, int] = {}
         images = []
-        for registry, resolved in self._resolve():
-            self._note(f"pulling {resolved.ref} ({resolved.manifest_digest[:19]}) from the registry")
-            images.append(fetch(registry, resolved, store, fetched, left_out))
+        resolved, indexes = self._resolve()
+        for registry, image in resolved:
+            self._note(f"pulling {image.ref} ({image.manifest_digest[:19]}) from the registry")
+            images.append(fetch(registry, image, store, fetched, left_out))
+        self._kept = [fetch_index(registry, index, store) for registry, index in indexes]
         return images
 
-    def _resolve(self) -> list[tuple[Registry, ResolvedImage]]:
-        """The image manifests to fetch, each with its host's client: resolved on first use, in the order named."""
+    def indexes(self) -> list[SourceIndex]:
+        """The indexes :meth:`stream` kept."""
+        return list(self._kept)
+
+    def _resolve(self) -> tuple[list[tuple[Registry, ResolvedImage]], list[tuple[Registry, ResolvedIndex]]]:
+        """The image manifests to fetch and the indexes to keep, each with its host's client: resolved on first
+        use, in the order named."""
         if self._resolved is not None:
             return self._resolved
         wanted = parse_platforms(self._platform)
@@ -114,6 +126,7 @@ class RegistryImages:
         if wanted is None and not explicit:
             wanted = [host_default()]
         resolved = []
+        indexes = []
         registries: dict[str, Registry] = {}
         for source in self._named:
             ref = parse_ref(source.ref, "oci", need_reference=False)
@@ -122,9 +135,12 @@ class RegistryImages:
             if ref.host not in registries:
                 registries[ref.host] = self._stack.enter_context(Registry(ref.host, self._plain_http))
             registry = registries[ref.host]
-            resolved += [(registry, image) for image in resolve(registry, ref, wanted, explicit, self._note)]
-        self._resolved = resolved
-        return resolved
+            images, index = resolve(registry, ref, wanted, explicit, self._note)
+            resolved += [(registry, image) for image in images]
+            if index is not None:
+                indexes.append((registry, index))
+        self._resolved = (resolved, indexes)
+        return self._resolved
 
 
 KIND = SourceKind(RegistryImage, RegistryImages)  # they open together: they share clients and layers
@@ -133,7 +149,8 @@ KIND = SourceKind(RegistryImage, RegistryImages)  # they open together: they sha
 # -- resolving and fetching -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ResolvedImage:
-    """One image manifest in a registry, read and checked: its config's and layers' descriptors."""
+    """One image manifest in a registry, read and checked: its config's and layers' descriptors, and its bytes
+    as served (kept in the bundle, so a registry target serves them under the same digest)."""
 
     ref: RegistryRef
     manifest_digest: str
@@ -141,11 +158,30 @@ class ResolvedImage:
     layers: tuple[dict[str, Any], ...]
     docker_schema: bool
     platform: Platform | None  # from the index, when there was one
+    manifest: bytes
+    manifest_type: str
 
     @property
     def size(self) -> int:
-        """The bytes its config and layers take, as the manifest says."""
-        return int(self.config["size"]) + sum(int(layer["size"]) for layer in self.layers)
+        """The bytes its config and layers take, as the manifest says, and the manifest's own."""
+        return int(self.config["size"]) + sum(int(layer["size"]) for layer in self.layers) + len(self.manifest)
+
+
+@dataclass(frozen=True)
+class ResolvedIndex:
+    """An index every image entry of which is packed: its bytes as served, and what else it lists (attestations,
+    signatures), each as (manifest digest, manifest bytes, media type, its blobs' descriptors)."""
+
+    ref: RegistryRef
+    data: bytes
+    media_type: str
+    digest: str
+    extras: tuple[tuple[str, bytes, str, tuple[dict[str, Any], ...]], ...]
+
+    @property
+    def size(self) -> int:
+        """The bytes the index and its extras take."""
+        return len(self.data) + sum(len(m) + sum(int(b["size"]) for b in blobs) for _, m, _, blobs in self.extras)
 
 
 def _descriptor(d: Any, where: str) -> dict[str, Any]:
@@ -165,21 +201,24 @@ def _descriptor(d: Any, where: str) -> dict[str, Any]:
 
 def resolve(
     registry: Registry, ref: RegistryRef, wanted: list[Platform] | None, explicit: bool, note: Callable[[str], None]
-) -> list[ResolvedImage]:
-    """The image manifest(s) behind ``ref``: for an index, those of the wanted platforms."""
+) -> tuple[list[ResolvedImage], ResolvedIndex | None]:
+    """The image manifest(s) behind ``ref``: for an index, those of the wanted platforms, and the index itself when
+    the pack keeps every image it lists (see :func:`_keep_index`)."""
     found = registry.get_manifest(ref.repository, ref.reference or "latest")
     if found is None:
         raise UsageError(f"{ref} is not in the registry", hint="check the repository and tag (skopeo list-tags docker://...)")
     data, media_type, digest = found
     body = _json(data, str(ref))
     if media_type not in INDEX_TYPES and "manifests" not in body:
-        return [_image_manifest(body, media_type, digest, ref, None)]
+        return [_image_manifest(body, media_type, digest, ref, None, data)], None
     entries = []
+    others = []  # what the index lists besides images for a platform: attestations, signatures
     for i, desc in enumerate(body.get("manifests") or []):
         desc = _descriptor(desc, f"{ref} index entry {i}")
         p = desc.get("platform") or {}
         if not isinstance(p, dict) or p.get("os") in (None, "unknown"):
-            continue  # attestations and other non-images
+            others.append(desc)
+            continue
         try:
             entries.append((desc, Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant") or None)))
         except FormatError as e:
@@ -206,8 +245,45 @@ def resolve(
         if sub is None:
             raise FormatError(f"{ref}: the index names manifest {desc['digest'][:19]}, which the registry does not hold")
         sub_data, sub_type, sub_digest = sub
-        images.append(_image_manifest(_json(sub_data, str(ref)), sub_type, sub_digest, ref, p))
-    return images
+        images.append(_image_manifest(_json(sub_data, str(ref)), sub_type, sub_digest, ref, p, sub_data))
+    return images, _keep_index(registry, ref, (data, media_type, digest), len(chosen) == len(entries), others, note)
+
+
+EXTRA_LIMIT = 16 << 20  # the largest blob of an attestation or signature an index's digest is kept for
+
+
+def _keep_index(
+    registry: Registry,
+    ref: RegistryRef,
+    served: tuple[bytes, str, str],
+    every_image: bool,
+    others: list[dict[str, Any]],
+    note: Callable[[str], None],
+) -> ResolvedIndex | None:
+    """The index, kept when the pack takes every image it lists and what else it lists is a manifest with small
+    blobs (an attestation, a signature): then a registry target serves it under the digest it has here.  Else a
+    note says the index's digest will not be served (the images' own manifests keep theirs)."""
+    data, media_type, digest = served
+    why = None if every_image else "it lists platforms this pack leaves out (--platform all takes every one)"
+    extras = []
+    for desc in others if why is None else ():
+        found = registry.get_manifest(ref.repository, desc["digest"])
+        body = _json(found[0], str(ref)) if found is not None else {}
+        if found is None or found[1] not in IMAGE_MANIFEST_TYPES or not isinstance(body.get("layers"), list):
+            why = f"it lists {desc['digest'][:19]}, which is not an image manifest this registry serves"
+            break
+        blobs = tuple(_descriptor(b, f"{ref} manifest {desc['digest'][:19]}") for b in (body.get("config"), *body["layers"]))
+        if any(int(b["size"]) > EXTRA_LIMIT or not valid_media_type(str(b.get("mediaType", ""))) for b in blobs):
+            why = f"what it lists besides images ({desc['digest'][:19]}) has a blob over {EXTRA_LIMIT >> 20} MiB or without a media type"
+            break
+        extras.append((found[2], found[0], found[1], blobs))
+    if why is None and media_type in INDEX_TYPES:
+        return ResolvedIndex(ref, data, media_type, digest, tuple(extras))
+    note(
+        f"note: the index of {ref} ({digest[:19]}) is not kept: {why or 'its media type is not an index'}; a registry "
+        "target serves each image's own manifest digest and a new index"
+    )
+    return None
 
 
 def _json(data: bytes, where: str) -> dict[str, Any]:
@@ -221,15 +297,19 @@ def _json(data: bytes, where: str) -> dict[str, Any]:
     return body
 
 
-def _image_manifest(body: dict[str, Any], media_type: str, digest: str, ref: RegistryRef, p: Platform | None) -> ResolvedImage:
-    """An image manifest's config and layers (schema 2 or OCI; schema 1 is refused)."""
+def _image_manifest(
+    body: dict[str, Any], media_type: str, digest: str, ref: RegistryRef, p: Platform | None, data: bytes
+) -> ResolvedImage:
+    """An image manifest's config and layers (schema 2 or OCI; schema 1 is refused), with its bytes as served."""
     where = f"{ref} manifest {digest[:19]}"
     if not isinstance(body.get("layers"), list):
         raise FormatError(f"{where} is not an image manifest (schema 1 manifests are not supported)")
     config = _descriptor(body.get("config"), where)
     layers = tuple(_descriptor(layer, where) for layer in body["layers"])
     docker = media_type == MT_DOCKER_MANIFEST or config.get("mediaType") == MT_DOCKER_CONFIG
-    return ResolvedImage(ref, digest, config, layers, docker, p)
+    if media_type not in IMAGE_MANIFEST_TYPES:  # served without a known type: the one its body or config says
+        media_type = MT_DOCKER_MANIFEST if docker else MT_OCI_MANIFEST
+    return ResolvedImage(ref, digest, config, layers, docker, p, data, media_type)
 
 
 class _ResponseStream:
@@ -283,16 +363,55 @@ def fetch(
         if media_type in (MT_DOCKER_LAYER, MT_OCI_LAYER) and digest != diff_ids[i]:
             raise FormatError(f"{label} is uncompressed but does not match diff_id {diff_ids[i][:19]}")
         layers.append(Descriptor(digest, size, media_type))
-    tag = ref.reference if ref.reference and not ref.is_digest else None
+    kept = _store_small(store, image.manifest, image.manifest_digest, image.manifest_type, f"manifest of {ref}", ref.host)
     try:
         return Image(
-            ref_names=(f"{ref.host}/{ref.repository}:{tag}",) if tag else (),
+            ref_names=_names(ref),
             config=Descriptor(
                 stored_config.digest, stored_config.size, MT_DOCKER_CONFIG if image.docker_schema else MT_OCI_CONFIG
             ),
             layers=tuple(layers),
             diff_ids=diff_ids,
             platform=platform,
+            manifest=kept,
         )
     except FormatError as e:
         raise FormatError(f"{ref}: {e.message}", hint=e.hint) from e
+
+
+def fetch_index(registry: Registry, index: ResolvedIndex, store: BlobStore) -> SourceIndex:
+    """Store a kept index and what it lists besides images: each extra manifest's blobs, then the manifest."""
+    ref = index.ref
+    extras = []
+    for manifest_digest, data, media_type, blobs in index.extras:
+        for b in blobs:
+            blob = registry.read_blob(ref.repository, b["digest"], EXTRA_LIMIT)
+            extras.append(
+                _store_small(store, blob, b["digest"], str(b["mediaType"]), f"blob {b['digest'][:19]} of {ref}", ref.host)
+            )
+        extras.append(
+            _store_small(store, data, manifest_digest, media_type, f"manifest {manifest_digest[:19]} of {ref}", ref.host)
+        )
+    kept = _store_small(store, index.data, index.digest, index.media_type, f"index of {ref}", ref.host)
+    try:
+        return SourceIndex(_names(ref), kept, tuple(dict.fromkeys(extras)))
+    except FormatError as e:
+        raise FormatError(f"{ref}: {e.message}", hint=e.hint) from e
+
+
+def _names(ref: RegistryRef) -> tuple[str, ...]:
+    """The name an image or index packed from ``ref`` keeps: HOST/REPO:TAG, none when it was named by digest."""
+    tag = ref.reference if ref.reference and not ref.is_digest else None
+    return (f"{ref.host}/{ref.repository}:{tag}",) if tag else ()
+
+
+def _store_small(store: BlobStore, data: bytes, digest: str, media_type: str, label: str, host: str) -> Descriptor:
+    """Store bytes the registry served (a manifest, an index, an attestation's blob) and their descriptor; the digest
+    they were asked by must be theirs."""
+    stored = store.store_bytes(data)
+    if stored.digest != digest:
+        raise IntegrityError(f"{label} does not match its digest {digest[:19]}", hint=data_hint(host), digest=digest)
+    try:
+        return Descriptor(digest, len(data), media_type)
+    except FormatError as e:
+        raise FormatError(f"{label}: {e.message}", hint="the registry serves a malformed manifest") from e
