@@ -54,6 +54,9 @@ class VerifyOptions:
     search: tuple[Path, ...] = ()  # more directories holding parts (--from: other volumes)
     volume: str | None = None  # --volume: check this volume only ("3", "vol-03"; "" the one in ``bundle``)
     changer: Changer | None = None  # --one-drive: ``bundle`` is a drive's directory, its discs come one after another
+    state: Path | None = None  # the install state file: the verified-parts cache and the split bundles read here live
+    # beside it, where install and sign look for them; None: the default ($AIRGAP_STATE, else ~/.local/state/airgap)
+    cache: bool = True  # False: record no verified part on this host (install and sign then hash every part again)
 
 
 @dataclass(frozen=True)
@@ -190,9 +193,9 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
     from one drive with ``changer``); PartsFailed (carrying this report) if any is bad."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    state_path = default_state_path()
+    state_path = options.state or default_state_path()
     known = KnownBundles(known_dir(state_path))
-    cache = VerifiedCache(cache_path(state_path))
+    cache = VerifiedCache(cache_path(state_path) if options.cache else None)
     bundle, trust_result = _open(options, known, reporter)
     for line in trust_result.notes():
         reporter.note(line)
@@ -242,8 +245,24 @@ def verify(options: VerifyOptions, reporter: Reporter | None = None) -> VerifyRe
         for extra in report.unexpected_files:
             reporter.note(f"warning: unexpected file {extra} (not part of the signed bundle; allowed)")
     if not report.ok:
-        raise PartsFailed(report.bad_parts, report)
+        raise _failed(report)
     return report
+
+
+UNLISTED_HINT = (
+    "remove the files the manifest does not list if you know where they came from (or pass --allow-unexpected); "
+    "otherwise copy the bundle again"
+)
+
+
+def _failed(report: VerifyReport) -> PartsFailed:
+    """The failure for a report that did not pass, its hint naming the fix for what was found: parts to copy
+    again, files that do not belong, or both."""
+    error = PartsFailed(report.bad_parts, report)
+    if report.unexpected_files and not report.unexpected_allowed:
+        damaged = any(not p.ok for p in report.parts)
+        error.hint = f"{error.hint}; {UNLISTED_HINT}" if damaged else UNLISTED_HINT
+    return error
 
 
 def _open(options: VerifyOptions, known: KnownBundles, reporter: Reporter) -> tuple[LoadedBundle, TrustResult]:

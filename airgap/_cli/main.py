@@ -296,6 +296,14 @@ def sign_command(
 )
 @opt.passphrase_env_option(help="the receipt key's passphrase is in $VAR")
 @opt.token_options()
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="install state file beside which the parts verified here are recorded, for install and sign to skip "
+    "hashing them again (default: $AIRGAP_STATE or ~/.local/state/airgap/installed.json)",
+)
+@click.option("--no-cache", is_flag=True, help="record no verified part on this host (install and sign then hash every part)")
 @opt.json_option(help="print the full report as JSON")
 @opt.progress_options()
 @click.pass_context
@@ -316,6 +324,8 @@ def verify_command(
     passphrase_env: str | None,
     pkcs11_module: str | None,
     pin_env: str | None,
+    state: Path | None,
+    no_cache: bool,
 ) -> render.Output:
     """Check a bundle's signature and every part (or one volume's, as discs are burned or arrive), without
     installing anything."""
@@ -336,6 +346,8 @@ def verify_command(
             search=search,
             volume=volume,
             changer=changer,
+            state=state,
+            cache=not no_cache,
         )
         if receipt is not None:
             receipts.start(receipt, bundle)  # before the key loads: a failed run never leaves an old "pass" behind
@@ -373,6 +385,7 @@ def inspect_command(bundle: Path, sbom: bool, trust: tuple[Path, ...]) -> render
 @click.option(
     "--to",
     "target",
+    type=opt.TARGET,
     metavar="TARGET",
     help="registry://HOST[:PORT][/PREFIX], containerd://[SOCKET][?namespace=NS], docker-archive:PATH or "
     "oci-archive:PATH (default: the Docker engine, or Podman's service, at DOCKER_HOST)",
@@ -458,7 +471,8 @@ def install_command(
             base=base,
             changer=changer,
         )
-        return render.install_result(install(options, _reporter(ctx)))
+        result = install(options, _reporter(ctx))
+    return render.install_result(result, ids_only=inv.quiet and not sys.stdout.isatty())
 
 
 @cli.command(name="publish")

@@ -206,6 +206,30 @@ OUTPUT_PREFIX = OutputPath()  # PREFIX of files written beside it (keygen --out:
 OUTPUT_DIR = OutputPath(makes_dirs=True)  # a directory made with its missing parents (pack -o, pull -o)
 
 
+class TargetType(click.ParamType):  # type: ignore[type-arg]  # not generic before click 8.5
+    """``install --to``, read before any work (before the bundle's signatures): its grammar is the sinks' own
+    (``parse_target``, a containerd address's parser), and an archive's path is checked as every path a
+    command writes to is (:func:`check_writable_place`)."""
+
+    name = "target"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The target's text, once it reads as one."""
+        from airgap._internal.sinks.base import parse_target
+        from airgap._internal.sinks.containerd import ContainerdAddress
+
+        text = str(value)
+        target = parse_target(text)  # a registry address it cannot read is worded as one, with its form
+        if target.kind == "containerd":
+            ContainerdAddress.parse(target.value)
+        elif target.kind in ("docker-archive", "oci-archive"):
+            check_writable_place(Path(target.value), "--to", file=True)
+        return text
+
+
+TARGET = TargetType()
+
+
 def out_option() -> Decorator:
     """``-o/--out``: the bundle directory a command writes (made with its parents; checked before any work)."""
     return click.option("-o", "--out", "out_dir", required=True, type=OUTPUT_DIR, help="bundle directory to write")
@@ -396,8 +420,28 @@ def key_passphrase(key_path: Path, env_name: str | None) -> bytes | None:
     if env_name:
         return passphrase(env_name)
     if keys.is_encrypted(key_path) and sys.stdin.isatty():
-        return str(click.prompt(f"passphrase for {key_path}", hide_input=True, err=True)).encode()
+        return _ask_passphrase(key_path)
     return None
+
+
+PASSPHRASE_ATTEMPTS = 3  # at a prompt, as sudo and ssh allow
+
+
+def _ask_passphrase(key_path: Path) -> bytes:
+    """A key file's passphrase asked on the terminal, each answer checked against the key: three attempts."""
+    attempt = 1
+    while True:
+        given = str(click.prompt(f"passphrase for {printable(str(key_path))}", hide_input=True, err=True)).encode()
+        try:
+            keys.load_private(key_path, given)
+        except keys.WrongPassphrase:
+            if attempt == PASSPHRASE_ATTEMPTS:
+                raise
+            left = PASSPHRASE_ATTEMPTS - attempt
+            render.echo(f"wrong passphrase, try again ({left} attempt{'s' if left > 1 else ''} left)", err=True)
+            attempt += 1
+            continue
+        return given
 
 
 def token_pin(env_name: str | None) -> Callable[[str], str]:
@@ -442,8 +486,22 @@ def new_key_passphrase(env_name: str | None, no_passphrase: bool) -> bytes | Non
     if no_passphrase:
         return None
     if sys.stdin.isatty():
-        return str(click.prompt("passphrase for the new key", hide_input=True, confirmation_prompt=True, err=True)).encode()
+        return _ask_new_passphrase()
     raise UsageError(
         "no passphrase for the new private key",
         hint="give one with --passphrase-env VAR (or at the prompt on a terminal); --no-passphrase writes it unencrypted",
+    )
+
+
+def _ask_new_passphrase() -> bytes:
+    """A new key's passphrase asked twice on the terminal; answers that differ are asked again (three attempts)."""
+    for _ in range(PASSPHRASE_ATTEMPTS):
+        first = str(click.prompt("passphrase for the new key", hide_input=True, err=True))
+        again = str(click.prompt("the same passphrase again", hide_input=True, err=True))
+        if first == again:
+            return first.encode()
+        render.echo("the two passphrases differ, try again", err=True)
+    raise UsageError(
+        f"the passphrases differed {PASSPHRASE_ATTEMPTS} times: no key was written",
+        hint="run the same keygen again, or give the passphrase with --passphrase-env VAR",
     )

@@ -195,8 +195,11 @@ def inspect_result(result: Inspection) -> Output:
     return Output(result.to_dict(), result.render().split("\n"))
 
 
-def install_result(result: InstallResult) -> Output:
-    """One line per image: what was done with it and where it went."""
+def install_result(result: InstallResult, ids_only: bool = False) -> Output:
+    """One line per image: what was done with it and where it went; with ``ids_only`` (``-q`` with stdout not a
+    terminal, as ``docker load -q``) the image IDs alone, one per line, for ``$(airgap install -q ...)``."""
+    if ids_only:
+        return Output({**result.to_dict(), "signers": _signers(result.trust)}, [i.image_id for i in result.images])
     lines = []
     for image in result.images:
         where = f"  -> {image.location}" if image.location else ""

@@ -19,8 +19,26 @@ from airgap._internal.util.text import json_safe, printable
 from airgap.progress import NullReporter, Reporter
 
 
+class _Bar(tqdm):  # type: ignore[misc]  # tqdm is untyped here: Any
+    """A tqdm bar that shows bytes in binary units, as every other line of airgap does (MiB, not tqdm's "M"/"MB")."""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        """tqdm's fields, plus ``done``, ``size`` and ``speed``: the counts in binary units (see :data:`BAR_FORMAT`)."""
+        d: dict[str, Any] = super().format_dict
+        rate = d.get("rate") or (d["n"] / d["elapsed"] if d.get("elapsed") else None)
+        d["done"] = human_bytes(d["n"])
+        d["size"] = human_bytes(d["total"]) if d.get("total") else "?"
+        d["speed"] = f"{human_bytes(rate)}/s" if rate else "?/s"
+        return d
+
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {done} of {size} [{elapsed}<{remaining}, {speed}]"
+BAR_FORMAT_NO_TOTAL = "{desc}: {done} [{elapsed}, {speed}]"
+
+
 class TqdmReporter:
-    """A tqdm bar per phase, for a terminal."""
+    """A tqdm bar per phase, for a terminal: bytes in binary units, never past its total."""
 
     def __init__(self, stream: TextIO) -> None:
         """Bars drawn on ``stream``."""
@@ -36,14 +54,22 @@ class TqdmReporter:
             width = 0
         # a terminal that reports no size (some serial consoles, 'script') still gets a bar
         size: dict[str, Any] = {"dynamic_ncols": True} if width > 0 else {"ncols": 100, "nrows": 24}
-        self._bar = tqdm(
-            total=total or None, desc=printable(label), unit="B", unit_scale=True, unit_divisor=1024, file=self._stream, **size
+        self._bar = _Bar(
+            total=total or None,
+            desc=printable(label),
+            unit="B",
+            bar_format=BAR_FORMAT if total else BAR_FORMAT_NO_TOTAL,
+            file=self._stream,
+            **size,
         )
 
     def advance(self, n: int) -> None:
-        """Move the bar by ``n`` bytes (from any thread)."""
+        """Move the bar by ``n`` bytes (from any thread); a total that was an estimate grows with what is moved
+        beyond it, so the bar never shows more than 100 %."""
         with self._lock:
             if self._bar is not None:
+                if self._bar.total and self._bar.n + n > self._bar.total:
+                    self._bar.total = self._bar.n + n
                 self._bar.update(n)
 
     def finish(self) -> None:
@@ -82,15 +108,17 @@ class PlainReporter:
         self._label, self._total, self._done = printable(label), total, 0
         self._t0 = self._last = time.monotonic()
 
-    def _line(self) -> str:
-        """Progress so far: bytes, percentage, rate and time left."""
+    def _line(self, final: bool = False) -> str:
+        """Progress so far: bytes, percentage, rate and time left.  A total that was an estimate never shows below
+        what was moved, and the final line's total is what was moved."""
         elapsed = max(time.monotonic() - self._t0, 1e-6)
         rate = self._done / elapsed
-        pct = f" ({100 * self._done // self._total}%)" if self._total else ""
-        eta = ""
-        if self._total and rate > 0 and self._done < self._total:
-            eta = f", ETA {int((self._total - self._done) / rate)}s"
-        return f"{self._label}: {human_bytes(self._done)} of {human_bytes(self._total)}{pct}, {human_bytes(rate)}/s{eta}"
+        total = self._done if final and self._total else max(self._total, self._done) if self._total else 0
+        if not total:
+            return f"{self._label}: {human_bytes(self._done)}, {human_bytes(rate)}/s"
+        eta = f", ETA {int((total - self._done) / rate)}s" if rate > 0 and self._done < total else ""
+        pct = 100 * self._done // total
+        return f"{self._label}: {human_bytes(self._done)} of {human_bytes(total)} ({pct}%), {human_bytes(rate)}/s{eta}"
 
     def advance(self, n: int) -> None:
         """Count ``n`` more bytes (from any thread); print a line when the interval has passed."""
@@ -103,7 +131,7 @@ class PlainReporter:
 
     def finish(self) -> None:
         """Print the final line with the phase's duration."""
-        print(self._line() + f", done in {time.monotonic() - self._t0:.1f}s", file=self._stream, flush=True)
+        print(self._line(final=True) + f", done in {time.monotonic() - self._t0:.1f}s", file=self._stream, flush=True)
 
     def note(self, message: str) -> None:
         """Print a line, escaped."""
@@ -146,9 +174,11 @@ class JsonLinesReporter:
         }
         print(json.dumps(json_safe(line), sort_keys=True, separators=(",", ":")), file=self._stream, flush=True)
 
-    def _counts(self) -> dict[str, object]:
-        """The phase's counts, as advance and finish events carry them."""
-        return {"phase": self._label, "done": self._done, "total": self._total or None}
+    def _counts(self, final: bool = False) -> dict[str, object]:
+        """The phase's counts, as advance and finish events carry them: a total that was an estimate is never
+        below ``done``, and a finished phase's total is what was moved."""
+        total = (self._done if final else max(self._total, self._done)) if self._total else None
+        return {"phase": self._label, "done": self._done, "total": total}
 
     def start(self, label: str, total: int) -> None:
         """A phase begins: one ``start`` event."""
@@ -169,7 +199,7 @@ class JsonLinesReporter:
     def finish(self) -> None:
         """The phase ended: one ``finish`` event with the final count."""
         with self._lock:
-            self._emit("finish", **self._counts(), seconds=round(time.monotonic() - self._phase_t0, 3))
+            self._emit("finish", **self._counts(final=True), seconds=round(time.monotonic() - self._phase_t0, 3))
 
     def note(self, message: str) -> None:
         """One ``note`` event."""
@@ -190,8 +220,9 @@ class Progress:
         """E.g. ``during 'pack' after 12.0 MiB of 40.0 MiB (30%)``; ``before any data moved``."""
         if self.phase is None:
             return "before any data moved"
-        pct = f" ({100 * self.done // self.total}%)" if self.total else ""
-        of = f" of {human_bytes(self.total)}" if self.total else ""
+        total = max(self.total, self.done) if self.total else 0
+        pct = f" ({100 * self.done // total}%)" if total else ""
+        of = f" of {human_bytes(total)}" if total else ""
         return f"during '{printable(self.phase)}' after {human_bytes(self.done)}{of}{pct}"
 
     def to_dict(self) -> dict[str, object]:

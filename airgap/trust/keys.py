@@ -52,6 +52,18 @@ _MAX_PBKDF2_ITERATIONS = 100_000_000
 MAX_KEY_FILE_BYTES = 64 << 10
 
 _DAMAGED_HINT = "restore the key file from your backup, or pass the PREFIX.key written by 'airgap keygen'"
+
+
+class WrongPassphrase(FormatError):
+    """An encrypted key file whose structure reads, but that the passphrase given does not decrypt."""
+
+
+def key_prefix(out: Path) -> Path:
+    """``keygen --out`` as the prefix of the pair: ``k``, or ``k.key`` / ``k.pub`` naming one of its files,
+    writes ``k.key`` and ``k.pub`` (never ``k.key.key``)."""
+    return out.with_suffix("") if out.suffix in (".key", ".pub") and out.stem else out
+
+
 _OID_PBES2 = "1.2.840.113549.1.5.13"
 _OID_PBKDF2 = "1.2.840.113549.1.5.12"
 _OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
@@ -185,7 +197,7 @@ def generate_on_token(prefix: Path, key: SigningKey) -> tuple[Path, str]:
     return its path and the fingerprint.  The private key never leaves the token."""
     if key.uri is None:
         raise UsageError("--pkcs11 takes a pkcs11: URI", hint="e.g. --pkcs11 'pkcs11:token=LABEL;object=release-2027'")
-    pub_path = Path(f"{prefix}.pub")
+    pub_path = Path(f"{key_prefix(prefix)}.pub")
     if pub_path.exists():
         raise ConflictError(f"{pub_path} already exists", hint="choose another --out prefix or move the old key away")
     public = pkcs11.generate(key.uri, key.pkcs11_module, key.pin)
@@ -206,6 +218,7 @@ def fingerprint(public: Ed25519PublicKey) -> str:
 
 def generate(prefix: Path, passphrase: bytes | None) -> tuple[Path, Path, str]:
     """Write PREFIX.key (mode 0600) and PREFIX.pub; return their paths and the fingerprint."""
+    prefix = key_prefix(prefix)
     key_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (key_path, pub_path):
         if path.exists():
@@ -293,7 +306,7 @@ def load_private(path: Path, passphrase: bytes | None) -> Ed25519PrivateKey:
     except (ValueError, TypeError) as e:
         if prot.encrypted:
             # the structure parsed above, so what fails is the decryption: the passphrase
-            raise FormatError(
+            raise WrongPassphrase(
                 f"cannot load private key {path}: wrong passphrase",
                 hint="check the passphrase; if it is right, the key file is damaged: restore it from your backup",
             ) from e

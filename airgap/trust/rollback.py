@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap._internal.util.fsutil import atomic_write, io_error
-from airgap.errors import EnvironmentProblem, Error, FormatError
+from airgap.errors import DiskSpaceError, EnvironmentProblem, Error, FormatError
 from airgap.trust.policy import Installed, TrustResult
 
 MAX_STATE_BYTES = 16 << 20
@@ -152,12 +152,22 @@ def make_private_dir(directory: Path, what: str) -> None:
         except FileExistsError:
             continue  # made meanwhile (another airgap): checked below like any existing directory
         except OSError as e:
-            raise io_error(e, str(d)) from e
+            raise _cannot_make(e, d, what) from e
         try:
             os.chmod(d, 0o700)  # a umask such as 0277 would leave it unusable
         except OSError as e:
-            raise io_error(e, str(d)) from e
+            raise _cannot_make(e, d, what) from e
     check_dir(directory, what)
+
+
+def _cannot_make(e: OSError, directory: Path, what: str) -> EnvironmentProblem:
+    """A directory for local state that cannot be made: named, with where else the state may live (never the
+    Docker engine's hint: the file system is at fault)."""
+    error = io_error(e, f"the {what} directory {directory}")
+    if not isinstance(error, DiskSpaceError):
+        error.hint = f"make {directory.parent} writable, or {_ELSEWHERE}"
+    error.path = str(directory)
+    return error
 
 
 def open_private(path: Path, what: str) -> int | None:
@@ -384,7 +394,11 @@ class InstallState:
         """Before an install starts: the state's directory exists (made 0700 if missing) and is safe, the
         state and its details can be read, and a file can be created there.  So a state that cannot be
         written fails here, with nothing delivered, not after the images are loaded."""
-        make_private_dir(self.path.parent, self.WHAT)
+        try:
+            make_private_dir(self.path.parent, self.WHAT)
+        except EnvironmentProblem as e:
+            e.hint = f"nothing was installed; {e.hint or 'check the permissions of that directory'}"
+            raise
         self._load()
         self._load_details()
         try:

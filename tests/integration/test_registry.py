@@ -601,3 +601,10 @@ def test_a_layer_two_repositories_share_is_sent_once_and_mounted(
     assert any(d.replace(":", "%3A") in line and '" 201 ' in line for d in shared for line in mounts), mounts
     images = json.loads(r.out)["images"]
     assert sum(i["blobs_sent"] for i in images) == len(set(samples["docker"].layers) | set(other.layers)) + 2  # + 2 configs
+    # the progress a person or a GUI follows counts the shared layer once: it never passes its total and ends there
+    r = cli("install", str(out), "--trust", str(keypair[1]), "--to", f"registry://{registry.host}/mnt2", "--progress", "json")
+    assert r.code == 0, r.err
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    moving = [e for e in events if "done" in e and e.get("total")]
+    assert moving and all(e["done"] <= e["total"] for e in moving), moving[-3:]
+    assert moving[-1]["done"] == moving[-1]["total"]

@@ -1,9 +1,10 @@
 """Images without layers (``FROM scratch`` and metadata only), from and to the real peers.
 
-Docker builds, pushes and loads them; its export refuses them ("empty export"), which pack reports as that,
-never as an engine that is down.  From a registry or an archive they pack, and every target takes them:
-the Docker engine, install.sh, Podman, containerd, a registry (another Docker engine pulls the same image
-ID), and both archive kinds, which skopeo reads.
+Docker builds, pushes and loads them; its export refuses them ("empty export", ``docker save`` too), so pack
+has the engine push them to a receiver of its own on 127.0.0.1 and keeps the config only when its sha256 is
+the image ID.  From the engine, a registry or an archive they pack, and every target takes them: the Docker
+engine, install.sh, Podman, containerd, a registry (another Docker engine pulls the same image ID), and both
+archive kinds, which skopeo reads.
 """
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
+import requests
 
+from airgap._internal.clients.docker import Engine
 from airgap._internal.format.reader import load_bundle
+from airgap._internal.sources.engine import MAX_RECEIVED, PushReceiver
 from tests.helpers.cli import Cli
 from tests.helpers.containerd import private_containerd
 from tests.helpers.engine import remove
 from tests.helpers.keys import KeyPair
 from tests.helpers.podman import private_podman
 from tests.helpers.registries import PrivateRegistry
+from tests.helpers.samples import Samples
 from tests.helpers.tools import run_sh
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
 
 TAG = "airgap-test/scratch:1"
+AGENT = "airgap-test/agent:1.0"  # samples["docker"]
 DOCKERFILE = b"FROM scratch\nLABEL org.opencontainers.image.title=metadata-only\nENV KIND=scratch\n"
 
 
@@ -71,15 +78,88 @@ def install(cli: Cli, bundle: Path, keypair: KeyPair, *extra: str) -> tuple[int,
     return r.code, (json.loads(r.out) if r.code == 0 else {}), r.err
 
 
-def test_engine_source_reports_the_empty_export_as_what_it_is(
-    cli: Cli, keypair: KeyPair, scratch: tuple[str, str], docker_client: docker.DockerClient, tmp_path: Path
+def test_docker_save_refuses_it_so_the_engine_source_cannot_rely_on_the_export(
+    docker_client: docker.DockerClient, scratch: tuple[str, str]
 ) -> None:
+    try:
+        b"".join(docker_client.api.get_image(TAG))  # GET /images/get, what docker save calls
+    except docker.errors.APIError as e:
+        assert "empty export" in str(e.explanation)
+    else:  # an engine whose export takes such images: the push below is then never needed
+        assert int(str(docker_client.version()["Version"]).split(".")[0]) >= 25
+
+
+def test_engine_source_packs_it_with_its_id_through_the_engines_push(
+    cli: Cli,
+    keypair: KeyPair,
+    scratch: tuple[str, str],
+    samples: Samples,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    with samples["docker"].path.open("rb") as fh:  # packed together with an image that has layers
+        docker_client.images.load(fh.read())
+    try:
+        r = cli("pack", TAG, AGENT, "-o", str(tmp_path / "b"), "--key", str(keypair[0]), "--json")
+    finally:
+        remove(docker_client, AGENT, samples["docker"].image_id)
+    assert r.code == 0, r.err
+    packed = {i["image_id"]: i["ref_names"] for i in json.loads(r.out)["images"]}
+    assert packed == {scratch[0]: [TAG], samples["docker"].image_id: [AGENT]}
+    [image] = [i for i in load_bundle(tmp_path / "b").manifest.images if i.image_id == scratch[0]]
+    assert image.layers == () and image.diff_ids == ()
+    assert cli("verify", str(tmp_path / "b"), "--trust", str(keypair[1])).code == 0
+    # the engine keeps no name of airgap's receiver, neither a tag nor a digest
+    inspected = docker_client.api.inspect_image(scratch[0])
+    assert inspected["RepoTags"] == [TAG] and not inspected["RepoDigests"]
+    # and the bundle installs the same image ID into an engine that lacks it
+    remove(docker_client, TAG, scratch[0], scratch[1])
+    code, result, err = install(cli, tmp_path / "b", keypair)
+    assert code == 0, err
+    assert {i["image_id"]: i["action"] for i in result["images"]}[scratch[0]] == "loaded"
+    assert docker_client.images.get(TAG).id == scratch[0]
+
+
+def test_engine_on_another_host_is_refused_naming_the_registry_route(
+    cli: Cli,
+    keypair: KeyPair,
+    scratch: tuple[str, str],
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Engine, "is_local", lambda _self: False)  # as DOCKER_HOST=tcp://build-host:2376 would be
     r = cli("pack", TAG, "-o", str(tmp_path / "b"), "--key", str(keypair[0]))
-    if int(str(docker_client.version()["Version"]).split(".")[0]) >= 25 and r.code == 0:
-        return  # an engine whose export takes such images (containerd's image store)
+    if r.code == 0:  # an engine whose export takes such images needs no push
+        assert int(str(docker_client.version()["Version"]).split(".")[0]) >= 25
+        return
     assert r.code == 6, r.err
-    assert "without layers" in r.err and TAG in r.err and "oci://" in r.err
-    assert "dockerd running" not in r.err
+    assert "without layers" in r.err and TAG in r.err and "not on this host" in r.err and "oci://" in r.err
+    assert "dockerd running" not in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_push_receiver_keeps_only_blobs_whose_digest_matches_and_bounds_what_it_takes() -> None:
+    config = b'{"rootfs":{"type":"layers","diff_ids":[]}}'
+    right = "sha256:" + hashlib.sha256(config).hexdigest()
+    lying = "sha256:" + hashlib.sha256(b"another config").hexdigest()
+    with PushReceiver() as receiver, requests.Session() as http:
+        root = f"http://{receiver.repository.partition('/')[0]}"
+        repo = f"{root}/v2/{receiver.repo}"
+        assert http.get(f"{root}/v2/").status_code == 200
+        started = http.post(f"{repo}/blobs/uploads/")
+        assert started.status_code == 202
+        upload = root + started.headers["Location"]
+        assert http.patch(upload, data=iter([config])).status_code == 202  # chunked, as dockerd sends it
+        assert http.put(f"{upload}?digest={lying}").status_code == 400
+        assert receiver.blob(lying) is None and receiver.blob(right) is None
+        upload = root + http.post(f"{repo}/blobs/uploads/").headers["Location"]
+        assert http.put(f"{upload}?digest={right}", data=config).status_code == 201
+        assert receiver.blob(right) == config
+        assert http.head(f"{repo}/blobs/{right}").headers["Content-Length"] == str(len(config))
+        assert http.post(f"{root}/v2/airgap-pack/another/blobs/uploads/").status_code == 404  # one repository only
+        upload = root + http.post(f"{repo}/blobs/uploads/").headers["Location"]
+        assert http.patch(upload, data=b"\0" * (MAX_RECEIVED + 1)).status_code == 413
 
 
 def test_registry_source_packs_the_image_with_its_id(bundle_of_scratch: Path, scratch: tuple[str, str]) -> None:

@@ -45,11 +45,15 @@ def test_delta_carries_only_new_layers_and_names_its_base(
     assert _part_bytes(delta) < _part_bytes(full2) / 3
 
 
-def test_delta_refuses_a_base_it_was_not_made_against(cli: Cli, packed: tuple[Path, Path, Path], keypair: KeyPair) -> None:
+def test_delta_refuses_a_base_it_was_not_made_against(
+    cli: Cli, packed: tuple[Path, Path, Path], keypair: KeyPair, tmp_path: Path
+) -> None:
     _, full2, delta = packed
-    r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full2), "--to", "oci-archive:/dev/null/x")
+    out = tmp_path / "never.tar"
+    r = cli("install", str(delta), "--trust", str(keypair[1]), "--base", str(full2), "--to", f"oci-archive:{out}")
     assert r.code == 5, r.err
     assert "not the bundle this delta was made against" in r.err
+    assert not out.exists()
 
 
 def test_delta_with_base_writes_the_full_image_to_an_archive(

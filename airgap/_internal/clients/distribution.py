@@ -112,6 +112,7 @@ def parse_ref(text: str, scheme: str, need_reference: bool = True) -> RegistryRe
         raise UsageError(f"{text[:300]!r}: only sha256 digests are read", hint=f"write it like {example}")
     if need_reference and ref.tag is None and ref.digest is None:
         raise UsageError(f"{text[:300]!r} names no tag or digest", hint=f"write it like {example}")
+    _check_port(ref.host, text[:300])
     return RegistryRef(ref.host, ref.path, ref.digest or ref.tag)
 
 
@@ -122,7 +123,16 @@ def parse_host(text: str, what: str) -> str:
         raise UsageError(
             f"{what}: {text[:120]!r} is not a registry host", hint="write HOST[:PORT], e.g. registry.example:5000 or [::1]:5000"
         )
+    _check_port(text, what)
     return text
+
+
+def _check_port(host: str, what: str) -> None:
+    """The reference grammar takes any digits as a port; a connection needs one from 1 to 65535."""
+    port = host.rpartition("]")[2] if host.startswith("[") else host
+    digits = port.rpartition(":")[2] if ":" in port else ""
+    if digits and not 1 <= int(digits) <= 65535:
+        raise UsageError(f"{what}: port {digits[:20]} of {host[:120]!r} is not a TCP port", hint="a port is from 1 to 65535")
 
 
 def is_loopback(host: str) -> bool:

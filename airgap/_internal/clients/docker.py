@@ -100,6 +100,19 @@ class EngineClient(Protocol):
     def is_podman(self) -> bool:
         """Whether Podman's Docker-compatible service answers rather than dockerd."""
 
+    # with defaults: an engine without them takes every name and cannot push (the tests' in-memory engine)
+    def accepts_name(self, ref: str) -> bool:
+        """Whether the engine's reference grammar takes the name ``ref`` (one Docker's grammar allows)."""
+        return bool(ref)
+
+    def product(self) -> str:
+        """The engine and its version, for messages: ``Docker Engine 20.10.24 (API 1.41)``."""
+        return "the Docker engine"
+
+    def push(self, ref: str) -> None:
+        """Push ``ref`` (repository:tag) to its registry."""
+        raise DockerError(f"Docker engine: this engine cannot push {ref}", hint=_HINT)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -205,7 +218,7 @@ class Engine:
         self.endpoint = endpoint if endpoint is not None else Endpoint(DEFAULT_HOST, "the default context")
         self.api = client.api
         self._image_layers: dict[str, list[str]] | None = None
-        self._podman: bool | None = None
+        self._version_doc: dict[str, Any] | None = None
 
     @classmethod
     def connect(cls) -> Engine:
@@ -378,17 +391,60 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as e:
             raise _fail(f"removing the name {ref} failed", e) from e
 
+    def _version(self) -> dict[str, Any]:
+        """The engine's /version document (asked once per connection)."""
+        if self._version_doc is None:
+            try:
+                self._version_doc = dict(self.api.version())
+            except (docker.errors.DockerException, requests.RequestException) as e:
+                raise _fail("version failed", e) from e
+        return self._version_doc
+
     def is_podman(self) -> bool:
         """Whether Podman's Docker-compatible service (``podman system service``) answers rather than dockerd:
         its /version names a "Podman Engine" component.  Podman's load reads every layer of an image from the
         upload, even those it holds; it pulls from a loopback registry over HTTPS only."""
-        if self._podman is None:
-            try:
-                components = self.api.version().get("Components") or []
-            except (docker.errors.DockerException, requests.RequestException) as e:
-                raise _fail("version failed", e) from e
-            self._podman = any(isinstance(c, dict) and str(c.get("Name", "")).startswith("Podman") for c in components)
-        return self._podman
+        components = self._version().get("Components") or []
+        return any(isinstance(c, dict) and str(c.get("Name", "")).startswith("Podman") for c in components)
+
+    def product(self) -> str:
+        """``Docker Engine 20.10.24+dfsg1 (API 1.41)``, ``Podman Engine 4.3.1 (API 1.41)``: the first component of
+        /version (the engine itself; dockerd calls it "Engine"), else its Version."""
+        doc = self._version()
+        components = [c for c in doc.get("Components") or [] if isinstance(c, dict)]
+        name = str(components[0].get("Name", "")) if components else ""
+        version = str(components[0].get("Version", "")) if components else str(doc.get("Version", ""))
+        text = f"{'Docker Engine' if name in ('', 'Engine') else name} {version}".strip()
+        api = doc.get("ApiVersion")
+        return f"{text[:80]} (API {str(api)[:16]})" if api else text[:80]
+
+    def accepts_name(self, ref: str) -> bool:
+        """Whether the engine's own reference parser takes ``ref``, asked of it: an inspect of the name answers
+        "invalid reference format" (dockerd 400, Podman 500) when the engine's grammar lacks it, as Docker's did
+        for IPv6 registry hosts (``[::1]:5000/app:1``) before its newer reference grammar; found or not found,
+        the engine parsed it."""
+        try:
+            self.api.inspect_image(ref)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as e:
+            if e.status_code in (400, 500) and "invalid reference format" in str(e.explanation or ""):
+                return False
+            raise _fail(f"inspecting {ref} failed", e) from e
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"inspecting {ref} failed", e) from e
+        return True
+
+    def push(self, ref: str) -> None:
+        """POST /images/{name}/push: push ``ref`` (repository:tag); errors from the progress stream raise DockerError."""
+        repo, _, tag = ref.rpartition(":")
+        try:
+            for msg in self.api.push(repo, tag=tag, stream=True, decode=True):
+                if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
+                    detail = msg.get("error") or (msg.get("errorDetail") or {}).get("message", "")
+                    raise DockerError(f"Docker engine: pushing {ref} failed: {str(detail)[:300]}", hint=_HINT)
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            raise _fail(f"pushing {ref} failed", e) from e
 
     def is_local(self) -> bool:
         """Whether the engine shares this host's loopback: a unix socket, or a TCP address on loopback (localhost in any

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from airgap._internal.clients.distribution import parse_ref
+from airgap._internal.clients.distribution import parse_host
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.check import PartsFailed, check_part
 from airgap._internal.format.origins import Origin, Rebuilt, parts_to_open, resolve
 from airgap._internal.format.reader import LoadedBundle, open_part, refuse_unexpected
 from airgap.errors import UsageError
 from airgap.model.manifest import Image, Platform
+from airgap.model.reference import valid_domain, valid_path
 from airgap.progress import Transfer
 
 DOCKER_ARCHIVE = "docker-archive:"
@@ -46,6 +47,11 @@ class Target:
         return f"{REGISTRY}{self.value}" if self.kind == "registry" else f"{self.kind}:{self.value}"
 
 
+REGISTRY_HINT = (
+    "write it as registry://HOST[:PORT][/PREFIX], e.g. registry://registry.site:5000/mirror (the PREFIX in lower case)"
+)
+
+
 def parse_target(text: str | None) -> Target:
     """``--to``: nothing or ``docker`` for the engine, ``registry://HOST[:PORT][/PREFIX]``,
     ``containerd://[SOCKET][?namespace=NS]``, ``docker-archive:PATH`` or ``oci-archive:PATH``."""
@@ -60,7 +66,17 @@ def parse_target(text: str | None) -> Target:
     if text.startswith(REGISTRY):
         rest = text[len(REGISTRY) :].rstrip("/")
         host, _, prefix = rest.partition("/")
-        parse_ref(f"oci://{host}/{prefix or 'x'}", "oci", need_reference=False)  # validates host and prefix
+        try:
+            parse_host(host, "the host")
+        except UsageError as e:
+            raise UsageError(
+                f"--to {text[:200]!r} is not a registry address: {e.message.removeprefix('the host: ')}",
+                hint=e.hint if valid_domain(host) else REGISTRY_HINT,  # a port out of range has its own
+            ) from e
+        if prefix and not valid_path(prefix):
+            raise UsageError(
+                f"--to {text[:200]!r} is not a registry address: {prefix[:120]!r} is not a repository path", hint=REGISTRY_HINT
+            )
         return Target("registry", rest)
     if text.startswith(CONTAINERD):
         return Target("containerd", text[len(CONTAINERD) :])  # its sink reads the socket and the namespace

@@ -86,6 +86,24 @@ def engine_reads(engine: EngineClient, compression: str) -> bool:
         engine.untag(image_id)  # the probe image goes again
 
 
+def refuse_unnamable(engine: EngineClient, images: list[Image], via: str) -> None:
+    """Refuse, before any upload or pull, a name the engine's own reference grammar refuses (asked of the engine:
+    Docker before its newer reference grammar, and Podman 4, refuse an IPv6 registry host such as
+    ``[::1]:5000/team/app:1``).  Loading the image without the name would leave it reachable by its ID only, and
+    the engine's load would report the refusal only after the whole upload, with the image loaded untagged."""
+    for image in images:
+        for ref in image.ref_names:
+            if engine.accepts_name(ref):
+                continue
+            why = "an IPv6 registry host" if ref.startswith("[") else "this name"
+            raise UsageError(
+                f"{engine.product()} refuses the name {ref} (image {image.image_id[:19]}): its reference grammar "
+                f"lacks {why}; nothing was {'pulled' if via == 'registry' else 'loaded'}",
+                hint="push it to a registry with --to registry://HOST/PREFIX (the name loses its host there), pack it "
+                "under a name without that host, or install into a newer engine whose reference grammar takes it",
+            )
+
+
 class EngineSink:
     """The Docker engine at DOCKER_HOST (or the one ``connect`` returns)."""
 
@@ -146,8 +164,10 @@ class EngineSink:
         return {c for c in needed if not self._reads[c]}
 
     def prepare(self, images: list[Image]) -> tuple[InstalledImage, ...] | None:
-        """Never move a tag silently: a tag naming another image is refused unless --replace."""
+        """Refuse a name the engine's grammar lacks, before anything is read; never move a tag silently: a tag
+        naming another image is refused unless --replace."""
         engine = self.engine
+        refuse_unnamable(engine, images, self._via)
         present = True
         for image in images:
             if engine.inspect(image.image_id) is None:

@@ -21,7 +21,10 @@ def io_error(e: OSError, what: str) -> EnvironmentProblem:
     """Convert an OSError met while writing into our error kinds."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(f"disk full while writing {what}", hint="free space or write somewhere else")
-    return EnvironmentProblem(f"cannot write {what}: {e.strerror or e}")
+    return EnvironmentProblem(
+        f"cannot write {what}: {e.strerror or e}",
+        hint="check that the directory exists, that you may write there, and that its file system is not read-only",
+    )
 
 
 def fsync_dir(path: Path) -> None:
