@@ -16,7 +16,8 @@ import pytest
 
 from airgap.trust import keys
 from airgap.trust import policy as trust
-from tests.helpers.bundles import two_platform_pack
+from tests.helpers.bundles import pack_split, two_platform_pack
+from tests.helpers.discs import Drive
 from tests.helpers.engine import remove
 from tests.helpers.samples import sample_image
 from tests.helpers.tools import dash, run_sh
@@ -668,3 +669,133 @@ def test_install_sh_a_bad_part_never_lets_the_archive_manifest_reach_the_engine(
         assert b'"RepoTags"' not in sent.read_bytes()
         assert "cut off" in done.stderr
     assert samples["docker"].image_id not in _image_ids(clean_engine)
+
+
+# --- run twice: what the engine holds under all its names is not loaded again -------------------------
+
+
+def _loads(log: Path) -> list[str]:
+    """The ``docker load`` runs a logging shim saw."""
+    return [line for line in log.read_text().splitlines() if line.split(" ", 1)[0] == "load"]
+
+
+def test_install_sh_run_twice_does_not_load_again(bundle: Path, keypair, samples, clean_engine, tmp_path: Path) -> None:
+    from airgap.trust.policy import Installed
+    from airgap.trust.rollback import InstallState
+
+    env, log = logging_shim(tmp_path, "docker")
+    tag, image_id = samples["docker"].tag, samples["docker"].image_id
+    done = run_sh(bundle, "--trust", str(keypair[1]), env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(_loads(log)) == 1 and f"loaded: {tag}  {image_id}" in done.stdout
+    _state_path().unlink()  # the second run records the state as a completed install does
+    log.write_text("")
+    done = run_sh(bundle, "--trust", str(keypair[1]), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"already present: {tag}  {image_id}\n"
+    assert _loads(log) == [] and "loading into Docker" not in done.stderr
+    sha = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert InstallState(_state_path()).get(_manifest(bundle)["name"]) == Installed(_manifest(bundle)["sequence"], sha)
+    # the signature is still checked first: an edited manifest fails though its images are present
+    manifest = bundle / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"sequence": ', '"sequence": 9'))
+    done = run_sh(bundle, "--trust", str(keypair[1]), env=env)
+    assert done.returncode == 5 and "does not match manifest.json" in done.stderr, done.stderr
+    assert "already present" not in done.stdout and _loads(log) == []
+
+
+def test_install_sh_run_twice_with_the_tag_moved_is_a_conflict(
+    bundle: Path, keypair, samples, clean_engine, tmp_path: Path
+) -> None:
+    tag, image_id = samples["docker"].tag, samples["docker"].image_id
+    assert run_sh(bundle, "--trust", str(keypair[1])).returncode == 0
+    with open(samples["docker2"].path, "rb") as fh:
+        clean_engine.images.load(fh)
+    try:
+        clean_engine.images.get(samples["docker2"].image_id).tag(tag)  # the bundle's image stays, untagged
+        env, log = logging_shim(tmp_path, "docker")
+        done = run_sh(bundle, "--trust", str(keypair[1]), env=env)
+        assert done.returncode == 7, done.stderr
+        assert f"tag {tag} already names image {samples['docker2'].image_id}" in done.stderr and "--replace" in done.stderr
+        assert "already present" not in done.stdout and _loads(log) == []
+        assert _tag_id(clean_engine, tag) == samples["docker2"].image_id
+        done = run_sh(bundle, "--trust", str(keypair[1]), "--replace", env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(_loads(log)) == 1 and f"loaded: {tag}  {image_id}" in done.stdout
+        assert _tag_id(clean_engine, tag) == image_id
+    finally:
+        remove(clean_engine, samples["docker2"].tag, samples["docker2"].image_id)
+
+
+def test_install_sh_run_twice_with_one_image_missing_loads(cli, samples, keypair, clean_engine, tmp_path: Path) -> None:
+    one, two = samples["docker"], samples["docker2"]
+    out = tmp_path / "two"
+    r = cli("pack", f"docker-archive:{one.path}", f"docker-archive:{two.path}", "-o", str(out), "--key", str(keypair[0]))
+    assert r.code == 0, r.err
+    remove(clean_engine, two.tag, two.image_id)
+    try:
+        assert run_sh(out, "--trust", str(keypair[1])).returncode == 0
+        remove(clean_engine, two.tag, two.image_id)
+        env, log = logging_shim(tmp_path, "docker")
+        done = run_sh(out, "--trust", str(keypair[1]), env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(_loads(log)) == 1 and "already present" not in done.stdout
+        assert f"loaded: {two.tag}  {two.image_id}" in done.stdout
+        assert _tag_id(clean_engine, one.tag) == one.image_id and _tag_id(clean_engine, two.tag) == two.image_id
+    finally:
+        remove(clean_engine, two.tag, two.image_id)
+
+
+def test_install_sh_run_twice_from_several_volumes_asks_for_no_other_disc(
+    cli, samples, keypair, clean_engine, tmp_path: Path
+) -> None:
+    split = tmp_path / "split"
+    r = pack_split(cli, samples["docker"], keypair, split, "1MiB", "2MiB")
+    assert r.code == 0, r.err
+    vols = sorted(p.name for p in split.iterdir())
+    assert len(vols) > 2
+    froms = [arg for v in vols[1:] for arg in ("--from", str(split / v))]
+    done = run_sh(split / "vol-01", "--trust", str(keypair[1]), *froms)
+    assert done.returncode == 0, done.stderr
+    env, log = logging_shim(tmp_path, "docker")
+    done = run_sh(split / "vol-01", "--trust", str(keypair[1]), *froms, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"already present: {samples['docker'].tag}  {samples['docker'].image_id}\n" and _loads(log) == []
+    # from one drive: vol-01 alone is read; no other disc is asked for
+    drive = Drive(split, tmp_path / "cdrom")
+    drive.insert("vol-01")
+    asked = tmp_path / "asked"
+    command = f'printf "%s\\n" "$*" >>{shlex.quote(str(asked))}; exit 1'
+    done = subprocess.run(
+        [dash(), str(drive.media / "installer" / "install.sh"), "--trust", str(keypair[1]), "--media-command", command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"already present: {samples['docker'].tag}  {samples['docker'].image_id}\n"
+    assert not asked.exists() and _loads(log) == []
+    assert "vol-01 in " in done.stderr  # the disc it read was checked as it came
+
+
+def test_install_sh_after_airgap_install_says_already_present_too(bundle: Path, keypair, samples, clean_engine, capsys) -> None:  # type: ignore[no-untyped-def]
+    from airgap._cli import main
+    from airgap._internal.sinks.engine import UPLOAD_COMPLETE
+
+    tag, image_id = samples["docker"].tag, samples["docker"].image_id
+    capsys.readouterr()
+    code = main(["install", str(bundle), "--trust", str(keypair[1])])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert f"loaded: {tag}  {image_id}" in said.out
+    assert said.err.count(UPLOAD_COMPLETE) == 1  # the word while the engine registers the layers
+    done = run_sh(bundle, "--trust", str(keypair[1]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"already present: {tag}  {image_id}\n"
+    code = main(["install", str(bundle), "--trust", str(keypair[1])])
+    said = capsys.readouterr()
+    assert code == 0 and f"already present: {tag}  {image_id}" in said.out, said.err
+    assert UPLOAD_COMPLETE not in said.err  # nothing was uploaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,12 @@ import pytest
 
 from airgap._internal.format.reader import load_bundle
 from airgap._internal.sinks.base import select_images
+from airgap._internal.sinks.engine import UPLOAD_COMPLETE
 from airgap._internal.util import fsutil
 from airgap.errors import ConflictError, DiskSpaceError, IntegrityError, UsageError
 from airgap.install import InstallOptions, InstallResult, install
 from airgap.model.manifest import Platform
+from airgap.progress import NullReporter
 from airgap.trust.keys import load_public
 from tests.helpers.fake_engine import FakeEngine, connect_to
 from tests.helpers.keys import KeyPair
@@ -64,6 +67,56 @@ def test_part_replaced_mid_install_loads_nothing(bundle: Path, keypair: KeyPair,
     with pytest.raises(IntegrityError, match=re.escape(parts[-2].path)):
         run(bundle, engine, keypair[1])
     assert engine.tags == {} and engine.ids == set()
+
+
+class Timeline(NullReporter):
+    """Notes, and what the engine does, in the order they happen."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.events.append(f"note: {message}")
+
+
+class TimedEngine(FakeEngine):
+    """A FakeEngine that tells ``timeline`` of each chunk it takes, and when it has registered the upload."""
+
+    def __init__(self, root: Path, timeline: Timeline) -> None:
+        super().__init__(root)
+        self.timeline = timeline
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        def taken() -> Iterator[bytes]:
+            for chunk in chunks:
+                self.timeline.events.append("chunk")
+                yield chunk
+
+        messages = super().load(taken())
+        self.timeline.events.append("registered")
+        return messages
+
+
+def test_silent_wait_while_the_engine_registers_layers_gets_a_note(bundle: Path, keypair: KeyPair, tmp_path: Path) -> None:
+    timeline = Timeline()
+    result = install(InstallOptions(bundle, (load_public(keypair[1]),)), timeline, connect_to(TimedEngine(tmp_path, timeline)))
+    assert result.images[0].action == "loaded"
+    events = timeline.events
+    said = f"note: {UPLOAD_COMPLETE}"
+    assert events.count(said) == 1 and events.count("chunk") > 1
+    # once the whole upload is handed over, before the engine has unpacked and registered it
+    assert events[events.index(said) - 1] == "chunk" and events[events.index(said) + 1 :] == ["registered"]
+
+
+def test_no_upload_complete_note_when_a_part_fails(bundle: Path, keypair: KeyPair, tmp_path: Path) -> None:
+    victim = bundle / load_bundle(bundle).manifest.parts[-1].path
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 0x80
+    victim.write_bytes(data)
+    timeline = Timeline()
+    with pytest.raises(IntegrityError):
+        install(InstallOptions(bundle, (load_public(keypair[1]),)), timeline, connect_to(TimedEngine(tmp_path, timeline)))
+    assert f"note: {UPLOAD_COMPLETE}" not in timeline.events and "registered" not in timeline.events
 
 
 def test_foreign_platform_single_image_loads_with_note() -> None:

@@ -25,9 +25,10 @@
 # from that copy into the load, one part at a time.  Temporary space ($TMPDIR): the manifest, the
 # plan and blocks, and one part.  A part that fails cuts the upload before the archive's manifest.json,
 # so the engine loads nothing.  Like 'airgap install' it never moves a tag silently, refuses links,
-# special files and files the manifest does not list, and keeps the same rollback state file.  A disc
-# is known by its signed listing (volume-NN.txt), which is only hashed; it is checked as it comes (its
-# parts there with their sizes, its signed files matching, nothing else on it) before a part is read.
+# special files and files the manifest does not list, keeps the same rollback state file, and loads
+# nothing when the engine holds every image under all its names ('already present', no part read).  A
+# disc is known by its signed listing (volume-NN.txt), which is only hashed; it is checked as it comes
+# (its parts there with their sizes, its signed files matching, nothing else on it) before a part is read.
 set -u
 umask 077
 LC_ALL=C
@@ -164,7 +165,7 @@ while [ $# -gt 0 ]; do
   --from=*) add_from "${1#--from=}"; shift ;;
   --state) [ $# -ge 2 ] || usage; state=$2; shift 2 ;;
   --state=*) state=${1#--state=}; shift ;;
-  -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ; exit 0 ;;
+  -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' ; exit 0 ;;
   --)
     shift
     [ $# -le 1 ] || usage
@@ -1038,16 +1039,66 @@ awk -v blocks="$block_count" '
 ' "$tmp/parts" "$tmp/plan" >"$tmp/ops" 2>"$tmp/err" ||
   die 3 "$plan is not a load plan: $(head -n 1 "$tmp/err")" "do not use this bundle"
 
-# --- 8. never move a tag silently ----------------------------------------------------------------------
+# record_state: remember the newest sequence installed (never lowered by --allow-downgrade), as
+# 'airgap install' does after a load, or when every image was already present
+record_state() {
+  read_state
+  current=$(awk -v n="$bundle_name" '$1 == n { print $2 }' "$tmp/state.entries")
+  if [ -z "$current" ] || ! older "$sequence" "$current"; then
+    mkdir -p -- "$state_dir" || die 6 "cannot create $state_dir for the install state" "the images are loaded; set AIRGAP_STATE to a writable place"
+    state_safe
+    now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    {
+      awk -v n="$bundle_name" '$1 != n' "$tmp/state.entries"
+      printf '%s %s %s %s\n' "$bundle_name" "$sequence" "$manifest_sha256" "$now"
+    } | sort -k1,1 | awk '
+      { e[++n] = $0 }
+      END {
+        print "{"
+        if (n == 0) print "  \"bundles\": {}"
+        else {
+          print "  \"bundles\": {"
+          for (i = 1; i <= n; i++) {
+            split(e[i], f, " ")
+            print "    \"" f[1] "\": {"
+            print "      \"installed\": \"" f[4] "\","
+            print "      \"manifest_sha256\": \"" f[3] "\","
+            print "      \"sequence\": " f[2]
+            print (i < n ? "    }," : "    }")
+          }
+          print "  }"
+        }
+        print "}"
+      }' >"$tmp/state.new" || die 6 "cannot write the install state"
+    new=$(mktemp "$state_dir/.installed.json.XXXXXX") || die 6 "cannot write in $state_dir" "the images are loaded; the install state was not updated"
+    if ! cat "$tmp/state.new" >"$new" || ! mv -f -- "$new" "$state"; then
+      rm -f -- "$new"
+      die 6 "cannot write install state $state" "the images are loaded; the install state was not updated"
+    fi
+  fi
+}
+
+# --- 8. never move a tag silently; every image already there under all its names: nothing to load ------
+present=1
 while read -r op id refs; do
   [ "$op" = image ] || continue
+  docker image inspect "$id" >/dev/null 2>&1 </dev/null || present=0
   for ref in $refs; do
     current=$(docker image inspect --format '{{.Id}}' "$ref" 2>/dev/null </dev/null) || current=
+    [ "$current" = "$id" ] || present=0
     if [ -n "$current" ] && [ "$current" != "$id" ] && [ "$replace" = 0 ]; then
       die 7 "tag $ref already names image $current, the bundle has $id" "pass --replace to move the tag to the bundle's image"
     fi
   done
 done <"$tmp/ops"
+if [ "$present" = 1 ]; then # like 'airgap install': no part is read (nor, from one drive, another disc asked for)
+  while read -r op id refs; do
+    [ "$op" = image ] || continue
+    out "already present: ${refs:-(untagged)}  $id"
+  done <"$tmp/ops"
+  record_state
+  exit 0
+fi
 
 # --- 9. every part the plan needs is there, a regular file of the right size, before anything is sent --
 # (read from one drive, each disc's parts are checked so as it comes, before a part is read from it)
@@ -1138,38 +1189,5 @@ while read -r op id refs; do
 done <"$tmp/ops"
 
 # --- 12. remember the newest sequence installed (never lowered by --allow-downgrade) -------------------
-read_state
-current=$(awk -v n="$bundle_name" '$1 == n { print $2 }' "$tmp/state.entries")
-if [ -z "$current" ] || ! older "$sequence" "$current"; then
-  mkdir -p -- "$state_dir" || die 6 "cannot create $state_dir for the install state" "the images are loaded; set AIRGAP_STATE to a writable place"
-  state_safe
-  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  {
-    awk -v n="$bundle_name" '$1 != n' "$tmp/state.entries"
-    printf '%s %s %s %s\n' "$bundle_name" "$sequence" "$manifest_sha256" "$now"
-  } | sort -k1,1 | awk '
-    { e[++n] = $0 }
-    END {
-      print "{"
-      if (n == 0) print "  \"bundles\": {}"
-      else {
-        print "  \"bundles\": {"
-        for (i = 1; i <= n; i++) {
-          split(e[i], f, " ")
-          print "    \"" f[1] "\": {"
-          print "      \"installed\": \"" f[4] "\","
-          print "      \"manifest_sha256\": \"" f[3] "\","
-          print "      \"sequence\": " f[2]
-          print (i < n ? "    }," : "    }")
-        }
-        print "  }"
-      }
-      print "}"
-    }' >"$tmp/state.new" || die 6 "cannot write the install state"
-  new=$(mktemp "$state_dir/.installed.json.XXXXXX") || die 6 "cannot write in $state_dir" "the images are loaded; the install state was not updated"
-  if ! cat "$tmp/state.new" >"$new" || ! mv -f -- "$new" "$state"; then
-    rm -f -- "$new"
-    die 6 "cannot write install state $state" "the images are loaded; the install state was not updated"
-  fi
-fi
+record_state
 exit 0

@@ -19,7 +19,7 @@ import gzip
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from types import TracebackType
 
@@ -44,6 +44,17 @@ _COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": lambda data: gzip.compress(data, mtime=0),
     "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
 }
+
+
+UPLOAD_COMPLETE = "upload complete: the engine is unpacking and registering the layers; large layers take a while"
+
+
+def _then(chunks: Iterator[bytes], done: Callable[[], None]) -> Iterator[bytes]:
+    """The chunks, then ``done()`` once the last one has been handed over (the engine has asked for more): the engine
+    unpacks and registers the layers only after the whole upload, minutes for a large layer, with the bar at its end.
+    A stream that fails, or an engine that stops reading, never gets there."""
+    yield from chunks
+    done()
 
 
 def engine_reads(engine: EngineClient, compression: str) -> bool:
@@ -256,7 +267,8 @@ class EngineSink:
                 if exports.layers or exports.rebuild_from
                 else None
             )
-            engine.load(threaded(save_stream(images, plan.origins, transfer, cache, before, elsewhere, rebuilt)))
+            upload = threaded(save_stream(images, plan.origins, transfer, cache, before, elsewhere, rebuilt))
+            engine.load(_then(upload, lambda: self._note(UPLOAD_COMPLETE)))
         loaded = []
         for image in images:
             if engine.inspect(image.image_id) is None:
