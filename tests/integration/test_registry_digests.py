@@ -9,13 +9,16 @@ import json
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from airgap._internal.sources.base import host_default
 from tests.helpers.bundles import two_platform_pack
 from tests.helpers.cli import Cli
+from tests.helpers.containerd import private_containerd
 from tests.helpers.keys import KeyPair
 from tests.helpers.registries import PrivateRegistry
 
@@ -100,3 +103,50 @@ def test_one_platform_packed_keeps_its_manifest_digest_and_the_mirror_tag_names_
     assert json.loads(r.out)["images"][0]["manifest_digest"] == arm["digest"]
     pushed = _raw(f"{registry.host}/one/upstream/pinned:1")
     assert _sha(pushed) == arm["digest"] and json.loads(pushed)["config"]["digest"] == configs["arm64"]
+
+
+@pytest.fixture
+def host_bundle(
+    cli: Cli, keypair: KeyPair, tmp_path: Path, source_index: tuple[str, bytes, dict[str, str]]
+) -> Iterator[tuple[Path, str, str]]:
+    """This host's platform packed from the skopeo-written index: the bundle, that platform's source manifest
+    digest, and its image ID."""
+    ref, data, configs = source_index
+    arch = host_default().architecture
+    entry = next(e for e in json.loads(data)["manifests"] if e["platform"]["architecture"] == arch)
+    bundle = tmp_path / "host"
+    r = cli("pack", f"oci://{ref}", "-o", str(bundle), "--key", str(keypair[0]), "--name", "host")
+    assert r.code == 0, r.err
+    yield bundle, entry["digest"], configs[arch]
+
+
+def test_containerd_import_keeps_the_registry_manifest_digest_so_digest_pins_resolve(
+    cli: Cli, keypair: KeyPair, tmp_path: Path, host_bundle: tuple[Path, str, str]
+) -> None:
+    bundle, digest, image_id = host_bundle
+    with private_containerd(tmp_path / "containerd") as containerd:
+        r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", containerd.target())
+        assert r.code == 0, r.err
+        images = containerd.images()
+        assert images and set(images.values()) == {digest}  # the name's target is the source's manifest
+        assert json.loads(containerd.blob(digest))["config"]["digest"] == image_id
+        assert all(state == "complete true" for state in containerd.checked().values()), containerd.checked()
+
+
+def test_oci_archive_keeps_the_registry_manifest_bytes_for_skopeo_and_umoci(
+    cli: Cli, keypair: KeyPair, tmp_path: Path, host_bundle: tuple[Path, str, str]
+) -> None:
+    bundle, digest, image_id = host_bundle
+    archive = tmp_path / "out.tar"
+    r = cli("install", str(bundle), "--trust", str(keypair[1]), "--to", f"oci-archive:{archive}")
+    assert r.code == 0, r.err
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        (entry,) = json.load(member)["manifests"]
+        blob = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+        assert blob is not None and _sha(blob.read()) == digest
+    assert entry["digest"] == digest
+    name = entry["annotations"]["org.opencontainers.image.ref.name"]
+    assert _sha(_skopeo("inspect", "--raw", f"oci-archive:{archive}:{name}")) == digest
+    assert _sha(_skopeo("inspect", "--raw", "--config", f"oci-archive:{archive}:{name}")) == image_id

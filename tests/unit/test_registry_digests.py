@@ -274,3 +274,17 @@ def test_manifest_listing_a_kept_index_whose_blob_is_not_carried_is_refused(sign
                        "index": 0, "offset": 0, "length": 1}],
             "indexes": [{"ref_names": ["a/b:1"], "index": {"digest": "sha256:" + "ef" * 32, "size": 5, "media_type": MT_OCI_INDEX}, "extras": []}],
         })  # fmt: skip
+
+
+def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_not_the_kept_one(
+    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source = fake.put_image("team/app", "7", [_layer("etc/seven", b"seven " * 300)])  # Docker schema 2
+    result = _pack("team/app:7", tmp_path / "b", signer)
+    assert result.manifest.images[0].manifest is not None
+    _install(tmp_path / "b", signer, f"oci-archive:{tmp_path / 'out.tar'}")
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        (entry,) = json.load(member)["manifests"]
+    assert entry["mediaType"] == MT_OCI_MANIFEST and entry["digest"] != source  # OCI readers (umoci) need OCI types

@@ -34,14 +34,24 @@ from airgap._internal.format.origins import (
     to_decompress,
 )
 from airgap._internal.format.reader import LoadedBundle
-from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
+from airgap._internal.sinks.base import (
+    InstalledImage,
+    Plan,
+    Target,
+    blobs_of,
+    kept_digests,
+    make_plan,
+    plan_total,
+    read_kept,
+    select_images,
+)
 from airgap._internal.sources.base import host_default
 from airgap._internal.util import fsutil, tarstream
 from airgap._internal.util.pipeline import threaded
 from airgap.errors import ConflictError, IntegrityError, UsageError
 from airgap.model import oci
 from airgap.model.manifest import Image, Platform
-from airgap.model.mediatypes import MT_OCI_INDEX
+from airgap.model.mediatypes import MT_OCI_INDEX, MT_OCI_MANIFEST
 from airgap.model.oci import compression_of, docker_save_layout
 from airgap.model.reference import Reference, layout_annotations
 from airgap.progress import Transfer
@@ -90,11 +100,17 @@ def save_stream(
 
 
 def oci_archive_stream(
-    images: list[Image], origins: Mapping[str, Origin], transfer: Transfer, cache: VerifiedCache | None = None
+    images: list[Image],
+    origins: Mapping[str, Origin],
+    transfer: Transfer,
+    cache: VerifiedCache | None = None,
+    kept: Mapping[str, tuple[bytes, str]] | None = None,
 ) -> Iterator[bytes]:
     """An OCI image layout as a tar stream: blobs first, index.json last.  A name given to images of several
     platforms points at an index of their manifests (one entry, as peers write a multi-platform image);
-    a name of one image at its manifest."""
+    a name of one image at its manifest.  ``kept``: image ID -> the manifest its source registry served
+    (:func:`read_kept`), written instead of one built here, so the layout keeps the registry's digest."""
+    kept = kept or {}
 
     def small(name: str, data: bytes) -> bytes:
         return tarstream.header(name, len(data)) + data + tarstream.padding(len(data))
@@ -110,7 +126,7 @@ def oci_archive_stream(
     written: set[str] = set()
     manifests: dict[str, tuple[bytes, str, Platform]] = {}  # image ID -> its manifest's bytes, media type, platform
     for image in images:
-        data, media_type = oci.image_manifest(image, oci=True)
+        data, media_type = kept.get(image.image_id) or oci.image_manifest(image, oci=True)
         manifests[image.image_id] = (data, media_type, image.platform)
         digest = oci.digest_of(data)
         if digest not in written:
@@ -262,7 +278,8 @@ class ArchiveSink:
         """Every blob read from the bundle (or its base); a docker-archive's zstd layers sent decompressed (each
         read once first, to learn its size and check its diff_id); refused unless the archive's directory has
         room for it all."""
-        origins: dict[str, Origin] = make_plan(bundle, images, allow_unexpected)
+        also = kept_digests(images, (MT_OCI_MANIFEST,)) if self._oci else []  # an OCI layout keeps OCI manifests
+        origins: dict[str, Origin] = make_plan(bundle, images, allow_unexpected, also=also)
         if not self._oci:
             unreadable = {
                 c for i in images for layer in i.layers if (c := compression_of(layer.media_type))
@@ -284,7 +301,8 @@ class ArchiveSink:
     ) -> tuple[InstalledImage, ...]:
         """Write the archive atomically, every blob read through its checked origin."""
         if self._oci:
-            stream = oci_archive_stream(images, plan.origins, transfer, cache)
+            kept = read_kept(images, plan.origins, (MT_OCI_MANIFEST,), cache, transfer)
+            stream = oci_archive_stream(images, plan.origins, transfer, cache, kept)
         else:
             stream = save_stream(images, plan.origins, transfer, cache)
         write_archive(self._path, threaded(stream), self._replace)

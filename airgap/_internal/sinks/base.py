@@ -10,7 +10,8 @@ A new target is one module implementing this protocol and one line where install
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -18,9 +19,10 @@ from typing import Protocol
 from airgap._internal.clients.distribution import parse_host
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.check import PartsFailed, check_part
-from airgap._internal.format.origins import Origin, Rebuilt, parts_to_open, resolve
+from airgap._internal.format.origins import Origin, Rebuilt, iter_origin, parts_to_open, resolve
 from airgap._internal.format.reader import LoadedBundle, open_part, refuse_unexpected
-from airgap.errors import UsageError
+from airgap.errors import FormatError, UsageError
+from airgap.model import oci
 from airgap.model.manifest import Image, Platform
 from airgap.model.reference import valid_domain, valid_path
 from airgap.progress import Transfer
@@ -141,6 +143,44 @@ def make_plan(
     if bad:
         raise PartsFailed(bad)
     return origins
+
+
+def kept_manifest(image: Image, data: bytes) -> bytes:
+    """The manifest kept for ``image`` (its source registry's, read from the bundle), refused unless it describes
+    the image: its config and its layers, in order."""
+    try:
+        body = json.loads(data)
+        config = body["config"]["digest"]
+        layers = [layer["digest"] for layer in body["layers"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"the manifest kept for image {image.image_id[:19]} is not an image manifest") from e
+    if config != image.config.digest or layers != [layer.digest for layer in image.layers]:
+        raise FormatError(
+            f"the manifest kept for image {image.image_id[:19]} ({oci.digest_of(data)[:19]}) does not describe it",
+            hint="the bundle was built wrongly or edited before it was signed: do not use it",
+        )
+    return data
+
+
+def kept_digests(images: list[Image], types: Collection[str]) -> list[str]:
+    """The kept manifests of ``images`` whose media type is among ``types`` (blobs a plan adds with ``also``)."""
+    return [i.manifest.digest for i in images if i.manifest is not None and i.manifest.media_type in types]
+
+
+def read_kept(
+    images: list[Image], origins: Mapping[str, Origin], types: Collection[str], cache: VerifiedCache, transfer: Transfer
+) -> dict[str, tuple[bytes, str]]:
+    """Image ID -> (bytes, media type) of each kept manifest of a type in ``types``, read through its checked origin
+    (counted as moved) and checked to describe its image."""
+    kept = {}
+    for image in images:
+        if image.manifest is None or image.manifest.media_type not in types or image.image_id in kept:
+            continue
+        origin = origins[image.manifest.digest]
+        data = b"".join(iter_origin(origin, cache=cache, transfer=transfer))
+        transfer.moved(origin.size)
+        kept[image.image_id] = (kept_manifest(image, data), image.manifest.media_type)
+    return kept
 
 
 def plan_total(origins: Mapping[str, Origin]) -> int:

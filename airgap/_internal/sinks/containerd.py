@@ -37,13 +37,22 @@ from urllib.parse import parse_qsl, urlencode
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.reader import LoadedBundle
 from airgap._internal.sinks.archives import oci_archive_stream
-from airgap._internal.sinks.base import InstalledImage, Plan, Target, make_plan, plan_total, select_images
+from airgap._internal.sinks.base import (
+    InstalledImage,
+    Plan,
+    Target,
+    kept_digests,
+    make_plan,
+    plan_total,
+    read_kept,
+    select_images,
+)
 from airgap._internal.util import fsutil
 from airgap._internal.util.pipeline import threaded
 from airgap.errors import ConflictError, EnvironmentProblem, UsageError
 from airgap.model import oci
 from airgap.model.manifest import Image, Platform, image_name
-from airgap.model.mediatypes import INDEX_TYPES, MT_OCI_MANIFEST
+from airgap.model.mediatypes import IMAGE_MANIFEST_TYPES, INDEX_TYPES, MT_OCI_MANIFEST
 from airgap.progress import Transfer
 
 SCHEME = "containerd://"
@@ -437,7 +446,7 @@ class ContainerdSink:
         return InstalledImage(image.image_id, self._names[image.image_id], str(image.platform), action, str(self._address))
 
     def plan(self, bundle: LoadedBundle, images: list[Image], allow_unexpected: bool) -> Plan:
-        origins = make_plan(bundle, self._todo, allow_unexpected)
+        origins = make_plan(bundle, self._todo, allow_unexpected, also=kept_digests(self._todo, IMAGE_MANIFEST_TYPES))
         total = plan_total(origins)
         root = self.ctr.content_root()
         if root is not None:
@@ -453,7 +462,8 @@ class ContainerdSink:
         todo = self._todo
         platforms = {str(i.platform) for i in todo}
         platform = todo[0].platform if len(platforms) == 1 else self._wanted
-        self.ctr.import_stream(oci_archive_stream(todo, plan.origins, transfer, cache), platform)
+        kept = read_kept(todo, plan.origins, IMAGE_MANIFEST_TYPES, cache, transfer)  # the registry's digests stay
+        self.ctr.import_stream(oci_archive_stream(todo, plan.origins, transfer, cache, kept), platform)
         self._verify(todo)
         imported = {i.image_id for i in todo}
         return tuple(self._installed(i, "imported" if i.image_id in imported else "already present") for i in images)
@@ -473,12 +483,16 @@ class ContainerdSink:
                     raise self.ctr.fail(
                         "after the import", f"'ctr images check' does not find {name} complete and unpacked"
                     ).with_hint("free space in containerd's root, then install again")
-            if self._config_of(MT_OCI_MANIFEST, manifest, image.platform) != image.image_id:
+            media_type = image.manifest.media_type if image.manifest is not None else MT_OCI_MANIFEST
+            if self._config_of(media_type, manifest, image.platform) != image.image_id:
                 raise self.ctr.fail("after the import", f"the manifest of {image.ref_names[0]} names another config")
 
 
 def _manifest_digest(image: Image) -> str:
-    """The digest of the manifest the import stream sends for ``image``."""
+    """The digest of the manifest the import stream sends for ``image``: the one its source registry served, when the
+    bundle keeps it, else the one built for it."""
+    if image.manifest is not None:
+        return image.manifest.digest
     return oci.digest_of(oci.image_manifest(image, oci=True)[0])
 
 

@@ -22,7 +22,16 @@ from airgap._internal.clients.distribution import DEFAULT_CHUNK, Registry, parse
 from airgap._internal.format.cache import VerifiedCache
 from airgap._internal.format.origins import BASE_HINT, Held, Origin, iter_origin
 from airgap._internal.format.reader import LoadedBundle
-from airgap._internal.sinks.base import InstalledImage, Plan, Target, blobs_of, make_plan, plan_total, select_images
+from airgap._internal.sinks.base import (
+    InstalledImage,
+    Plan,
+    Target,
+    blobs_of,
+    kept_manifest,
+    make_plan,
+    plan_total,
+    select_images,
+)
 from airgap.errors import FormatError, UsageError
 from airgap.model import oci
 from airgap.model.manifest import Descriptor, Image, Platform, SourceIndex, image_name
@@ -275,24 +284,12 @@ class KeptBytes:
 
 
 def manifest_of(image: Image, kept: KeptBytes) -> tuple[bytes, str]:
-    """The manifest a registry target gets for ``image``: the one its source registry served, kept byte for byte,
-    else one built from the bundle's descriptors (:func:`oci.image_manifest`, the same bytes every time).  A kept
-    manifest that does not describe the image (its config and layers, in order) is refused."""
+    """The manifest a registry target gets for ``image``: the one its source registry served, kept byte for byte
+    (checked by :func:`kept_manifest` to describe the image), else one built from the bundle's descriptors
+    (:func:`oci.image_manifest`, the same bytes every time)."""
     if image.manifest is None:
         return oci.image_manifest(image)
-    data = kept.read(image.manifest.digest)
-    try:
-        body = json.loads(data)
-        config = body["config"]["digest"]
-        layers = [layer["digest"] for layer in body["layers"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise FormatError(f"the manifest kept for image {image.image_id[:19]} is not an image manifest") from e
-    if config != image.config.digest or layers != [layer.digest for layer in image.layers]:
-        raise FormatError(
-            f"the manifest kept for image {image.image_id[:19]} ({image.manifest.digest[:19]}) does not describe it",
-            hint="the bundle was built wrongly or edited before it was signed: do not use it",
-        )
-    return data, image.manifest.media_type
+    return kept_manifest(image, kept.read(image.manifest.digest)), image.manifest.media_type
 
 
 def index_entries(data: bytes, digest: str) -> list[str]:
