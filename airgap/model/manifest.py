@@ -257,6 +257,8 @@ class Image:
             raise FormatError(f"image {self.config.digest[:19]} has {len(self.layers)} layers but {len(self.diff_ids)} diff_ids")
         if self.manifest is not None and self.manifest.media_type not in IMAGE_MANIFEST_TYPES:
             raise FormatError(f"image {self.config.digest[:19]}: {self.manifest.media_type[:80]!r} is not an image manifest type")
+        if self.manifest is not None and self.manifest.size > MANIFEST_BLOB_LIMIT:
+            raise FormatError(f"image {self.config.digest[:19]}: its kept manifest is larger than airgap keeps")
 
     @property
     def image_id(self) -> str:
@@ -299,6 +301,12 @@ class Image:
         )
 
 
+MANIFEST_BLOB_LIMIT = 4 << 20  # a kept manifest or index: what registries serve at most, and install reads whole
+EXTRA_BLOB_LIMIT = 16 << 20  # a blob an attestation or a signature of a kept index names
+MAX_EXTRAS = 256  # manifests a kept index lists besides images
+MAX_EXTRA_ENTRIES = 4096  # those manifests and their blobs
+
+
 @dataclass(frozen=True)
 class SourceIndex:
     """An image index (manifest list) as the source registry served it, carried as a blob with what it lists
@@ -317,6 +325,12 @@ class SourceIndex:
                 raise FormatError(f"index name {str(ref)[:120]!r} is not a valid Docker reference (REPOSITORY:TAG)")
         if self.index.media_type not in INDEX_TYPES:
             raise FormatError(f"index {self.index.digest[:19]}: {self.index.media_type[:80]!r} is not an index type")
+        if self.index.size > MANIFEST_BLOB_LIMIT or len(self.extras) > MAX_EXTRA_ENTRIES:
+            raise FormatError(f"index {self.index.digest[:19]} is larger, or lists more, than airgap keeps")
+        for extra in self.extras:
+            limit = MANIFEST_BLOB_LIMIT if extra.media_type in IMAGE_MANIFEST_TYPES else EXTRA_BLOB_LIMIT
+            if extra.size > limit:
+                raise FormatError(f"index {self.index.digest[:19]}: {extra.digest[:19]} is larger than airgap keeps")
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's JSON form."""
@@ -731,7 +745,24 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Any) -> Manifest:
         """Parse a manifest strictly: an unsupported schema_version, a missing or unknown field, or a broken rule
-        is a FormatError."""
+        is a FormatError.  An unknown field says the bundle may come from a newer airgap, naming the version it
+        names."""
+        try:
+            return cls._from_dict(d)
+        except FormatError as e:
+            if "has unknown field" in e.message:
+                tool = d.get("tool") if isinstance(d, dict) else None
+                made_by = tool.get("version") if isinstance(tool, dict) else None
+                named = f" (it names airgap {str(made_by)[:40]})" if isinstance(made_by, str) else ""
+                e.hint = (
+                    f"a field this airgap does not read: a newer airgap may have made the bundle{named}; read it with "
+                    "that version or a newer one (a bundle edited by hand fails its signature instead)"
+                )
+            raise
+
+    @classmethod
+    def _from_dict(cls, d: Any) -> Manifest:
+        """:meth:`from_dict` without the hint for fields of newer versions."""
         if isinstance(d, dict) and d.get("schema_version") != SCHEMA_VERSION:
             raise FormatError(
                 f"manifest: schema_version {str(d.get('schema_version'))[:20]} is not supported",

@@ -325,3 +325,18 @@ def test_a_second_signer_may_be_required(workdir: Path, tmp_path: Path, cli: Cli
     assert cli("sign", str(b), "--key", str(second[0]), "--trust", str(workdir / "security-team.pub")).code == 0
     done = run_audit(b, "--trust", str(workdir / "security-team.pub"), "--trust", str(second[1]), "--threshold", "2")
     assert done.returncode == 0 and "2 of 2 required" in done.stdout, done.stderr
+
+
+def test_audit_sh_refuses_a_tmpdir_another_user_could_swap_files_in(
+    bundle: Path, keypair: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TMPDIR", str(shared))
+    done = run_audit(bundle, "--trust", str(keypair[1]))
+    assert done.returncode == 6 and "swap the files checked there" in done.stderr, done.stderr
+    assert "AUDIT FAILED" in done.stdout + done.stderr and not any(shared.iterdir())
+    shared.chmod(0o1777)
+    done = run_audit(bundle, "--trust", str(keypair[1]))
+    assert done.returncode == 0, done.stderr

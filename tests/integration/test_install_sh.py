@@ -799,3 +799,25 @@ def test_install_sh_after_airgap_install_says_already_present_too(bundle: Path, 
     said = capsys.readouterr()
     assert code == 0 and f"already present: {tag}  {image_id}" in said.out, said.err
     assert UPLOAD_COMPLETE not in said.err  # nothing was uploaded
+
+
+@pytest.mark.parametrize("kind", ["another user's", "writable by all, not sticky"])
+def test_install_sh_refuses_a_tmpdir_where_another_user_could_swap_the_checked_files(
+    bundle: Path, keypair, tmp_path: Path, kind: str, clean_engine
+) -> None:
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    if kind == "another user's":
+        os.chown(shared, 65534, 65534)  # nobody: could rename what the installer makes there and put its own
+        shared.chmod(0o755)
+    else:
+        shared.chmod(0o777)
+    for extra in ((), ("--one-drive",)):  # the plain run, and the self-copy a one-drive run execs
+        done = run_sh(bundle, "--trust", str(keypair[1]), *extra, env={**os.environ, "TMPDIR": str(shared)})
+        assert done.returncode == 6, done.stderr
+        assert f"TMPDIR {shared}" in done.stderr and "swap the files checked there" in done.stderr
+        assert not any(shared.iterdir())  # nothing made there, nothing loaded
+    shared.chmod(0o1777)  # sticky, like /tmp: others cannot rename what is not theirs
+    if kind == "writable by all, not sticky":
+        done = run_sh(bundle, "--trust", str(keypair[1]), env={**os.environ, "TMPDIR": str(shared)})
+        assert done.returncode == 0, done.stderr

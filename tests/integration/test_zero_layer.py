@@ -162,6 +162,28 @@ def test_push_receiver_keeps_only_blobs_whose_digest_matches_and_bounds_what_it_
         assert http.patch(upload, data=b"\0" * (MAX_RECEIVED + 1)).status_code == 413
 
 
+def test_push_receiver_bound_is_not_lowered_by_a_negative_length_or_garbage() -> None:
+    import http.client
+    import socket
+
+    with PushReceiver() as receiver:
+        host, _, port = receiver.repository.partition("/")[0].partition(":")
+        path = f"/v2/{receiver.repo}/blobs/uploads/"
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(-(1 << 40)))
+        conn.endheaders()
+        assert conn.getresponse().status == 413
+        conn.close()
+        assert receiver.received == 0
+        with socket.create_connection((host, int(port)), timeout=10) as raw:  # a malformed chunk: the connection ends
+            raw.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".encode())
+            raw.recv(100)
+        with requests.Session() as session:  # the receiver still answers, and still bounds what it takes
+            upload = f"http://{host}:{port}" + session.post(f"http://{host}:{port}{path}").headers["Location"]
+            assert session.patch(upload, data=b"\0" * (MAX_RECEIVED + 1)).status_code == 413
+
+
 def test_registry_source_packs_the_image_with_its_id(bundle_of_scratch: Path, scratch: tuple[str, str]) -> None:
     [image] = load_bundle(bundle_of_scratch).manifest.images
     assert image.image_id == scratch[0] and image.layers == () and image.diff_ids == ()

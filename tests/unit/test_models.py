@@ -130,3 +130,19 @@ def test_any_bytes_parse_or_raise_format_error(data: bytes) -> None:
     """Fuzz target for the manifest parser: raw bytes, and a good manifest cut and spliced at random."""
     with contextlib.suppress(FormatError):
         Manifest.from_bytes(data)
+
+
+def test_field_from_a_newer_airgap_says_so_naming_the_version_the_bundle_names() -> None:
+    d = {
+        "schema_version": 1, "media_type": "application/vnd.airgap.bundle.manifest.v1+json", "name": "a",
+        "sequence": 1, "created": "2026-01-01T00:00:00Z", "expires": None, "base": None,
+        "tool": {"name": "airgap", "version": "9.9"}, "part_size": 1, "compression": {"algorithm": "zstd", "level": 3},
+        "images": [], "blobs": [], "parts": [], "something_new": [],
+    }  # fmt: skip
+    try:
+        Manifest.from_dict(d)
+    except FormatError as e:
+        assert "unknown field 'something_new'" in e.message
+        assert e.hint is not None and "newer airgap" in e.hint and "9.9" in e.hint
+    else:
+        raise AssertionError("a manifest with an unknown field was read")

@@ -288,3 +288,39 @@ def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_
         assert member is not None
         (entry,) = json.load(member)["manifests"]
     assert entry["mediaType"] == MT_OCI_MANIFEST and entry["digest"] != source  # OCI readers (umoci) need OCI types
+
+
+def test_index_listing_a_manifest_without_a_platform_is_not_kept_so_no_platform_pulls_an_unreported_image(
+    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    amd = fake.put_image("team/app", None, [_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
+    stray, _ = _attestation(fake, "team/app", amd)  # an image manifest listed with no platform: containerd takes it anywhere
+    entries = []
+    for digest, platform in ((amd, {"architecture": "amd64", "os": "linux"}), (stray, None)):
+        data, media_type = fake.repo("team/app").manifests[digest]
+        entries.append(
+            {"mediaType": media_type, "digest": digest, "size": len(data), **({"platform": platform} if platform else {})}
+        )
+    fake.put_manifest(
+        "team/app", _compact({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries}), MT_OCI_INDEX, "8"
+    )
+    recorder = Recorder()
+    result = _pack("team/app:8", tmp_path / "b", signer, platform="linux/amd64", reporter=recorder)
+    assert result.manifest.indexes == ()
+    assert any("no platform" in n for n in recorder.notes), recorder.notes
+    _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    assert fake.repo("mirror/team/app").tags["8"] == amd and stray not in fake.repo("mirror/team/app").manifests
+
+
+def test_index_listing_more_attestations_than_kept_is_not_kept(
+    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airgap._internal.sources import registry as source
+
+    monkeypatch.setattr(source, "MAX_EXTRAS", 1)
+    found = _multi(fake, "team/app", "9")  # two attestations
+    recorder = Recorder()
+    result = _pack("team/app:9", tmp_path / "b", signer, platform="all", reporter=recorder)
+    assert result.manifest.indexes == () and any("at most 1 are kept" in n for n in recorder.notes)
+    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    assert {i.manifest_digest for i in pushed.images} != {found["index"]}

@@ -62,6 +62,26 @@ die() {
   exit "$code"
 }
 
+safe_tmpdir() { # TMPDIR (else /tmp) must not let another user swap what this script makes there: a directory
+  # owned by root or by us, and sticky (as /tmp is) if others may write to it
+  _t=${TMPDIR:-/tmp}
+  _l=$(ls -ldnL -- "$_t" 2>/dev/null) || die 6 "TMPDIR $_t does not exist" "set TMPDIR to a directory of yours, or leave it unset"
+  set -- $_l
+  case $1 in d*) ;; *) die 6 "TMPDIR $_t is not a directory" "set TMPDIR to a directory of yours, or leave it unset" ;; esac
+  [ "$3" = 0 ] || [ "$3" = "$(id -u)" ] ||
+    die 6 "TMPDIR $_t belongs to another user (uid $3), who could swap the files checked there" \
+      "set TMPDIR to a directory of yours, or leave it unset (/tmp)"
+  case $1 in
+  ?????w* | ????????w*)
+    case $1 in
+    ?????????[tT]*) ;;
+    *) die 6 "TMPDIR $_t may be written by other users and is not sticky: they could swap the files checked there" \
+      "set TMPDIR to a directory only you can write to, or leave it unset (/tmp)" ;;
+    esac
+    ;;
+  esac
+}
+
 for tool in awk; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is not installed" >&2; exit 6; }
 done
@@ -151,6 +171,7 @@ if [ ! -e manifest.json ] && [ ! -L manifest.json ]; then
   fi
 fi
 
+safe_tmpdir
 tmp=$(mktemp -d) || die 6 "cannot create a temporary directory" "set TMPDIR to a writable directory"
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM

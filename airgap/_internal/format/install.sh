@@ -85,6 +85,26 @@ die() {
   exit "$code"
 }
 
+safe_tmpdir() { # TMPDIR (else /tmp) must not let another user swap what this script makes there: a directory
+  # owned by root or by us, and sticky (as /tmp is) if others may write to it
+  _t=${TMPDIR:-/tmp}
+  _l=$(ls -ldnL -- "$_t" 2>/dev/null) || die 6 "TMPDIR $_t does not exist" "set TMPDIR to a directory of yours, or leave it unset"
+  set -- $_l
+  case $1 in d*) ;; *) die 6 "TMPDIR $_t is not a directory" "set TMPDIR to a directory of yours, or leave it unset" ;; esac
+  [ "$3" = 0 ] || [ "$3" = "$(id -u)" ] ||
+    die 6 "TMPDIR $_t belongs to another user (uid $3), who could swap the files checked there" \
+      "set TMPDIR to a directory of yours, or leave it unset (/tmp)"
+  case $1 in
+  ?????w* | ????????w*)
+    case $1 in
+    ?????????[tT]*) ;;
+    *) die 6 "TMPDIR $_t may be written by other users and is not sticky: they could swap the files checked there" \
+      "set TMPDIR to a directory only you can write to, or leave it unset (/tmp)" ;;
+    esac
+    ;;
+  esac
+}
+
 absolute() { # $1 path -> an absolute path, relative to the directory the script was started in
   case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$start" "$1" ;; esac
 }
@@ -111,6 +131,7 @@ else
     esac
   done
   if [ "$_drive" = 1 ] && [ -f "$0" ] && [ -r "$0" ]; then
+    safe_tmpdir
     _copy=$(mktemp -d) || die 6 "cannot create a temporary directory" "set TMPDIR to a writable directory"
     head -c 1048576 <"$0" >"$_copy/install.sh" || die 6 "cannot copy $0 to $_copy"
     _home=$(cd "$(dirname -- "$0")/.." 2>/dev/null && pwd) || _home=
@@ -230,8 +251,9 @@ elif [ -z "$bundle" ]; then
 fi
 no_newline "the bundle" "$bundle"
 if [ "$one_drive" = 1 ]; then # never the working directory: the drive's discs must come out
-  bundle=$(cd -- "$bundle" 2>/dev/null && pwd) ||
+  _b=$(cd -- "$bundle" 2>/dev/null && pwd) ||
     die 2 "$bundle is not a directory" "pass the drive's mount point, e.g. /media/cdrom"
+  bundle=$_b
   no_newline "the bundle" "$bundle"
 else
   cd -- "$bundle" 2>/dev/null || die 2 "bundle $bundle is not a directory" "pass the bundle directory"
@@ -240,6 +262,7 @@ fi
 media=$bundle
 home=$bundle # the directory holding manifest.json and signatures/
 
+safe_tmpdir
 tmp=$(mktemp -d) || die 6 "cannot create a temporary directory" "set TMPDIR to a writable directory with room for one part"
 cleanup() {
   rm -rf "$tmp"

@@ -206,11 +206,13 @@ class RegistrySink:
                     done.add((repo, digest))
                     homes.setdefault(digest, repo)
                 for extra, is_manifest in extras:  # what a kept index lists besides images: blobs, then their manifests
-                    data = kept.read(extra.digest)
                     if is_manifest:
-                        registry.put_manifest(repo, extra.digest, data, extra.media_type)
-                    elif (repo, extra.digest) not in done and not registry.has_blob(repo, extra.digest, push=True):
-                        registry.upload_blob(repo, extra.digest, extra.size, _held(data), self._chunk, None)
+                        registry.put_manifest(repo, extra.digest, kept.read(extra.digest), extra.media_type)
+                    elif (repo, extra.digest) not in done:
+                        if not registry.has_blob(repo, extra.digest, push=True):
+                            opener = _opener(plan.origins[extra.digest], cache, transfer)
+                            registry.upload_blob(repo, extra.digest, extra.size, opener, self._chunk, None)
+                        kept.counted(extra.digest)
                     done.add((repo, extra.digest))
                 for _image, data, mt in manifests:
                     registry.put_manifest(repo, oci.digest_of(data), data, mt)
@@ -248,7 +250,17 @@ class RegistrySink:
             data = kept.read(index.index.digest)
             listed = index_entries(data, index.index.digest)
             extra_digests = {x.digest for x in index.extras}
-            if set(listed) - extra_digests == pushed and set(listed) <= pushed | extra_digests:
+            platforms = {oci.digest_of(data): str(image.platform) for image, data, _ in manifests}
+            if (
+                set(listed) - extra_digests == pushed
+                and set(listed) <= pushed | extra_digests
+                # each image listed for its own platform; anything else for none (os "unknown"), which no
+                # platform's pull picks: an entry without a platform would match every one
+                and all(
+                    platform == platforms[digest] if digest in pushed else platform.startswith("unknown/")
+                    for digest, platform in listed.items()
+                )
+            ):
                 return data, index.index.media_type, tuple((x, x.digest in listed) for x in index.extras)
             self._note(
                 f"note: the index kept for {', '.join(index.ref_names) or 'this bundle'} ({index.index.digest[:19]}) lists "
@@ -258,8 +270,9 @@ class RegistrySink:
 
 
 class KeptBytes:
-    """The bytes of kept manifests, indexes and their extras, read from the bundle once each (checked like every
-    blob) and counted in the progress as read; :meth:`count_unread` counts those the push did not need."""
+    """The bytes of kept manifests and indexes (at most 4 MiB each), read from the bundle once each (checked like
+    every blob) and counted in the progress as read; the blobs an extra manifest names stream like layers
+    (:meth:`counted`); :meth:`count_unread` counts what the push did not need."""
 
     def __init__(self, plan: Plan, cache: VerifiedCache, transfer: Transfer, planned: list[str]) -> None:
         """``planned``: the kept blobs the plan holds for a possible push."""
@@ -277,6 +290,12 @@ class KeptBytes:
             self._transfer.moved(origin.size)
         return self._read[digest]
 
+    def counted(self, digest: str) -> None:
+        """A planned kept blob sent (or found there) without being read here: counted as moved now."""
+        if digest not in self._read:
+            self._read[digest] = b""
+            self._transfer.moved(self._plan.origins[digest].size)
+
     def count_unread(self) -> None:
         """Count the planned kept blobs no push read, so the progress ends at its total."""
         for digest in self._planned - set(self._read):
@@ -292,18 +311,17 @@ def manifest_of(image: Image, kept: KeptBytes) -> tuple[bytes, str]:
     return kept_manifest(image, kept.read(image.manifest.digest)), image.manifest.media_type
 
 
-def index_entries(data: bytes, digest: str) -> list[str]:
-    """The manifest digests a kept index lists."""
+def index_entries(data: bytes, digest: str) -> dict[str, str]:
+    """The manifest digests a kept index lists, each with its platform as os/arch[/variant] ("" when it has none)."""
     try:
-        entries = json.loads(data)["manifests"]
-        return [str(entry["digest"]) for entry in entries]
-    except (ValueError, KeyError, TypeError) as e:
+        listed = {}
+        for entry in json.loads(data)["manifests"]:
+            p = entry.get("platform")
+            words = [p.get("os"), p.get("architecture"), p.get("variant")] if isinstance(p, dict) else []
+            listed[str(entry["digest"])] = "/".join(str(w) for w in words if w)
+        return listed
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FormatError(f"the index kept as {digest[:19]} is not an image index") from e
-
-
-def _held(data: bytes) -> Callable[[], Iterator[bytes]]:
-    """Opens a small blob already read (and checked) from the bundle."""
-    return lambda: iter((data,))
 
 
 def _opener(origin: Origin, cache: VerifiedCache, transfer: Transfer) -> Callable[[], Iterator[bytes]]:

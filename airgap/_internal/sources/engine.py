@@ -263,8 +263,9 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
     def _count(self, size: int) -> bool:
         """Count ``size`` more bytes received; beyond the bound, answer 413 and close the connection."""
         with self.server.lock:
-            self.server.received += size
-            fits = size >= 0 and self.server.received <= MAX_RECEIVED
+            fits = 0 <= size <= MAX_RECEIVED - self.server.received  # a negative length never lowers the count
+            if fits:
+                self.server.received += size
         if not fits:
             self.close_connection = True
             self._answer(413)

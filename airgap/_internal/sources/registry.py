@@ -23,7 +23,16 @@ from airgap._internal.sources.base import BlobStore, ImageSource, OpenContext, S
 from airgap._internal.util.pipeline import PrefetchReader
 from airgap._internal.util.tarstream import EntryReader
 from airgap.errors import FormatError, IntegrityError, RegistryError, UsageError
-from airgap.model.manifest import Descriptor, Image, Platform, SourceIndex, valid_media_type
+from airgap.model.manifest import (
+    EXTRA_BLOB_LIMIT,
+    MAX_EXTRA_ENTRIES,
+    MAX_EXTRAS,
+    Descriptor,
+    Image,
+    Platform,
+    SourceIndex,
+    valid_media_type,
+)
 from airgap.model.mediatypes import (
     IMAGE_MANIFEST_TYPES,
     INDEX_TYPES,
@@ -249,7 +258,7 @@ def resolve(
     return images, _keep_index(registry, ref, (data, media_type, digest), len(chosen) == len(entries), others, note)
 
 
-EXTRA_LIMIT = 16 << 20  # the largest blob of an attestation or signature an index's digest is kept for
+EXTRA_LIMIT = EXTRA_BLOB_LIMIT  # the largest blob of an attestation or signature an index's digest is kept for
 
 
 def _keep_index(
@@ -265,6 +274,11 @@ def _keep_index(
     note says the index's digest will not be served (the images' own manifests keep theirs)."""
     data, media_type, digest = served
     why = None if every_image else "it lists platforms this pack leaves out (--platform all takes every one)"
+    if why is None and len(others) > MAX_EXTRAS:
+        why = f"it lists {len(others)} manifests besides images (at most {MAX_EXTRAS} are kept)"
+    unplaced = next((d for d in others if not isinstance(d.get("platform"), dict) or d["platform"].get("os") != "unknown"), None)
+    if why is None and unplaced is not None:  # an entry without a platform matches every platform for containerd
+        why = f"it lists {unplaced['digest'][:19]} with no platform: an image for every platform that this pack does not take"
     extras = []
     for desc in others if why is None else ():
         found = registry.get_manifest(ref.repository, desc["digest"])
@@ -277,6 +291,8 @@ def _keep_index(
             why = f"what it lists besides images ({desc['digest'][:19]}) has a blob over {EXTRA_LIMIT >> 20} MiB or without a media type"
             break
         extras.append((found[2], found[0], found[1], blobs))
+    if why is None and sum(1 + len(blobs) for *_, blobs in extras) > MAX_EXTRA_ENTRIES:
+        why = f"what it lists besides images names more than {MAX_EXTRA_ENTRIES} blobs"
     if why is None and media_type in INDEX_TYPES:
         return ResolvedIndex(ref, data, media_type, digest, tuple(extras))
     note(
