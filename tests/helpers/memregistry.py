@@ -39,6 +39,7 @@ import io
 import itertools
 import json
 import re
+import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +64,16 @@ _UPLOAD_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/uploads/(?P<id>[^/]*)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _STORAGE_BLOB = re.compile(r"^/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _STORAGE_UPLOAD = re.compile(r"^/uploads/(?P<id>[^/]+)$")
+
+
+def tar_layer(name: str, content: bytes) -> bytes:
+    """An uncompressed layer holding one file (its digest is its diff_id)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = len(content), 0
+        tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
 
 
 def digest_of(data: bytes) -> str:

@@ -4,9 +4,7 @@ errors mid-upload, token challenges).  No Docker, no registry process, no socket
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from airgap.install import InstallOptions, InstallResult, install
 from airgap.pack import PackOptions, PackResult, pack, parse_source
 from airgap.publish import publish, pull
 from airgap.trust import keys
-from tests.helpers.memregistry import HOST, STORAGE, TOKEN_REALM, MemoryRegistry, digest_of
+from tests.helpers.memregistry import HOST, STORAGE, TOKEN_REALM, MemoryRegistry, digest_of, tar_layer
 from tests.helpers.samples import sample_image
 
 LOGIN = ("field-engineer", "correct horse battery staple")
@@ -68,16 +66,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, no_login: None) -> MemoryRegistry:
     return registry
 
 
-def _layer(name: str, content: bytes) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime = len(content), 0
-        tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
-
-
-LAYERS = [_layer("etc/base", b"base " * 1000), _layer("app/main.py", bytes(range(256)) * 2000)]
+LAYERS = [tar_layer("etc/base", b"base " * 1000), tar_layer("app/main.py", bytes(range(256)) * 2000)]
 
 
 def _pack_from(registry: MemoryRegistry, ref: str, out: Path, signer: Keys, platform: str | None = None) -> PackResult:
@@ -118,7 +107,7 @@ def test_image_pulled_from_a_registry_is_packed_with_its_digests(fake: MemoryReg
 
 def test_index_yields_only_the_platform_asked_for(fake: MemoryRegistry, signer: Keys, tmp_path: Path) -> None:
     amd = fake.put_image("team/app", None, LAYERS[:1], architecture="amd64")
-    arm = fake.put_image("team/app", None, [_layer("etc/arm", b"arm64 only")], architecture="arm64")
+    arm = fake.put_image("team/app", None, [tar_layer("etc/arm", b"arm64 only")], architecture="arm64")
     fake.put_index("team/app", "multi", [(amd, "linux", "amd64"), (arm, "linux", "arm64")])
     result = _pack_from(fake, "team/app:multi", tmp_path / "b", signer, platform="linux/arm64")
     assert [str(i.platform) for i in result.manifest.images] == ["linux/arm64"]

@@ -5,7 +5,6 @@ source and the mirror; the real registry and skopeo check the same in tests/inte
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from airgap.pack import PackOptions, PackResult, pack, parse_source
 from airgap.progress import Reporter
 from airgap.trust import keys
 from tests.helpers.cli import Cli
-from tests.helpers.memregistry import HOST, MemoryRegistry
+from tests.helpers.memregistry import HOST, MemoryRegistry, tar_layer
 
 IN_TOTO = "application/vnd.in-toto+json"
 
@@ -40,15 +39,6 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MemoryRegistry:
     registry = MemoryRegistry()
     registry.install(monkeypatch)
     return registry
-
-
-def _layer(name: str, content: bytes) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime = len(content), 0
-        tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
 
 
 def _compact(body: dict[str, Any]) -> bytes:
@@ -71,8 +61,8 @@ def _attestation(fake: MemoryRegistry, repo: str, subject: str) -> tuple[str, by
 
 def _multi(fake: MemoryRegistry, repo: str, tag: str, attest: bool = True) -> dict[str, str]:
     """A two-platform index under ``tag`` (with an attestation per platform when ``attest``): name -> digest."""
-    amd = fake.put_image(repo, None, [_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
-    arm = fake.put_image(repo, None, [_layer("etc/arm", b"arm64 " * 500)], architecture="arm64")
+    amd = fake.put_image(repo, None, [tar_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
+    arm = fake.put_image(repo, None, [tar_layer("etc/arm", b"arm64 " * 500)], architecture="arm64")
     entries = []
     for digest, arch in ((amd, "amd64"), (arm, "arm64")):
         data, media_type = fake.repo(repo).manifests[digest]
@@ -134,7 +124,7 @@ class Recorder:
 def test_image_from_a_registry_is_pushed_under_the_manifest_digest_it_had_there(
     fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    source = fake.put_image("team/app", "1", [_layer("etc/app", b"app " * 800)])
+    source = fake.put_image("team/app", "1", [tar_layer("etc/app", b"app " * 800)])
     source_bytes = fake.repo("team/app").manifests[source][0]
     result = _pack("team/app:1", tmp_path / "b", signer)
     (image,) = result.manifest.images
@@ -236,8 +226,8 @@ def _resign(bundle: Path, signer: tuple[Path, Path], edit: Any) -> None:
 def test_kept_manifest_that_names_another_image_is_refused_before_anything_is_pushed(
     fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    fake.put_image("team/app", "5", [_layer("etc/one", b"one " * 300)])
-    other = fake.put_image("team/other", "1", [_layer("etc/two", b"two " * 300)])
+    fake.put_image("team/app", "5", [tar_layer("etc/one", b"one " * 300)])
+    other = fake.put_image("team/other", "1", [tar_layer("etc/two", b"two " * 300)])
     _pack("team/app:5", tmp_path / "b", signer)
     _pack("team/other:1", tmp_path / "o", signer)
     theirs = json.loads((tmp_path / "o" / "manifest.json").read_bytes())
@@ -279,7 +269,7 @@ def test_manifest_listing_a_kept_index_whose_blob_is_not_carried_is_refused(sign
 def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_not_the_kept_one(
     fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    source = fake.put_image("team/app", "7", [_layer("etc/seven", b"seven " * 300)])  # Docker schema 2
+    source = fake.put_image("team/app", "7", [tar_layer("etc/seven", b"seven " * 300)])  # Docker schema 2
     result = _pack("team/app:7", tmp_path / "b", signer)
     assert result.manifest.images[0].manifest is not None
     _install(tmp_path / "b", signer, f"oci-archive:{tmp_path / 'out.tar'}")
@@ -293,7 +283,7 @@ def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_
 def test_index_listing_a_manifest_without_a_platform_is_not_kept_so_no_platform_pulls_an_unreported_image(
     fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    amd = fake.put_image("team/app", None, [_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
+    amd = fake.put_image("team/app", None, [tar_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
     stray, _ = _attestation(fake, "team/app", amd)  # an image manifest listed with no platform: containerd takes it anywhere
     entries = []
     for digest, platform in ((amd, {"architecture": "amd64", "os": "linux"}), (stray, None)):
