@@ -21,15 +21,10 @@ from airgap.pack import PackOptions, PackResult, pack, parse_source
 from airgap.progress import Reporter
 from airgap.trust import keys
 from tests.helpers.cli import Cli
+from tests.helpers.keys import KeyPair
 from tests.helpers.memregistry import HOST, MemoryRegistry, tar_layer
 
 IN_TOTO = "application/vnd.in-toto+json"
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    private, public, _ = keys.generate(tmp_path_factory.mktemp("digest-keys") / "signer", None)
-    return private, public
 
 
 @pytest.fixture
@@ -86,16 +81,14 @@ def _multi(fake: MemoryRegistry, repo: str, tag: str, attest: bool = True) -> di
     return found
 
 
-def _pack(
-    ref: str, out: Path, signer: tuple[Path, Path], platform: str | None = None, reporter: Reporter | None = None
-) -> PackResult:
-    return pack(PackOptions((parse_source(f"oci://{HOST}/{ref}"),), out, signer[0], platform=platform), reporter)
+def _pack(ref: str, out: Path, keypair: KeyPair, platform: str | None = None, reporter: Reporter | None = None) -> PackResult:
+    return pack(PackOptions((parse_source(f"oci://{HOST}/{ref}"),), out, keypair[0], platform=platform), reporter)
 
 
 def _install(
-    bundle: Path, signer: tuple[Path, Path], target: str, platform: str | None = None, reporter: Reporter | None = None
+    bundle: Path, keypair: KeyPair, target: str, platform: str | None = None, reporter: Reporter | None = None
 ) -> InstallResult:
-    options = InstallOptions(bundle, (keys.load_public(signer[1]),), target=target, platform=platform)
+    options = InstallOptions(bundle, (keys.load_public(keypair[1]),), target=target, platform=platform)
     return install(options, reporter)
 
 
@@ -122,29 +115,29 @@ class Recorder:
 
 
 def test_image_from_a_registry_is_pushed_under_the_manifest_digest_it_had_there(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     source = fake.put_image("team/app", "1", [tar_layer("etc/app", b"app " * 800)])
     source_bytes = fake.repo("team/app").manifests[source][0]
-    result = _pack("team/app:1", tmp_path / "b", signer)
+    result = _pack("team/app:1", tmp_path / "b", keypair)
     (image,) = result.manifest.images
     assert image.manifest is not None and image.manifest.digest == source
-    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    pushed = _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror")
     assert pushed.images[0].manifest_digest == source
     assert fake.manifest("mirror/team/app", "1") == fake.repo("team/app").manifests[source]
     assert fake.manifest("mirror/team/app", "1")[0] == source_bytes  # type: ignore[index]
 
 
 def test_index_with_every_platform_and_its_attestations_is_served_under_its_source_digest(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     found = _multi(fake, "team/app", "2")
-    result = _pack("team/app:2", tmp_path / "b", signer, platform="all")
+    result = _pack("team/app:2", tmp_path / "b", keypair, platform="all")
     (index,) = result.manifest.indexes
     assert index.index.digest == found["index"] and index.ref_names == (f"{HOST}/team/app:2",)
     assert {x.digest for x in index.extras} >= {found["attestation-amd64"], found["attestation-arm64"]}
     recorder = Recorder()
-    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror", reporter=recorder)
+    pushed = _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror", reporter=recorder)
     assert {i.manifest_digest for i in pushed.images} == {found["index"]}
     mirror = fake.repo("mirror/team/app")
     assert mirror.tags["2"] == found["index"]
@@ -158,10 +151,10 @@ def test_index_with_every_platform_and_its_attestations_is_served_under_its_sour
 
 
 def test_inspect_names_the_kept_manifests_and_index_and_its_json_keeps_the_schema(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path, cli: Cli
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path, cli: Cli
 ) -> None:
     found = _multi(fake, "team/app", "6")
-    _pack("team/app:6", tmp_path / "b", signer, platform="all")
+    _pack("team/app:6", tmp_path / "b", keypair, platform="all")
     shown = cli("inspect", str(tmp_path / "b"))
     assert shown.code == 0
     assert f"{found['index'][7:19]}" in shown.out and "index of registry.test/team/app:6 as its registry served it" in shown.out
@@ -171,45 +164,45 @@ def test_inspect_names_the_kept_manifests_and_index_and_its_json_keeps_the_schem
 
 
 def test_platform_subset_keeps_each_manifest_digest_and_says_the_index_is_not_kept(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     found = _multi(fake, "team/app", "3")
     recorder = Recorder()
-    result = _pack("team/app:3", tmp_path / "b", signer, platform="linux/arm64", reporter=recorder)
+    result = _pack("team/app:3", tmp_path / "b", keypair, platform="linux/arm64", reporter=recorder)
     assert result.manifest.indexes == ()
     assert any("index of" in n and "not kept" in n for n in recorder.notes), recorder.notes
-    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    pushed = _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror")
     assert pushed.images[0].manifest_digest == found["arm64"]
     assert fake.repo("mirror/team/app").tags["3"] == found["arm64"]
 
 
 def test_install_of_one_platform_pushes_a_new_index_never_the_kept_one_naming_missing_images(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     found = _multi(fake, "team/app", "4", attest=False)
-    _pack("team/app:4", tmp_path / "b", signer, platform="all")
+    _pack("team/app:4", tmp_path / "b", keypair, platform="all")
     recorder = Recorder()
-    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror", platform="linux/amd64", reporter=recorder)
+    pushed = _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror", platform="linux/amd64", reporter=recorder)
     assert fake.repo("mirror/team/app").tags["4"] == found["amd64"] == pushed.images[0].manifest_digest
     assert found["index"] not in fake.repo("mirror/team/app").manifests
     assert recorder.advanced[-1] == recorder.totals[-1]
 
 
 def test_same_image_packed_twice_from_an_engine_source_pushes_the_same_manifest_digest(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     from tests.helpers.samples import sample_image
 
     archive = sample_image.build(tmp_path / "a.tar", tag="airgap-test/det:1", model_size=1 << 16, app_size=1 << 12, seed="det")
     digests = []
     for n in (1, 2):
-        pack(PackOptions((parse_source(f"docker-archive:{archive.path}"),), tmp_path / f"b{n}", signer[0], sequence=n))
-        digests.append(_install(tmp_path / f"b{n}", signer, f"registry://{HOST}/site{n}").images[0].manifest_digest)
+        pack(PackOptions((parse_source(f"docker-archive:{archive.path}"),), tmp_path / f"b{n}", keypair[0], sequence=n))
+        digests.append(_install(tmp_path / f"b{n}", keypair, f"registry://{HOST}/site{n}").images[0].manifest_digest)
     assert digests[0] == digests[1]
     assert fake.manifest("site1/airgap-test/det", "1") == fake.manifest("site2/airgap-test/det", "1")
 
 
-def _resign(bundle: Path, signer: tuple[Path, Path], edit: Any) -> None:
+def _resign(bundle: Path, keypair: KeyPair, edit: Any) -> None:
     """Edit manifest.json and sign it again with the trusted key (a signer who made a wrong bundle)."""
     from airgap.trust import policy
 
@@ -217,19 +210,19 @@ def _resign(bundle: Path, signer: tuple[Path, Path], edit: Any) -> None:
     edit(data)
     raw = Manifest.from_dict(data).to_bytes()
     (bundle / "manifest.json").write_bytes(raw)
-    fingerprint, signature = policy.sign(raw, keys.load_private(signer[0], None))
+    fingerprint, signature = policy.sign(raw, keys.load_private(keypair[0], None))
     for old in (bundle / "signatures").iterdir():
         old.unlink()
     (bundle / "signatures" / f"{fingerprint}.sig").write_bytes(signature)
 
 
 def test_kept_manifest_that_names_another_image_is_refused_before_anything_is_pushed(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     fake.put_image("team/app", "5", [tar_layer("etc/one", b"one " * 300)])
     other = fake.put_image("team/other", "1", [tar_layer("etc/two", b"two " * 300)])
-    _pack("team/app:5", tmp_path / "b", signer)
-    _pack("team/other:1", tmp_path / "o", signer)
+    _pack("team/app:5", tmp_path / "b", keypair)
+    _pack("team/other:1", tmp_path / "o", keypair)
     theirs = json.loads((tmp_path / "o" / "manifest.json").read_bytes())
 
     def swap(data: dict[str, Any]) -> None:  # image 0 keeps the other image's manifest, carried with its parts
@@ -237,18 +230,18 @@ def test_kept_manifest_that_names_another_image_is_refused_before_anything_is_pu
         data["blobs"] += [b for b in theirs["blobs"] if b["digest"] == other]
         data["parts"] += [p for p in theirs["parts"] if p["blob"] == other]
 
-    _resign(tmp_path / "b", signer, swap)
+    _resign(tmp_path / "b", keypair, swap)
     for part in json.loads((tmp_path / "o" / "manifest.json").read_bytes())["parts"]:
         if part["blob"] == other:
             (tmp_path / "b" / part["path"]).write_bytes((tmp_path / "o" / part["path"]).read_bytes())
     puts_before = len(fake.seen("PUT"))
     with pytest.raises(FormatError, match="does not describe it") as caught:
-        _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+        _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror")
     assert caught.value.exit_code == ExitCode.FORMAT
     assert len(fake.seen("PUT")) == puts_before and "mirror/team/app" not in fake.repos
 
 
-def test_manifest_listing_a_kept_index_whose_blob_is_not_carried_is_refused(signer: tuple[Path, Path]) -> None:
+def test_manifest_listing_a_kept_index_whose_blob_is_not_carried_is_refused(keypair: KeyPair) -> None:
     digest = "sha256:" + "ab" * 32
     with pytest.raises(FormatError, match="index blob"):
         Manifest.from_dict({
@@ -267,12 +260,12 @@ def test_manifest_listing_a_kept_index_whose_blob_is_not_carried_is_refused(sign
 
 
 def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_not_the_kept_one(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     source = fake.put_image("team/app", "7", [tar_layer("etc/seven", b"seven " * 300)])  # Docker schema 2
-    result = _pack("team/app:7", tmp_path / "b", signer)
+    result = _pack("team/app:7", tmp_path / "b", keypair)
     assert result.manifest.images[0].manifest is not None
-    _install(tmp_path / "b", signer, f"oci-archive:{tmp_path / 'out.tar'}")
+    _install(tmp_path / "b", keypair, f"oci-archive:{tmp_path / 'out.tar'}")
     with tarfile.open(tmp_path / "out.tar") as tar:
         member = tar.extractfile("index.json")
         assert member is not None
@@ -281,7 +274,7 @@ def test_oci_archive_of_a_docker_schema_image_gets_an_oci_manifest_built_for_it_
 
 
 def test_index_listing_a_manifest_without_a_platform_is_not_kept_so_no_platform_pulls_an_unreported_image(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path
 ) -> None:
     amd = fake.put_image("team/app", None, [tar_layer("etc/amd", b"amd64 " * 500)], architecture="amd64")
     stray, _ = _attestation(fake, "team/app", amd)  # an image manifest listed with no platform: containerd takes it anywhere
@@ -295,22 +288,22 @@ def test_index_listing_a_manifest_without_a_platform_is_not_kept_so_no_platform_
         "team/app", _compact({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries}), MT_OCI_INDEX, "8"
     )
     recorder = Recorder()
-    result = _pack("team/app:8", tmp_path / "b", signer, platform="linux/amd64", reporter=recorder)
+    result = _pack("team/app:8", tmp_path / "b", keypair, platform="linux/amd64", reporter=recorder)
     assert result.manifest.indexes == ()
     assert any("no platform" in n for n in recorder.notes), recorder.notes
-    _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror")
     assert fake.repo("mirror/team/app").tags["8"] == amd and stray not in fake.repo("mirror/team/app").manifests
 
 
 def test_index_listing_more_attestations_than_kept_is_not_kept(
-    fake: MemoryRegistry, signer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: MemoryRegistry, keypair: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airgap._internal.sources import registry as source
 
     monkeypatch.setattr(source, "MAX_EXTRAS", 1)
     found = _multi(fake, "team/app", "9")  # two attestations
     recorder = Recorder()
-    result = _pack("team/app:9", tmp_path / "b", signer, platform="all", reporter=recorder)
+    result = _pack("team/app:9", tmp_path / "b", keypair, platform="all", reporter=recorder)
     assert result.manifest.indexes == () and any("at most 1 are kept" in n for n in recorder.notes)
-    pushed = _install(tmp_path / "b", signer, f"registry://{HOST}/mirror")
+    pushed = _install(tmp_path / "b", keypair, f"registry://{HOST}/mirror")
     assert {i.manifest_digest for i in pushed.images} != {found["index"]}
